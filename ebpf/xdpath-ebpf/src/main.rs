@@ -1,0 +1,504 @@
+//! The xdpath XDP classifier.
+//!
+//! For every frame on the host NIC: parse (Ethernet, one 802.1Q/802.1ad tag,
+//! ARP, IPv4 with options, IPv6 with common extension headers, TCP, UDP,
+//! ICMP, ICMPv6), then decide in this order:
+//!
+//! 1. exact 5-tuple rules (`FLOWS`, hash map),
+//! 2. destination prefix rules (`PREFIXES`, LPM trie, IPv4 and IPv6),
+//! 3. guest MAC table (`MACS`),
+//! 4. ARP request/reply or ND solicitation/advertisement whose target
+//!    address belongs to a guest (`NEIGH`),
+//! 5. the configured default (host out of the box).
+//!
+//! Actions: to guest (redirect to the AF_XDP socket of the frame's own rx
+//! queue with `XDP_PASS` as the fallback, so a queue without a live socket
+//! fails open to the host), to host (`XDP_PASS`), drop (`XDP_DROP`).
+//! A malformed or truncated frame is counted in `parse_errors` and passed to
+//! the host; it is never redirected.
+//!
+//! Every bounds check compares against `data_end` right before the access,
+//! with offsets that are bounded constants or masked values, so the verifier
+//! can follow them. The layouts of all maps live in `xdpath-common`.
+#![cfg_attr(target_arch = "bpf", no_std)]
+#![cfg_attr(target_arch = "bpf", no_main)]
+
+#[cfg(target_arch = "bpf")]
+mod prog {
+    use aya_ebpf::{
+        bindings::xdp_action,
+        btf_maps::{Array, HashMap, LpmTrie, PerCpuArray, XskMap},
+        helpers::{bpf_xdp_adjust_meta, bpf_xdp_load_bytes},
+        macros::{btf_map, xdp},
+        maps::lpm_trie::Key,
+        programs::XdpContext,
+    };
+    use core::mem::size_of;
+    use xdpath_common::{
+        Action, AddrKey, Config, Counters, FlowKey, MacKey, PrefixData, RuleClass, RuleValue,
+        XdpMeta, CONFIG_F_META, FAMILY_V4, FAMILY_V6, MAX_FLOWS, MAX_MACS, MAX_NEIGH, MAX_PREFIXES,
+        MAX_QUEUES, PREFIX_HEADER_BITS, XDP_META_MAGIC,
+    };
+
+    const BPF_F_NO_PREALLOC: usize = 1;
+
+    #[btf_map]
+    static XSKS: XskMap<{ MAX_QUEUES as usize }> = XskMap::new();
+    #[btf_map]
+    static FLOWS: HashMap<FlowKey, RuleValue, { 2 * MAX_FLOWS as usize }, BPF_F_NO_PREALLOC> =
+        HashMap::new();
+    #[btf_map]
+    static PREFIXES: LpmTrie<PrefixData, RuleValue, { 2 * MAX_PREFIXES as usize }> = LpmTrie::new();
+    #[btf_map]
+    static MACS: HashMap<MacKey, RuleValue, { MAX_MACS as usize }> = HashMap::new();
+    #[btf_map]
+    static NEIGH: HashMap<AddrKey, RuleValue, { MAX_NEIGH as usize }> = HashMap::new();
+    #[btf_map]
+    static CONFIG: Array<Config, 1> = Array::new();
+    #[btf_map]
+    static COUNTERS: PerCpuArray<Counters, 1> = PerCpuArray::new();
+
+    const ETH_HLEN: usize = 14;
+    const ETH_P_IP: u16 = 0x0800;
+    const ETH_P_IPV6: u16 = 0x86dd;
+    const ETH_P_ARP: u16 = 0x0806;
+    const ETH_P_8021Q: u16 = 0x8100;
+    const ETH_P_8021AD: u16 = 0x88a8;
+    const IPPROTO_ICMP: u8 = 1;
+    const IPPROTO_TCP: u8 = 6;
+    const IPPROTO_UDP: u8 = 17;
+    const IPPROTO_ICMPV6: u8 = 58;
+    /// IPv6 extension headers we walk through, at most this many.
+    const MAX_EXT_HEADERS: usize = 6;
+    /// Upper bound of any L4 offset we accept (keeps offsets verifiable).
+    const MAX_L4_OFFSET: usize = 512;
+
+    /// The frame is malformed or truncated.
+    struct ParseError;
+
+    /// Per-frame keys, built in place in a per-CPU map because the BPF
+    /// stack (512 bytes) cannot hold them all.
+    #[repr(C)]
+    pub struct Scratch {
+        flow: FlowKey,
+        prefix: Key<PrefixData>,
+        neigh: AddrKey,
+        mac: MacKey,
+    }
+
+    #[btf_map]
+    static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+    /// What the parser found; the keys themselves are in [`Scratch`].
+    #[derive(Clone, Copy)]
+    struct Parsed {
+        /// `flow` and `prefix` are valid (an IPv4 or IPv6 frame).
+        ip: bool,
+        /// `neigh` is valid (ARP, or ND solicitation/advertisement).
+        neigh: bool,
+    }
+
+    /// Returns a pointer to a `T` at `off`, or an error if it would cross
+    /// `data_end`.
+    ///
+    /// At least two bytes must be readable: LLVM rewrites a one-byte check
+    /// `p + 1 > end` into `p >= end`, which the verifier does not credit as
+    /// a packet range. Every one-byte field we read is followed by another
+    /// byte of the same header, so this rejects no valid frame.
+    #[inline(always)]
+    fn ptr_at<T>(ctx: &XdpContext, off: usize) -> Result<*const T, ParseError> {
+        let start = ctx.data();
+        let end = ctx.data_end();
+        let len = if size_of::<T>() < 2 {
+            2
+        } else {
+            size_of::<T>()
+        };
+        if start + off + len > end {
+            return Err(ParseError);
+        }
+        Ok((start + off) as *const T)
+    }
+
+    #[inline(always)]
+    fn load<T: Copy>(ctx: &XdpContext, off: usize) -> Result<T, ParseError> {
+        // SAFETY: ptr_at checked that off..off+size_of::<T>() is inside the
+        // packet; the read is unaligned-safe.
+        Ok(unsafe { ptr_at::<T>(ctx, off)?.read_unaligned() })
+    }
+
+    #[inline(always)]
+    fn be16(ctx: &XdpContext, off: usize) -> Result<u16, ParseError> {
+        Ok(u16::from_be(load::<u16>(ctx, off)?))
+    }
+
+    #[xdp]
+    pub fn xdpath(ctx: XdpContext) -> u32 {
+        let Some(counters) = COUNTERS.get_ptr_mut(0) else {
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: a per-CPU array slot is only touched by this CPU while the
+        // program runs on it (XDP runs with preemption disabled).
+        let c = unsafe { &mut *counters };
+        c.frames += 1;
+        let cfg = CONFIG.get(0).copied().unwrap_or_default();
+        let gen = (cfg.active_gen & 1) as u8;
+
+        let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
+            c.action_host += 1;
+            return xdp_action::XDP_PASS;
+        };
+        // SAFETY: as for the counters, the slot belongs to this CPU.
+        let s = unsafe { &mut *scratch };
+        let parsed = match parse(&ctx, gen, s) {
+            Ok(p) => p,
+            Err(ParseError) => {
+                c.parse_errors += 1;
+                c.action_host += 1;
+                return xdp_action::XDP_PASS;
+            }
+        };
+        let (rule, class) = decide(parsed, s, &cfg);
+        match class {
+            RuleClass::Exact => c.class_exact += 1,
+            RuleClass::Prefix => c.class_prefix += 1,
+            RuleClass::Mac => c.class_mac += 1,
+            RuleClass::Neigh => c.class_neigh += 1,
+            RuleClass::Default => c.class_default += 1,
+        }
+        match Action::from_u32(rule.action) {
+            Some(Action::Guest) => {}
+            Some(Action::Drop) => {
+                c.action_drop += 1;
+                return xdp_action::XDP_DROP;
+            }
+            // Unknown actions are treated as host: fail open.
+            Some(Action::Host) | None => {
+                c.action_host += 1;
+                return xdp_action::XDP_PASS;
+            }
+        }
+
+        let queue = ctx.rx_queue_index();
+        if XSKS.get(queue).is_none() {
+            c.redirect_no_socket += 1;
+            c.action_host += 1;
+            return xdp_action::XDP_PASS;
+        }
+        if cfg.flags & CONFIG_F_META != 0 && write_meta(&ctx, &rule, class).is_err() {
+            c.meta_errors += 1;
+        }
+        match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
+            Ok(action) => {
+                c.redirects += 1;
+                c.action_guest += 1;
+                action
+            }
+            Err(_) => {
+                c.redirect_no_socket += 1;
+                c.action_host += 1;
+                xdp_action::XDP_PASS
+            }
+        }
+    }
+
+    #[inline(always)]
+    fn decide(p: Parsed, s: &Scratch, cfg: &Config) -> (RuleValue, RuleClass) {
+        if p.ip {
+            // SAFETY: hash map values may be replaced concurrently; we copy
+            // the value out immediately and never keep the reference.
+            if let Some(v) = unsafe { FLOWS.get(&s.flow) } {
+                return (*v, RuleClass::Exact);
+            }
+            if let Some(v) = PREFIXES.get(&s.prefix) {
+                return (*v, RuleClass::Prefix);
+            }
+        }
+        // SAFETY: as for FLOWS.
+        if let Some(v) = unsafe { MACS.get(&s.mac) } {
+            return (*v, RuleClass::Mac);
+        }
+        if p.neigh {
+            // SAFETY: as for FLOWS.
+            if let Some(v) = unsafe { NEIGH.get(&s.neigh) } {
+                return (*v, RuleClass::Neigh);
+            }
+        }
+        (
+            RuleValue {
+                action: cfg.default_action,
+                port: cfg.default_port,
+                rule_id: 0,
+                _pad: 0,
+            },
+            RuleClass::Default,
+        )
+    }
+
+    #[inline(always)]
+    fn write_meta(ctx: &XdpContext, rule: &RuleValue, class: RuleClass) -> Result<(), ()> {
+        let len = size_of::<XdpMeta>() as i32;
+        // SAFETY: the helper only moves data_meta within the headroom and
+        // fails cleanly when there is no room.
+        if unsafe { bpf_xdp_adjust_meta(ctx.ctx, -len) } != 0 {
+            return Err(());
+        }
+        let meta = ctx.metadata();
+        if meta + size_of::<XdpMeta>() > ctx.data() {
+            return Err(());
+        }
+        let block = XdpMeta {
+            magic: XDP_META_MAGIC,
+            rule_id: rule.rule_id,
+            port: rule.port,
+            class: class as u8,
+            _pad: [0; 3],
+        };
+        // SAFETY: checked above that the block fits between data_meta and
+        // data.
+        unsafe { (meta as *mut XdpMeta).write_unaligned(block) };
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn parse(ctx: &XdpContext, gen: u8, s: &mut Scratch) -> Result<Parsed, ParseError> {
+        s.mac.mac = load(ctx, 0)?;
+        s.mac._pad = [0; 2];
+        let mut proto = be16(ctx, 12)?;
+        let mut off = ETH_HLEN;
+        if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
+            proto = be16(ctx, off + 2)?;
+            off += 4;
+        }
+        let mut parsed = Parsed {
+            ip: false,
+            neigh: false,
+        };
+        match proto {
+            ETH_P_ARP => {
+                parse_arp(ctx, off, &mut s.neigh)?;
+                parsed.neigh = true;
+            }
+            ETH_P_IP => {
+                parse_ipv4(ctx, off, gen, &mut s.flow)?;
+                parsed.ip = true;
+            }
+            ETH_P_IPV6 => {
+                parsed.neigh = parse_ipv6(ctx, off, gen, &mut s.flow, &mut s.neigh)?;
+                parsed.ip = true;
+            }
+            _ => {}
+        }
+        if parsed.ip {
+            let bits = if s.flow.family == FAMILY_V4 { 32 } else { 128 };
+            s.prefix.prefix_len = PREFIX_HEADER_BITS + bits;
+            s.prefix.data = PrefixData {
+                gen,
+                family: s.flow.family,
+                addr: s.flow.dst,
+                _pad: [0; 2],
+            };
+        }
+        Ok(parsed)
+    }
+
+    /// ARP for Ethernet/IPv4; `key` gets the target protocol address.
+    #[inline(always)]
+    fn parse_arp(ctx: &XdpContext, off: usize, key: &mut AddrKey) -> Result<(), ParseError> {
+        let htype = be16(ctx, off)?;
+        let ptype = be16(ctx, off + 2)?;
+        let hlen: u8 = load(ctx, off + 4)?;
+        let plen: u8 = load(ctx, off + 5)?;
+        if htype != 1 || ptype != ETH_P_IP || hlen != 6 || plen != 4 {
+            return Err(ParseError);
+        }
+        let tpa: [u8; 4] = load(ctx, off + 24)?;
+        *key = AddrKey::default();
+        key.family = FAMILY_V4;
+        key.addr[..4].copy_from_slice(&tpa);
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn parse_ipv4(
+        ctx: &XdpContext,
+        off: usize,
+        gen: u8,
+        key: &mut FlowKey,
+    ) -> Result<(), ParseError> {
+        let vihl: u8 = load(ctx, off)?;
+        if vihl >> 4 != 4 {
+            return Err(ParseError);
+        }
+        let ihl = ((vihl & 0x0f) as usize) * 4;
+        if ihl < 20 {
+            return Err(ParseError);
+        }
+        let total_len = be16(ctx, off + 2)? as usize;
+        if total_len < ihl {
+            return Err(ParseError);
+        }
+        let frag = be16(ctx, off + 6)?;
+        let l4proto: u8 = load(ctx, off + 9)?;
+        let src: [u8; 4] = load(ctx, off + 12)?;
+        let dst: [u8; 4] = load(ctx, off + 16)?;
+        // The whole header, options included, must be present.
+        let l4 = off + ihl;
+        if ctx.data() + l4 > ctx.data_end() {
+            return Err(ParseError);
+        }
+        *key = FlowKey::default();
+        key.gen = gen;
+        key.family = FAMILY_V4;
+        key.proto = l4proto;
+        key.src[..4].copy_from_slice(&src);
+        key.dst[..4].copy_from_slice(&dst);
+        // Non-first fragments carry no L4 header: no ports.
+        if frag & 0x1fff == 0 {
+            parse_l4(ctx, l4, key)?;
+        }
+        Ok(())
+    }
+
+    /// Fills `key`; returns whether `target` was filled (ND NS/NA).
+    #[inline(always)]
+    fn parse_ipv6(
+        ctx: &XdpContext,
+        off: usize,
+        gen: u8,
+        key: &mut FlowKey,
+        target: &mut AddrKey,
+    ) -> Result<bool, ParseError> {
+        let vtc: u8 = load(ctx, off)?;
+        if vtc >> 4 != 6 {
+            return Err(ParseError);
+        }
+        let mut nh: u8 = load(ctx, off + 6)?;
+        key.gen = gen;
+        key.family = FAMILY_V6;
+        key._pad = 0;
+        key.src_port = 0;
+        key.dst_port = 0;
+        key.src = load(ctx, off + 8)?;
+        key.dst = load(ctx, off + 24)?;
+        let mut l4 = off + 40;
+        let mut has_ports = true;
+        let mut done = false;
+        for _ in 0..MAX_EXT_HEADERS {
+            match nh {
+                // Hop-by-hop, routing, destination options: (len + 1) * 8.
+                0 | 43 | 60 => {
+                    let next: u8 = load(ctx, l4)?;
+                    let len: u8 = load(ctx, l4 + 1)?;
+                    nh = next;
+                    l4 += (len as usize + 1) * 8;
+                }
+                // Fragment header: fixed 8 bytes.
+                44 => {
+                    let next: u8 = load(ctx, l4)?;
+                    let frag = be16(ctx, l4 + 2)?;
+                    if frag & 0xfff8 != 0 {
+                        has_ports = false;
+                    }
+                    nh = next;
+                    l4 += 8;
+                }
+                // Authentication header: (len + 2) * 4.
+                51 => {
+                    let next: u8 = load(ctx, l4)?;
+                    let len: u8 = load(ctx, l4 + 1)?;
+                    nh = next;
+                    l4 += (len as usize + 2) * 4;
+                }
+                _ => {
+                    done = true;
+                    break;
+                }
+            }
+            if l4 > MAX_L4_OFFSET {
+                return Err(ParseError);
+            }
+        }
+        // A chain longer than we walk, or one that ends past the frame, is
+        // malformed.
+        if !done || ctx.data() + l4 > ctx.data_end() {
+            return Err(ParseError);
+        }
+        key.proto = nh;
+        if !has_ports {
+            return Ok(false);
+        }
+        let l4 = l4 & (MAX_L4_OFFSET * 2 - 1);
+        let icmp_type = parse_l4(ctx, l4, key)?;
+        // Neighbour solicitation (135) or advertisement (136): the target.
+        if nh != IPPROTO_ICMPV6 || (icmp_type != 135 && icmp_type != 136) {
+            return Ok(false);
+        }
+        target.family = FAMILY_V6;
+        target._pad = [0; 3];
+        // ND is off the fast path: copy with the helper instead of direct
+        // packet access at a variable offset, which LLVM tends to
+        // rematerialize in a form the verifier cannot follow.
+        // SAFETY: the helper bounds-checks against the frame and writes at
+        // most 16 bytes into `target.addr`.
+        let rc = unsafe {
+            bpf_xdp_load_bytes(
+                ctx.ctx,
+                (l4 + 8) as u32,
+                target.addr.as_mut_ptr().cast(),
+                16,
+            )
+        };
+        if rc != 0 {
+            return Err(ParseError);
+        }
+        Ok(true)
+    }
+
+    /// Fills the ports of `key`; returns the ICMP/ICMPv6 type (0 otherwise).
+    #[inline(always)]
+    fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, ParseError> {
+        if l4 > MAX_L4_OFFSET {
+            return Err(ParseError);
+        }
+        match key.proto {
+            IPPROTO_TCP => {
+                let sport: u16 = load(ctx, l4)?;
+                let dport: u16 = load(ctx, l4 + 2)?;
+                let doff: u8 = load(ctx, l4 + 12)?;
+                let hdr = ((doff >> 4) as usize) * 4;
+                if hdr < 20 || ctx.data() + l4 + hdr > ctx.data_end() {
+                    return Err(ParseError);
+                }
+                key.src_port = sport;
+                key.dst_port = dport;
+            }
+            IPPROTO_UDP => {
+                let _len: u64 = load(ctx, l4)?;
+                key.src_port = load(ctx, l4)?;
+                key.dst_port = load(ctx, l4 + 2)?;
+            }
+            IPPROTO_ICMP | IPPROTO_ICMPV6 => {
+                let hdr: [u8; 4] = load(ctx, l4)?;
+                return Ok(hdr[0]);
+            }
+            _ => {}
+        }
+        Ok(0)
+    }
+
+    #[panic_handler]
+    fn panic(_info: &core::panic::PanicInfo) -> ! {
+        loop {}
+    }
+}
+
+#[cfg(not(target_arch = "bpf"))]
+fn main() {
+    eprintln!("xdpath-ebpf builds for bpfel-unknown-none only (see control/build.rs)");
+}
+
+#[cfg(target_arch = "bpf")]
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

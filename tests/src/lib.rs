@@ -1,0 +1,44 @@
+//! Test kit for xdpath's privileged tests: real kernel endpoints, no mocks.
+//!
+//! - [`topology`]: a pair of private network namespaces joined by a veth
+//!   pair with several queues; everything is removed on drop, even when the
+//!   test panics.
+//! - [`frames`]: builders for the Ethernet frames the tests send, well
+//!   formed and deliberately malformed.
+//! - [`packet`]: an AF_PACKET sender in the peer namespace that picks the
+//!   tx queue (and so the rx queue on the other end) through XPS.
+//! - [`xsk`]: a minimal AF_XDP receiver (xsk-rs) that reads frames and the
+//!   classifier's metadata block.
+//!
+//! Tests call [`require_root`] first: as non-root they print why they skip
+//! and return, so a plain `cargo test` passes.
+
+pub mod frames;
+pub mod packet;
+pub mod topology;
+pub mod xsk;
+
+/// True when running as root. Otherwise prints a skip message naming the
+/// test and returns false.
+pub fn require_root(test: &str) -> bool {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        return true;
+    }
+    eprintln!("skipping {test}: needs root (network namespaces, XDP, AF_XDP); run `cargo xtask test` as root");
+    false
+}
+
+/// Polls `f` every 10 ms until it returns true or `timeout` passes.
+pub fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let end = std::time::Instant::now() + timeout;
+    loop {
+        if f() {
+            return true;
+        }
+        if std::time::Instant::now() >= end {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+}

@@ -1,0 +1,655 @@
+//! The XDP classifier against real frames: a private netns + veth pair per
+//! test, the program attached to the host end, frames sent from the peer
+//! namespace with AF_PACKET, AF_XDP sockets on the host end's queues.
+//!
+//! As non-root every test prints why it skips and passes.
+
+use std::os::fd::AsFd;
+use std::time::Duration;
+use xdpath_common::{
+    Action, AddrKey, Counters, FlowKey, PrefixData, RuleClass, RuleValue, FAMILY_V4, FAMILY_V6,
+    XDP_META_MAGIC,
+};
+use xdpath_control::{Classifier, ClassifierConfig, ClassifierError};
+use xdpath_tests::frames::*;
+use xdpath_tests::packet::Sender;
+use xdpath_tests::topology::{Topology, HOST_IP, HOST_MAC, PEER_IP, PEER_MAC};
+use xdpath_tests::xsk::XskReceiver;
+use xdpath_tests::{require_root, wait_until};
+
+const QUEUES: u32 = 2;
+const WAIT: Duration = Duration::from_secs(3);
+const QUIET: Duration = Duration::from_millis(300);
+const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0x12, 0x34, 0x56];
+const GUEST_IP: [u8; 4] = [10, 77, 0, 10];
+const GUEST_IP6: [u8; 16] = [0xfd, 0, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x10];
+const PEER_IP6: [u8; 16] = [0xfd, 0, 0, 0x77, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0x02];
+
+fn guest(port: u32, rule_id: u32) -> RuleValue {
+    RuleValue {
+        action: Action::Guest as u32,
+        port,
+        rule_id,
+        _pad: 0,
+    }
+}
+
+fn drop_rule(rule_id: u32) -> RuleValue {
+    RuleValue {
+        action: Action::Drop as u32,
+        port: 0,
+        rule_id,
+        _pad: 0,
+    }
+}
+
+fn v4(a: [u8; 4]) -> [u8; 16] {
+    let mut o = [0u8; 16];
+    o[..4].copy_from_slice(&a);
+    o
+}
+
+fn udp4_key(src: [u8; 4], dst: [u8; 4], sport: u16, dport: u16) -> FlowKey {
+    FlowKey {
+        gen: 0,
+        family: FAMILY_V4,
+        proto: 17,
+        _pad: 0,
+        src_port: sport.to_be(),
+        dst_port: dport.to_be(),
+        src: v4(src),
+        dst: v4(dst),
+    }
+}
+
+fn udp4_frame(dst_mac: [u8; 6], dst: [u8; 4], sport: u16, dport: u16, i: u32) -> Vec<u8> {
+    eth(
+        dst_mac,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(PEER_IP, dst, 17, &udp(sport, dport, &tagged(i, 32))),
+    )
+}
+
+fn delta(after: &Counters, before: &Counters) -> Counters {
+    Counters {
+        frames: after.frames - before.frames,
+        action_host: after.action_host - before.action_host,
+        action_guest: after.action_guest - before.action_guest,
+        action_drop: after.action_drop - before.action_drop,
+        class_exact: after.class_exact - before.class_exact,
+        class_prefix: after.class_prefix - before.class_prefix,
+        class_mac: after.class_mac - before.class_mac,
+        class_neigh: after.class_neigh - before.class_neigh,
+        class_default: after.class_default - before.class_default,
+        parse_errors: after.parse_errors - before.parse_errors,
+        redirect_no_socket: after.redirect_no_socket - before.redirect_no_socket,
+        redirects: after.redirects - before.redirects,
+        meta_errors: after.meta_errors - before.meta_errors,
+    }
+}
+
+/// Waits until the classifier has seen `n` more frames than `before`.
+fn settle(c: &Classifier, before: &Counters, n: u64) -> Counters {
+    let mut now = c.counters().expect("counters");
+    wait_until(WAIT, || {
+        now = c.counters().expect("counters");
+        now.frames - before.frames >= n
+    });
+    // A little longer, so an unexpected extra frame would show up too.
+    std::thread::sleep(Duration::from_millis(100));
+    delta(&c.counters().expect("counters"), before)
+}
+
+fn attach(t: &Topology) -> Classifier {
+    Classifier::attach(&ClassifierConfig::new(&t.host_if)).expect("attach classifier")
+}
+
+fn sockets(t: &Topology, c: &mut Classifier) -> Vec<XskReceiver> {
+    (0..QUEUES)
+        .map(|q| {
+            let x = XskReceiver::bind(&t.host_if, q).expect("bind AF_XDP socket");
+            c.register_socket(q, x.fd()).expect("register socket");
+            x
+        })
+        .collect()
+}
+
+fn peer_sender(t: &Topology) -> Sender {
+    let peer_if = t.peer_if.clone();
+    t.in_peer(move || Sender::new(&peer_if).expect("AF_PACKET sender"))
+}
+
+#[test]
+fn each_rule_class_steers_to_the_socket_of_the_arrival_queue() {
+    if !require_root("each_rule_class_steers_to_the_socket_of_the_arrival_queue") {
+        return;
+    }
+    let t = Topology::new(QUEUES).expect("topology");
+    let tx = peer_sender(&t);
+    t.in_host(|| {
+        let mut c = attach(&t);
+        let mut xsks = sockets(&t, &mut c);
+
+        // One rule per class, each with its own id and port.
+        c.insert_flow(&udp4_key(PEER_IP, HOST_IP, 4000, 5000), &guest(1, 101))
+            .unwrap();
+        c.insert_prefix(
+            24,
+            &PrefixData {
+                gen: 0,
+                family: FAMILY_V4,
+                addr: v4([10, 88, 1, 0]),
+                _pad: [0; 2],
+            },
+            &guest(2, 102),
+        )
+        .unwrap();
+        let mut p6 = [0u8; 16];
+        p6[..4].copy_from_slice(&[0xfd, 0, 0, 0x88]);
+        c.insert_prefix(
+            32,
+            &PrefixData {
+                gen: 0,
+                family: FAMILY_V6,
+                addr: p6,
+                _pad: [0; 2],
+            },
+            &guest(3, 103),
+        )
+        .unwrap();
+        c.insert_mac(GUEST_MAC, &guest(4, 104)).unwrap();
+        c.insert_neigh(
+            &AddrKey {
+                family: FAMILY_V4,
+                _pad: [0; 3],
+                addr: v4(GUEST_IP),
+            },
+            &guest(5, 105),
+        )
+        .unwrap();
+        c.insert_neigh(
+            &AddrKey {
+                family: FAMILY_V6,
+                _pad: [0; 3],
+                addr: GUEST_IP6,
+            },
+            &guest(6, 106),
+        )
+        .unwrap();
+
+        let mut v6dst = p6;
+        v6dst[15] = 7;
+        let bcast = [0xff; 6];
+        let nd_mac = [0x33, 0x33, 0xff, 0, 0, 0x10];
+        let cases: Vec<(&str, RuleClass, u32, Vec<u8>)> = vec![
+            (
+                "exact udp",
+                RuleClass::Exact,
+                101,
+                udp4_frame(HOST_MAC, HOST_IP, 4000, 5000, 1),
+            ),
+            (
+                "exact udp behind 802.1Q",
+                RuleClass::Exact,
+                101,
+                eth_vlan(
+                    HOST_MAC,
+                    PEER_MAC,
+                    7,
+                    ETH_P_IP,
+                    &ipv4(PEER_IP, HOST_IP, 17, &udp(4000, 5000, &tagged(2, 16))),
+                ),
+            ),
+            (
+                "prefix v4",
+                RuleClass::Prefix,
+                102,
+                udp4_frame(HOST_MAC, [10, 88, 1, 77], 1, 2, 3),
+            ),
+            (
+                "prefix v6",
+                RuleClass::Prefix,
+                103,
+                eth(
+                    HOST_MAC,
+                    PEER_MAC,
+                    ETH_P_IPV6,
+                    &ipv6(PEER_IP6, v6dst, 17, &udp(1, 2, &tagged(4, 16))),
+                ),
+            ),
+            (
+                "prefix v6 behind extension headers",
+                RuleClass::Prefix,
+                103,
+                eth(
+                    HOST_MAC,
+                    PEER_MAC,
+                    ETH_P_IPV6,
+                    &ipv6(
+                        PEER_IP6,
+                        v6dst,
+                        0,
+                        &ipv6_ext(60, &ipv6_ext(6, &tcp(1, 2, 5, &tagged(5, 8)))),
+                    ),
+                ),
+            ),
+            (
+                "guest mac",
+                RuleClass::Mac,
+                104,
+                udp4_frame(GUEST_MAC, [10, 99, 0, 1], 1, 2, 6),
+            ),
+            (
+                "arp for guest ip",
+                RuleClass::Neigh,
+                105,
+                eth(
+                    bcast,
+                    PEER_MAC,
+                    ETH_P_ARP,
+                    &arp_request(PEER_MAC, PEER_IP, GUEST_IP),
+                ),
+            ),
+            (
+                "nd for guest ip",
+                RuleClass::Neigh,
+                106,
+                eth(
+                    nd_mac,
+                    PEER_MAC,
+                    ETH_P_IPV6,
+                    &ipv6(PEER_IP6, GUEST_IP6, 58, &nd_solicit(GUEST_IP6)),
+                ),
+            ),
+        ];
+
+        for (name, class, rule_id, frame) in &cases {
+            for q in 0..QUEUES {
+                let before = c.counters().unwrap();
+                tx.send_on_queue(q, std::slice::from_ref(frame)).unwrap();
+                let got = xsks[q as usize].recv(1, WAIT).unwrap();
+                assert_eq!(
+                    got.len(),
+                    1,
+                    "{name}: frame sent on queue {q} did not reach the socket of queue {q}"
+                );
+                assert_eq!(&got[0].data, frame, "{name}: bytes differ");
+                let m = got[0].meta;
+                assert_eq!(m.magic, XDP_META_MAGIC, "{name}: metadata block missing");
+                assert_eq!(
+                    (m.class, m.rule_id),
+                    (*class as u8, *rule_id),
+                    "{name}: metadata names the wrong rule"
+                );
+                let other = (q + 1) % QUEUES;
+                assert_eq!(
+                    xsks[other as usize]
+                        .drain(Duration::from_millis(50))
+                        .unwrap(),
+                    0,
+                    "{name}: frame also on queue {other}"
+                );
+                let d = settle(&c, &before, 1);
+                assert_eq!(
+                    (d.frames, d.action_guest, d.redirects),
+                    (1, 1, 1),
+                    "{name}: counters {d:?}"
+                );
+                let class_count = match class {
+                    RuleClass::Exact => d.class_exact,
+                    RuleClass::Prefix => d.class_prefix,
+                    RuleClass::Mac => d.class_mac,
+                    RuleClass::Neigh => d.class_neigh,
+                    RuleClass::Default => d.class_default,
+                };
+                assert_eq!(class_count, 1, "{name}: class counter {d:?}");
+            }
+        }
+        c.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn host_traffic_still_reaches_the_host_stack() {
+    if !require_root("host_traffic_still_reaches_the_host_stack") {
+        return;
+    }
+    let t = Topology::new(QUEUES).expect("topology");
+    t.in_host(|| {
+        let mut c = attach(&t);
+        let mut xsks = sockets(&t, &mut c);
+        // Rules for other traffic must not disturb host traffic.
+        c.insert_mac(GUEST_MAC, &guest(1, 1)).unwrap();
+        c.insert_flow(&udp4_key(PEER_IP, HOST_IP, 9, 9), &guest(1, 2))
+            .unwrap();
+        let before = c.counters().unwrap();
+        let ip = format!(
+            "{}.{}.{}.{}",
+            HOST_IP[0], HOST_IP[1], HOST_IP[2], HOST_IP[3]
+        );
+        let out = Topology::exec(
+            &t.peer_ns,
+            &["ping", "-c", "3", "-i", "0.2", "-W", "2", &ip],
+        )
+        .expect("ping from the peer namespace to the host end gets its answers");
+        assert!(out.contains("3 received"), "{out}");
+        let d = delta(&c.counters().unwrap(), &before);
+        assert!(
+            d.action_host >= 4,
+            "3 echo requests and an ARP request passed to the host: {d:?}"
+        );
+        assert_eq!(d.action_guest, 0, "{d:?}");
+        assert_eq!(d.class_default, d.frames, "{d:?}");
+        for x in &mut xsks {
+            assert_eq!(x.drain(QUIET).unwrap(), 0);
+        }
+        c.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn guest_frames_without_a_socket_fail_open_to_the_host() {
+    if !require_root("guest_frames_without_a_socket_fail_open_to_the_host") {
+        return;
+    }
+    let t = Topology::new(QUEUES).expect("topology");
+    let tx = peer_sender(&t);
+    t.in_host(|| {
+        let mut c = attach(&t);
+        c.insert_mac(GUEST_MAC, &guest(1, 1)).unwrap();
+        let before = c.counters().unwrap();
+        let fs: Vec<_> = (0..10)
+            .map(|i| udp4_frame(GUEST_MAC, HOST_IP, 1, 2, i))
+            .collect();
+        tx.send_on_queue(1, &fs).unwrap();
+        let d = settle(&c, &before, 10);
+        assert_eq!(
+            (
+                d.class_mac,
+                d.redirect_no_socket,
+                d.action_host,
+                d.action_guest
+            ),
+            (10, 10, 10, 0),
+            "{d:?}"
+        );
+        c.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn drop_rules_drop_and_counters_move_exactly() {
+    if !require_root("drop_rules_drop_and_counters_move_exactly") {
+        return;
+    }
+    let t = Topology::new(QUEUES).expect("topology");
+    let tx = peer_sender(&t);
+    t.in_host(|| {
+        let mut c = attach(&t);
+        let mut xsks = sockets(&t, &mut c);
+        // The MAC would steer to the guest; the drop rules come first.
+        c.insert_mac(GUEST_MAC, &guest(1, 1)).unwrap();
+        c.insert_flow(&udp4_key(PEER_IP, [10, 66, 0, 1], 7, 7), &drop_rule(2))
+            .unwrap();
+        c.insert_prefix(
+            16,
+            &PrefixData {
+                gen: 0,
+                family: FAMILY_V4,
+                addr: v4([10, 55, 0, 0]),
+                _pad: [0; 2],
+            },
+            &drop_rule(3),
+        )
+        .unwrap();
+        let before = c.counters().unwrap();
+        let mut fs: Vec<_> = (0..25)
+            .map(|i| udp4_frame(GUEST_MAC, [10, 66, 0, 1], 7, 7, i))
+            .collect();
+        fs.extend((0..15).map(|i| udp4_frame(GUEST_MAC, [10, 55, 3, 4], 1, 1, i)));
+        for q in 0..QUEUES {
+            tx.send_on_queue(q, &fs).unwrap();
+        }
+        let d = settle(&c, &before, 80);
+        assert_eq!(d.frames, 80, "{d:?}");
+        assert_eq!(
+            (d.action_drop, d.class_exact, d.class_prefix),
+            (80, 50, 30),
+            "{d:?}"
+        );
+        assert_eq!(
+            (d.action_guest, d.action_host, d.parse_errors),
+            (0, 0, 0),
+            "{d:?}"
+        );
+        for x in &mut xsks {
+            assert_eq!(
+                x.drain(QUIET).unwrap(),
+                0,
+                "a dropped frame reached a socket"
+            );
+        }
+        c.shutdown().unwrap();
+    });
+}
+
+/// Malformed frames, each addressed to a guest MAC that has a socket, so a
+/// parser that let one through would redirect it. 14 bytes is the shortest
+/// frame that can reach XDP at all (AF_PACKET pads shorter ones, veth and
+/// BPF_PROG_TEST_RUN refuse them), so "short" means shorter than the header
+/// its EtherType announces.
+fn malformed() -> Vec<(&'static str, Vec<u8>)> {
+    let g = GUEST_MAC;
+    let p = PEER_MAC;
+    let ip = |proto, l4: &[u8]| ipv4(PEER_IP, HOST_IP, proto, l4);
+    let mut long_ihl = ipv4_raw(15, 0, PEER_IP, HOST_IP, 17, &[]);
+    long_ihl.truncate(40);
+    let mut ext_chain = tcp(1, 2, 5, &[]);
+    for _ in 0..7 {
+        ext_chain = ipv6_ext(60, &ext_chain);
+    }
+    vec![
+        ("ethernet header only, IPv4 type", eth(g, p, ETH_P_IP, &[])),
+        (
+            "ethernet header only, IPv6 type",
+            eth(g, p, ETH_P_IPV6, &[]),
+        ),
+        ("ethernet header only, ARP type", eth(g, p, ETH_P_ARP, &[])),
+        ("802.1Q tag cut short", eth(g, p, ETH_P_8021Q, &[0])),
+        (
+            "IPv4 header cut short",
+            eth(g, p, ETH_P_IP, &ip(17, &[])[..12]),
+        ),
+        (
+            "IPv4 IHL < 5",
+            eth(
+                g,
+                p,
+                ETH_P_IP,
+                &ipv4_raw(3, 0, PEER_IP, HOST_IP, 17, &udp(1, 2, &[0; 8])),
+            ),
+        ),
+        ("IPv4 options past the end", eth(g, p, ETH_P_IP, &long_ihl)),
+        ("IPv4 version 5", {
+            let mut h = ip(17, &udp(1, 2, &[]));
+            h[0] = 0x55;
+            eth(g, p, ETH_P_IP, &h)
+        }),
+        ("IPv4 total length < header", {
+            let mut h = ip(17, &udp(1, 2, &[]));
+            h[2..4].copy_from_slice(&10u16.to_be_bytes());
+            eth(g, p, ETH_P_IP, &h)
+        }),
+        (
+            "UDP header cut short",
+            eth(g, p, ETH_P_IP, &ip(17, &[0, 1, 0, 2])),
+        ),
+        (
+            "TCP data offset past the end",
+            eth(g, p, ETH_P_IP, &ip(6, &tcp(1, 2, 15, &[]))),
+        ),
+        (
+            "TCP data offset < 5",
+            eth(g, p, ETH_P_IP, &ip(6, &tcp(1, 2, 3, &[0; 8]))),
+        ),
+        ("ICMP header cut short", eth(g, p, ETH_P_IP, &ip(1, &[8]))),
+        (
+            "IPv6 header cut short",
+            eth(g, p, ETH_P_IPV6, &ipv6(PEER_IP6, GUEST_IP6, 17, &[])[..30]),
+        ),
+        (
+            "IPv6 extension header cut short",
+            eth(g, p, ETH_P_IPV6, &ipv6(PEER_IP6, GUEST_IP6, 0, &[6])),
+        ),
+        (
+            "IPv6 extension header longer than the frame",
+            eth(
+                g,
+                p,
+                ETH_P_IPV6,
+                &ipv6(PEER_IP6, GUEST_IP6, 0, &[6, 200, 0, 0]),
+            ),
+        ),
+        (
+            "IPv6 chain of 7 extension headers",
+            eth(g, p, ETH_P_IPV6, &ipv6(PEER_IP6, GUEST_IP6, 60, &ext_chain)),
+        ),
+        (
+            "ND solicitation cut short",
+            eth(
+                g,
+                p,
+                ETH_P_IPV6,
+                &ipv6(PEER_IP6, GUEST_IP6, 58, &nd_solicit(GUEST_IP6)[..12]),
+            ),
+        ),
+        (
+            "ARP cut short",
+            eth(
+                g,
+                p,
+                ETH_P_ARP,
+                &arp_request(PEER_MAC, PEER_IP, GUEST_IP)[..20],
+            ),
+        ),
+        ("ARP for another protocol", {
+            let mut a = arp_request(PEER_MAC, PEER_IP, GUEST_IP);
+            a[2..4].copy_from_slice(&ETH_P_IPV6.to_be_bytes());
+            eth(g, p, ETH_P_ARP, &a)
+        }),
+    ]
+}
+
+#[test]
+fn malformed_frames_are_counted_and_never_redirected() {
+    if !require_root("malformed_frames_are_counted_and_never_redirected") {
+        return;
+    }
+    let t = Topology::new(QUEUES).expect("topology");
+    let tx = peer_sender(&t);
+    t.in_host(|| {
+        let mut c = attach(&t);
+        let mut xsks = sockets(&t, &mut c);
+        c.insert_mac(GUEST_MAC, &guest(1, 1)).unwrap();
+        for (name, frame) in malformed() {
+            let before = c.counters().unwrap();
+            tx.send_on_queue(0, std::slice::from_ref(&frame)).unwrap();
+            let d = settle(&c, &before, 1);
+            assert_eq!(
+                (d.frames, d.parse_errors, d.action_host, d.action_guest),
+                (1, 1, 1, 0),
+                "{name}: {d:?}"
+            );
+        }
+        for x in &mut xsks {
+            assert_eq!(
+                x.drain(QUIET).unwrap(),
+                0,
+                "a malformed frame reached a socket"
+            );
+        }
+        // The same MAC with a well-formed frame is redirected: the setup
+        // would have caught a parser that let the malformed ones through.
+        let good = udp4_frame(GUEST_MAC, HOST_IP, 1, 2, 9);
+        tx.send_on_queue(0, std::slice::from_ref(&good)).unwrap();
+        assert_eq!(xsks[0].recv(1, WAIT).unwrap().len(), 1);
+        c.shutdown().unwrap();
+    });
+}
+
+#[test]
+fn refuses_a_foreign_xdp_program_unless_forced() {
+    if !require_root("refuses_a_foreign_xdp_program_unless_forced") {
+        return;
+    }
+    let t = Topology::new(1).expect("topology");
+    t.in_host(|| {
+        // A foreign program, attached through netlink by libbpf.
+        let obj = libbpf_rs::ObjectBuilder::default()
+            .open_memory(xdpath_control::classifier::EBPF_OBJECT)
+            .expect("libbpf opens the object")
+            .load()
+            .expect("libbpf loads the object");
+        let prog = obj.progs_mut().next().expect("one program");
+        let ifindex = xdpath_control::classifier::ifindex(&t.host_if).unwrap();
+        let foreign = libbpf_rs::Xdp::new(prog.as_fd());
+        foreign
+            .attach(ifindex as i32, libbpf_rs::XdpFlags::DRV_MODE)
+            .expect("netlink attach");
+        let foreign_id = xdpath_control::netlink::xdp_query(ifindex)
+            .unwrap()
+            .expect("attached")
+            .prog_id;
+
+        let err = Classifier::attach(&ClassifierConfig::new(&t.host_if)).expect_err("must refuse");
+        match &err {
+            ClassifierError::AlreadyAttached { prog_id, .. } => assert_eq!(*prog_id, foreign_id),
+            other => panic!("wrong error: {other}"),
+        }
+        let msg = err.to_string();
+        assert!(
+            msg.contains("--force") && msg.contains(&foreign_id.to_string()),
+            "{msg}"
+        );
+        assert!(
+            !std::path::Path::new("/sys/fs/bpf/xdpath")
+                .join(&t.host_if)
+                .exists(),
+            "a refused attach must not leave pins"
+        );
+        // Our own attachment also refuses a second one.
+        let mut cfg = ClassifierConfig::new(&t.host_if);
+        cfg.force = true;
+        let c = Classifier::attach(&cfg).expect("--force replaces the foreign program");
+        let ours = xdpath_control::netlink::xdp_query(ifindex)
+            .unwrap()
+            .expect("attached")
+            .prog_id;
+        assert_eq!(ours, c.prog_id().unwrap());
+        assert!(matches!(
+            Classifier::attach(&ClassifierConfig::new(&t.host_if)),
+            Err(ClassifierError::AlreadyAttached { .. })
+        ));
+        c.shutdown().unwrap();
+        assert_eq!(
+            xdpath_control::netlink::xdp_query(ifindex).unwrap(),
+            None,
+            "shutdown detaches"
+        );
+    });
+}
+
+#[test]
+fn bad_interface_names_are_refused_clearly() {
+    for bad in ["", "a/b", "has space", "sixteen-chars-xx"] {
+        let e = xdpath_control::classifier::ifindex(bad).expect_err(bad);
+        assert!(e.to_string().contains("not valid"), "{e}");
+    }
+    if !require_root("bad_interface_names_are_refused_clearly (missing interface part)") {
+        return;
+    }
+    let e =
+        Classifier::attach(&ClassifierConfig::new("xdpnosuch0")).expect_err("missing interface");
+    assert!(e.to_string().contains("does not exist"), "{e}");
+}

@@ -1,0 +1,27 @@
+//! `cargo xtask test`: the command CI and the README run.
+//!
+//! fmt --check, clippy with warnings denied, then every test in the
+//! workspace. Privileged tests skip themselves with a message when not root.
+
+use crate::run::cargo;
+use anyhow::Result;
+
+pub fn run(extra: &[String]) -> Result<()> {
+    cargo(&["fmt", "--all", "--check"])?;
+    cargo(&[
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "xdpath-ebpf",
+        "--all-targets",
+        "--",
+        "-D",
+        "warnings",
+    ])?;
+    let mut args = vec!["test", "--workspace", "--exclude", "xdpath-ebpf"];
+    if !extra.is_empty() {
+        args.push("--");
+        args.extend(extra.iter().map(String::as_str));
+    }
+    cargo(&args)
+}
