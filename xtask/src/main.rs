@@ -23,7 +23,7 @@ struct Cli {
 enum Cmd {
     /// Install everything the build and tests need (idempotent; seconds when
     /// nothing is missing): Debian packages, nightly rust-src, bpf-linker on
-    /// rustc's own LLVM, bpffs, hugepages.
+    /// rustc's own LLVM, bpffs.
     Setup,
     /// Build the eBPF object (also done by control's build script).
     BuildEbpf,

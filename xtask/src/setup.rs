@@ -7,8 +7,7 @@
 //! 2. the nightly toolchain with `rust-src` (for `-Z build-std=core`),
 //! 3. bpf-linker built against the nightly rustc's own libLLVM (every path is
 //!    derived from `rustc +nightly --print sysroot`),
-//! 4. bpffs mounted at `/sys/fs/bpf`,
-//! 5. hugepages for DPDK-based tests.
+//! 4. bpffs mounted at `/sys/fs/bpf`.
 //!
 //! The memlock limit is not a setup step: our binaries and tests raise
 //! RLIMIT_MEMLOCK for themselves at start (a shell limit does not persist).
@@ -41,7 +40,7 @@ const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
     if !is_root() {
-        eprintln!("xtask setup: not root, skipping system steps (packages, bpffs, hugepages)");
+        eprintln!("xtask setup: not root, skipping system steps (packages, bpffs)");
     } else {
         apt_packages()?;
     }

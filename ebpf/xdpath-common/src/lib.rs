@@ -279,7 +279,7 @@ pub const XDP_META_MAGIC: u32 = u32::from_le_bytes(*b"XDPM");
 /// Size of [`XdpMeta`]; a multiple of 4 as the kernel requires.
 pub const XDP_META_LEN: usize = core::mem::size_of::<XdpMeta>();
 
-const _: () = assert!(XDP_META_LEN % 4 == 0 && XDP_META_LEN <= 32);
+const _: () = assert!(XDP_META_LEN.is_multiple_of(4) && XDP_META_LEN <= 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<PrefixData>() == 20);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
