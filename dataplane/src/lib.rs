@@ -1,1 +1,31 @@
-//! placeholder
+//! xdpath dataplane: a vhost-user-net backend whose queue pairs are fed by
+//! AF_XDP sockets.
+//!
+//! - [`xsk`]: one AF_XDP socket with its UMEM, rings and frame lists
+//!   ([`xsk::XskPort`]), and xdpilone-style TX batches.
+//! - [`chain`]: walking and copying one virtqueue descriptor chain, with
+//!   every guest-controlled address and length checked.
+//! - [`queue_pair`]: the data path of one queue pair (RX: XSK -> guest,
+//!   TX: guest -> XSK), owned by one worker thread.
+//! - [`backend`]: the vhost-user-net device for one frontend connection;
+//!   routes each worker's events to its queue pair.
+//! - [`server`]: the listening socket, one connection at a time, the
+//!   worker lifecycle and reconnects.
+//! - [`counters`]: per-queue-pair counters, written by the owner once per
+//!   batch, readable by anyone.
+//! - [`virtio_net`]: feature bits, header and config space.
+//!
+//! There is no global state: everything hangs off a [`server::Server`].
+
+pub mod backend;
+pub mod chain;
+pub mod counters;
+pub mod queue_pair;
+pub mod server;
+pub mod virtio_net;
+pub mod xsk;
+
+pub use backend::NetConfig;
+pub use counters::CounterSnapshot;
+pub use server::{Server, ServerError, ServerHandle};
+pub use xsk::{XskConfig, XskPort};

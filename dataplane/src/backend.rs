@@ -1,0 +1,242 @@
+//! The vhost-user-net device, as seen by one frontend connection.
+//!
+//! A [`NetBackend`] lives for one connection (the server builds a fresh one
+//! per frontend). It offers the virtio-net features and vhost-user protocol
+//! features, serves the config space, and routes every epoll event of a
+//! worker thread to that thread's [`QueuePair`]:
+//!
+//! | event id              | source                         | action        |
+//! |-----------------------|--------------------------------|---------------|
+//! | 0                     | kick of RX vring 2i            | deliver RX    |
+//! | 1                     | kick of TX vring 2i+1          | transmit      |
+//! | `num_queues + 1`      | XSK fd readable                | deliver RX    |
+//! | `num_queues + 2`      | TX retry timer                 | transmit      |
+//!
+//! (vhost-user-backend numbers vring events by their position inside the
+//! thread's `queues_per_thread` mask, and reserves ids up to `num_queues`.)
+//!
+//! Shared state, all small and named: the guest memory (`GuestMemoryAtomic`,
+//! a snapshot swap; each batch takes one snapshot), the negotiated features
+//! (one atomic), the queue pairs (one mutex each, taken once per event by
+//! their own worker only), the exit eventfds of this connection's workers.
+
+use crate::queue_pair::{DataPathFeatures, QueueMailbox, QueuePair};
+use crate::virtio_net::{config_space, offered_features};
+use std::io;
+use std::os::fd::{FromRawFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{VhostUserBackend, VringRwLock};
+use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
+use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::event::{EventConsumer, EventNotifier};
+
+/// Device-level settings.
+#[derive(Debug, Clone)]
+pub struct NetConfig {
+    /// Queue pairs offered (1..=16).
+    pub queue_pairs: u16,
+    /// MAC address in the config space (VIRTIO_NET_F_MAC), if any.
+    pub mac: Option<[u8; 6]>,
+    /// MTU in the config space (VIRTIO_NET_F_MTU).
+    pub mtu: u16,
+    /// Largest vring size accepted.
+    pub max_queue_size: u16,
+}
+
+/// Event id of the XSK fd, relative to `num_queues`.
+pub const XSK_EVENT_OFFSET: u16 = 1;
+/// Event id of the TX retry timer, relative to `num_queues`.
+pub const TIMER_EVENT_OFFSET: u16 = 2;
+
+/// The device for one frontend connection.
+pub struct NetBackend {
+    cfg: NetConfig,
+    pairs: Vec<Arc<Mutex<QueuePair>>>,
+    /// The pairs' mailboxes, reachable without their mutex.
+    mailboxes: Vec<Arc<QueueMailbox>>,
+    mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    acked: AtomicU64,
+    /// Raw fds of the exit-event consumers handed to vhost-user-backend,
+    /// which registers them in its epoll and never closes them. The server
+    /// closes them once this connection's workers are joined.
+    exit_consumers: Mutex<Vec<RawFd>>,
+}
+
+impl std::fmt::Debug for NetBackend {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetBackend")
+            .field("cfg", &self.cfg)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NetBackend {
+    /// A device over `pairs` (one per queue pair, in order) and the
+    /// connection's guest memory.
+    pub fn new(
+        cfg: NetConfig,
+        pairs: Vec<Arc<Mutex<QueuePair>>>,
+        mem: GuestMemoryAtomic<GuestMemoryMmap>,
+    ) -> Self {
+        let mailboxes = pairs
+            .iter()
+            .map(|p| p.lock().unwrap_or_else(PoisonError::into_inner).mailbox())
+            .collect();
+        Self {
+            cfg,
+            pairs,
+            mailboxes,
+            mem,
+            acked: AtomicU64::new(0),
+            exit_consumers: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn num_queues_u16(&self) -> u16 {
+        2 * self.cfg.queue_pairs
+    }
+
+    fn features_in_use(&self) -> DataPathFeatures {
+        let acked = self.acked.load(Ordering::Relaxed);
+        DataPathFeatures {
+            mrg_rxbuf: acked & (1 << VIRTIO_NET_F_MRG_RXBUF) != 0,
+            indirect: acked & (1 << VIRTIO_RING_F_INDIRECT_DESC) != 0,
+        }
+    }
+
+    /// Closes the exit-event fds of this connection's (joined) workers.
+    pub fn close_exit_fds(&self) {
+        let fds = std::mem::take(
+            &mut *self
+                .exit_consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner),
+        );
+        for fd in fds {
+            // SAFETY: each fd is a dup we created in `exit_event`, which
+            // vhost-user-backend took with into_raw_fd() and never closes;
+            // its epoll is gone (the workers were joined), so we own it.
+            drop(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) });
+        }
+    }
+}
+
+impl VhostUserBackend for NetBackend {
+    type Bitmap = ();
+    type Vring = VringRwLock;
+
+    fn num_queues(&self) -> usize {
+        usize::from(self.num_queues_u16())
+    }
+
+    fn max_queue_size(&self) -> usize {
+        usize::from(self.cfg.max_queue_size)
+    }
+
+    fn features(&self) -> u64 {
+        offered_features(self.cfg.mac.is_some())
+    }
+
+    fn acked_features(&self, features: u64) {
+        self.acked.store(features, Ordering::Relaxed);
+    }
+
+    fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        VhostUserProtocolFeatures::MQ
+            | VhostUserProtocolFeatures::REPLY_ACK
+            | VhostUserProtocolFeatures::CONFIG
+            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
+    }
+
+    fn set_event_idx(&self, _enabled: bool) {
+        // vhost-user-backend already applies EVENT_IDX to every vring.
+    }
+
+    fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
+        let cfg = config_space(self.cfg.mac, self.cfg.queue_pairs, self.cfg.mtu);
+        let start = (offset as usize).min(cfg.len());
+        let end = start.saturating_add(size as usize).min(cfg.len());
+        cfg[start..end].to_vec()
+    }
+
+    fn update_memory(&self, _mem: GuestMemoryAtomic<GuestMemoryMmap>) -> io::Result<()> {
+        // The handler swapped the snapshot inside the atomic we share; the
+        // workers take a fresh snapshot every batch.
+        Ok(())
+    }
+
+    fn queues_per_thread(&self) -> Vec<u64> {
+        (0..self.cfg.queue_pairs)
+            .map(|i| 0b11u64 << (2 * i))
+            .collect()
+    }
+
+    fn exit_event(&self, _thread_index: usize) -> Option<(EventConsumer, EventNotifier)> {
+        let efd =
+            vmm_sys_util::eventfd::EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).ok()?;
+        let consumer = efd.try_clone().ok()?;
+        let notifier = efd.try_clone().ok()?;
+        let consumer_fd = std::os::fd::IntoRawFd::into_raw_fd(consumer);
+        self.exit_consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(consumer_fd);
+        let notifier_fd = std::os::fd::IntoRawFd::into_raw_fd(notifier);
+        // SAFETY: both fds are fresh dups of an eventfd that we own; each
+        // wrapper takes sole ownership of its fd.
+        Some(unsafe {
+            (
+                EventConsumer::from_raw_fd(consumer_fd),
+                EventNotifier::from_raw_fd(notifier_fd),
+            )
+        })
+    }
+
+    fn stop_vring(&self, queue_index: u32) -> io::Result<()> {
+        // A message to the owning worker: it clears the vring's broken
+        // state between batches (the frontend is resetting the vring).
+        if let Some(mailbox) = self.mailboxes.get((queue_index / 2) as usize) {
+            if queue_index % 2 == 0 {
+                mailbox.reset_rx.store(true, Ordering::Release);
+            } else {
+                mailbox.reset_tx.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    }
+
+    fn handle_event(
+        &self,
+        device_event: u16,
+        _evset: EventSet,
+        vrings: &[VringRwLock],
+        thread_id: usize,
+    ) -> io::Result<()> {
+        let (Some(pair), [rx, tx]) = (self.pairs.get(thread_id), vrings) else {
+            tracing::error!(thread_id, "event for an unknown worker; ignored");
+            return Ok(());
+        };
+        let features = self.features_in_use();
+        let nq = self.num_queues_u16();
+        let mut qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
+        qp.apply_mailbox();
+        match device_event {
+            0 => qp.process_rx(rx, &self.mem, features),
+            1 => qp.process_tx(tx, &self.mem, features),
+            e if e == nq + XSK_EVENT_OFFSET => qp.process_rx(rx, &self.mem, features),
+            e if e == nq + TIMER_EVENT_OFFSET => {
+                qp.timer_fired();
+                qp.process_tx(tx, &self.mem, features);
+            }
+            other => tracing::debug!(thread_id, event = other, "unexpected event; ignored"),
+        }
+        qp.flush_counters();
+        // Errors are never returned: vhost-user-backend would end this
+        // worker thread silently. Data path faults are counted instead.
+        Ok(())
+    }
+}

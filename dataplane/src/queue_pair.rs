@@ -1,0 +1,557 @@
+//! One queue pair: the bridge between one AF_XDP socket and one virtio-net
+//! RX/TX vring pair. This is the data path; read it top to bottom.
+//!
+//! ```text
+//!  wire -> NIC rxq i -> XDP -> XSK i RX ring --process_rx--> guest RX vring 2i -> notify
+//!  guest TX vring 2i+1 --process_tx--> UMEM frame -> XSK i TX ring -> wake kernel -> wire
+//!                                      (completions return frames to the free list)
+//! ```
+//!
+//! Ownership: a [`QueuePair`] is owned by the worker thread of pair i (the
+//! vhost-user-backend epoll thread whose `queues_per_thread` mask is
+//! `0b11 << 2i`). Its socket, UMEM, frame lists, scratch vectors, timer and
+//! batch tally are touched by that thread only; the backend keeps it in a
+//! mutex taken once per event, never per frame. Other threads talk to it
+//! through [`QueueMailbox`] (atomic flags it reads between batches) and read
+//! its [`QueueCounters`] without stopping it.
+//!
+//! Per frame there is no allocation, no lock and no syscall: the vring lock
+//! is taken once per batch, scratch vectors are reused, the kernel is woken
+//! once per 32 TX frames (copy mode's limit) and the guest is notified once
+//! per batch when it asks to be.
+//!
+//! Backpressure: if the guest has no RX buffers, frames are dropped and
+//! counted (no other queue waits). If no UMEM frame or XSK TX slot is free,
+//! guest TX chains stay in the guest's ring and a short timer retries after
+//! completions; nothing is dropped.
+//!
+//! A malformed chain (see [`crate::chain`]) marks its vring broken: that
+//! vring stops until the frontend resets it, every other vring goes on.
+
+use crate::chain::{self, ChainError, Segment};
+use crate::counters::{QueueCounters, Tally};
+use crate::virtio_net::{rx_header, HDR_LEN};
+use crate::xsk::{Push, XskPort};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use vhost_user_backend::{VringRwLock, VringState, VringT};
+use virtio_queue::{Queue, QueueOwnedT, QueueT};
+use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::timerfd::TimerFd;
+use xsk_rs::FrameDesc;
+
+/// Frames per batch.
+pub const BATCH: usize = 64;
+/// TX batches per event before the worker yields to RX (via the timer).
+const TX_ROUNDS: usize = 4;
+/// Retry delay when TX is out of UMEM frames or XSK slots.
+const TX_RETRY: Duration = Duration::from_micros(50);
+/// Delay to resume TX after yielding (just "next epoll round").
+const TX_YIELD: Duration = Duration::from_micros(1);
+/// How often the kernel's XDP_STATISTICS are copied into the counters.
+const STATS_EVERY: Duration = Duration::from_millis(100);
+
+/// Messages from other threads, applied by the worker between batches.
+#[derive(Debug, Default)]
+pub struct QueueMailbox {
+    /// The frontend stopped or reset the RX vring: clear its broken state.
+    pub reset_rx: AtomicBool,
+    /// Same for the TX vring.
+    pub reset_tx: AtomicBool,
+}
+
+/// Features negotiated on the current connection that the data path uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct DataPathFeatures {
+    /// VIRTIO_NET_F_MRG_RXBUF: a frame may span several RX chains.
+    pub mrg_rxbuf: bool,
+    /// VIRTIO_RING_F_INDIRECT_DESC.
+    pub indirect: bool,
+}
+
+/// Why a vring stops until it is reset.
+enum VringStop {
+    Broken(ChainError),
+    BadAvailIndex,
+}
+
+/// One queue pair: socket, scratch and state of the worker that owns it.
+pub struct QueuePair {
+    index: u16,
+    port: XskPort,
+    counters: Arc<QueueCounters>,
+    mailbox: Arc<QueueMailbox>,
+    timer: TimerFd,
+    timer_armed: bool,
+    /// Largest frame the guest may send (MTU + Ethernet + one VLAN tag),
+    /// capped by the UMEM frame.
+    max_tx_frame: usize,
+    rx_broken: bool,
+    tx_broken: bool,
+    tally: Tally,
+    last_stats: Instant,
+    // Scratch, reused every batch.
+    rx_descs: Vec<FrameDesc>,
+    segs: Vec<Segment>,
+    rx_segs: Vec<Segment>,
+    rx_chains: Vec<(u16, usize, usize)>,
+    tx_heads: Vec<u16>,
+}
+
+impl std::fmt::Debug for QueuePair {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QueuePair")
+            .field("index", &self.index)
+            .field("rx_broken", &self.rx_broken)
+            .field("tx_broken", &self.tx_broken)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QueuePair {
+    /// Wraps `port` as queue pair `index`; `mtu` bounds guest TX frames.
+    pub fn new(index: u16, port: XskPort, mtu: u16) -> std::io::Result<Self> {
+        let max_tx_frame = (usize::from(mtu) + 14 + 4).min(port.max_frame_len());
+        Ok(Self {
+            index,
+            port,
+            counters: Arc::new(QueueCounters::default()),
+            mailbox: Arc::new(QueueMailbox::default()),
+            timer: TimerFd::new()?,
+            timer_armed: false,
+            max_tx_frame,
+            rx_broken: false,
+            tx_broken: false,
+            tally: Tally::default(),
+            last_stats: Instant::now(),
+            rx_descs: vec![FrameDesc::default(); BATCH],
+            segs: Vec::with_capacity(1024),
+            rx_segs: Vec::with_capacity(1024),
+            rx_chains: Vec::with_capacity(64),
+            tx_heads: Vec::with_capacity(BATCH),
+        })
+    }
+
+    /// Queue pair index.
+    pub fn index(&self) -> u16 {
+        self.index
+    }
+
+    /// The counters, for readers on other threads.
+    pub fn counters(&self) -> Arc<QueueCounters> {
+        self.counters.clone()
+    }
+
+    /// The mailbox, for other threads.
+    pub fn mailbox(&self) -> Arc<QueueMailbox> {
+        self.mailbox.clone()
+    }
+
+    /// The AF_XDP socket's fd (epoll: readable = frames to receive).
+    pub fn xsk_fd(&self) -> std::os::fd::RawFd {
+        self.port.fd()
+    }
+
+    /// The TX retry timer's fd (epoll: readable = retry TX).
+    pub fn timer_fd(&self) -> std::os::fd::RawFd {
+        use std::os::fd::AsRawFd;
+        self.timer.as_raw_fd()
+    }
+
+    /// Starts a new frontend connection: nothing broken, no timer.
+    pub fn begin_connection(&mut self) {
+        self.rx_broken = false;
+        self.tx_broken = false;
+        if self.timer_armed {
+            let _ = self.timer.clear();
+            self.timer_armed = false;
+        }
+    }
+
+    /// Applies messages from other threads. Called at the start of every
+    /// event, i.e. between batches.
+    pub fn apply_mailbox(&mut self) {
+        if self.mailbox.reset_rx.swap(false, Ordering::AcqRel) {
+            self.rx_broken = false;
+        }
+        if self.mailbox.reset_tx.swap(false, Ordering::AcqRel) {
+            self.tx_broken = false;
+        }
+    }
+
+    /// The retry timer fired: consume it.
+    pub fn timer_fired(&mut self) {
+        let _ = self.timer.wait();
+        self.timer_armed = false;
+    }
+
+    fn arm_timer(&mut self, after: Duration) {
+        if !self.timer_armed && self.timer.reset(after, None).is_ok() {
+            self.timer_armed = true;
+        }
+    }
+
+    /// Publishes the batch tally (and, at most every 100 ms, the kernel's
+    /// XDP statistics) to the shared counters.
+    pub fn flush_counters(&mut self) {
+        self.tally.batches += 1;
+        self.counters.add(&self.tally);
+        self.tally = Tally::default();
+        if self.last_stats.elapsed() >= STATS_EVERY {
+            self.last_stats = Instant::now();
+            if let Ok(s) = self.port.stats() {
+                self.counters.set_xdp_stats(&s);
+            }
+        }
+    }
+
+    // ---------------------------------------------------------------- RX
+
+    /// Wire -> guest: one batch from the XSK RX ring into the guest's RX
+    /// vring. Frames that cannot be delivered are dropped and counted; the
+    /// UMEM frames always go straight back to the fill ring.
+    pub fn process_rx(
+        &mut self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+        features: DataPathFeatures,
+    ) {
+        let n = self.port.rx_consume(&mut self.rx_descs);
+        if n == 0 {
+            return;
+        }
+        // One guest memory snapshot and one vring lock per batch.
+        let mem = mem.memory();
+        let mut state = vring.get_mut();
+        let usable = state.get_queue().ready() && state.is_enabled();
+        if !usable || self.rx_broken {
+            if usable {
+                self.tally.rx_bad_chain += n as u64;
+            } else {
+                self.tally.rx_drop_no_guest += n as u64;
+            }
+            self.port.rx_release(&self.rx_descs[..n]);
+            return;
+        }
+        let mut delivered = 0u64;
+        let mut stop = None;
+        {
+            let queue = state.get_queue_mut();
+            let mut out_of_buffers = false;
+            for i in 0..n {
+                if out_of_buffers || stop.is_some() {
+                    self.tally.rx_drop_no_guest_buffer += 1;
+                    continue;
+                }
+                let data = self.port.rx_data(&self.rx_descs[i]);
+                match rx_one(
+                    queue,
+                    &*mem,
+                    data,
+                    features,
+                    &mut self.segs,
+                    &mut self.rx_segs,
+                    &mut self.rx_chains,
+                ) {
+                    Ok(RxOne::Delivered) => {
+                        delivered += 1;
+                        self.tally.rx_frames += 1;
+                        self.tally.rx_bytes += data.len() as u64;
+                    }
+                    Ok(RxOne::NoBuffer) => {
+                        out_of_buffers = true;
+                        self.tally.rx_drop_no_guest_buffer += 1;
+                    }
+                    Ok(RxOne::Oversize) => self.tally.rx_drop_oversize += 1,
+                    Err(e) => {
+                        self.tally.rx_drop_no_guest_buffer += 1;
+                        stop = Some(e);
+                    }
+                }
+            }
+        }
+        self.port.rx_release(&self.rx_descs[..n]);
+        if let Some(e) = stop {
+            self.break_vring(true, e);
+        }
+        if delivered > 0 {
+            self.notify_guest(&mut state);
+        }
+    }
+
+    fn break_vring(&mut self, rx: bool, why: VringStop) {
+        let vring = if rx {
+            2 * self.index
+        } else {
+            2 * self.index + 1
+        };
+        match why {
+            VringStop::Broken(e) => {
+                self.tally.bad_descriptor += 1;
+                tracing::warn!(
+                    queue_pair = self.index,
+                    vring,
+                    "malformed descriptor chain: {e}; vring stopped until reset"
+                );
+            }
+            VringStop::BadAvailIndex => {
+                self.tally.bad_avail_index += 1;
+                tracing::warn!(
+                    queue_pair = self.index,
+                    vring,
+                    "avail index moved past the ring; vring stopped until reset"
+                );
+            }
+        }
+        if rx {
+            self.rx_broken = true;
+        } else {
+            self.tx_broken = true;
+        }
+    }
+
+    fn notify_guest(&mut self, state: &mut VringState<GuestMemoryAtomic<GuestMemoryMmap>>) {
+        if state.needs_notification().unwrap_or(true) && state.signal_used_queue().is_ok() {
+            self.tally.guest_notifications += 1;
+        }
+    }
+
+    // ---------------------------------------------------------------- TX
+
+    /// Guest -> wire: move guest TX chains into UMEM frames and the XSK TX
+    /// ring, in batches, until the guest's ring is empty, the socket is
+    /// full (then a timer retries) or the round budget is used (then the
+    /// worker yields to RX and resumes on the timer).
+    pub fn process_tx(
+        &mut self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+        features: DataPathFeatures,
+    ) {
+        self.port.reap_completions();
+        let mem = mem.memory();
+        let mut state = vring.get_mut();
+        if !(state.get_queue().ready() && state.is_enabled()) || self.tx_broken {
+            return;
+        }
+        let mut used_any = false;
+        let mut rounds = 0;
+        'notify: loop {
+            let _ = state.get_queue_mut().disable_notification(&*mem);
+            loop {
+                let cap = self.port.tx_capacity().min(BATCH);
+                if cap == 0 {
+                    // Keep the chains in the guest's ring; retry after
+                    // completions have freed frames.
+                    self.tally.tx_xsk_ring_full += 1;
+                    self.arm_timer(TX_RETRY);
+                    break 'notify;
+                }
+                let (ring_empty, used, stop) =
+                    self.tx_batch(state.get_queue_mut(), &*mem, features, cap);
+                used_any |= used;
+                if let Some(why) = stop {
+                    self.break_vring(false, why);
+                    break 'notify;
+                }
+                rounds += 1;
+                if ring_empty {
+                    break;
+                }
+                if rounds >= TX_ROUNDS {
+                    self.arm_timer(TX_YIELD);
+                    break 'notify;
+                }
+            }
+            // Re-arm guest kicks; if chains arrived meanwhile, go again.
+            match state.get_queue_mut().enable_notification(&*mem) {
+                Ok(true) if rounds < TX_ROUNDS => continue,
+                Ok(true) => {
+                    self.arm_timer(TX_YIELD);
+                    break;
+                }
+                _ => break,
+            }
+        }
+        if used_any {
+            self.notify_guest(&mut state);
+        }
+    }
+
+    /// One TX batch of at most `cap` chains. Returns (guest ring empty,
+    /// any used entry added, reason to stop the vring).
+    fn tx_batch(
+        &mut self,
+        queue: &mut Queue,
+        mem: &GuestMemoryMmap,
+        features: DataPathFeatures,
+        cap: usize,
+    ) -> (bool, bool, Option<VringStop>) {
+        let table = GuestAddress(queue.desc_table());
+        let size = queue.size();
+        let max_frame = self.max_tx_frame;
+        let Self {
+            port,
+            segs,
+            tx_heads,
+            tally,
+            ..
+        } = self;
+        tx_heads.clear();
+        let mut used = false;
+        let mut ring_empty = false;
+        let mut stop = None;
+        let mut batch = port.tx_batch();
+        while batch.len() < cap {
+            let head = match pop(queue, mem) {
+                Ok(Some(h)) => h,
+                Ok(None) => {
+                    ring_empty = true;
+                    break;
+                }
+                Err(()) => {
+                    stop = Some(VringStop::BadAvailIndex);
+                    break;
+                }
+            };
+            let info = match chain::walk(mem, table, size, head, features.indirect, segs) {
+                Ok(info) => info,
+                Err(e) => {
+                    stop = Some(VringStop::Broken(e));
+                    break;
+                }
+            };
+            // Rejected chains are returned to the guest at once (used
+            // length 0) and counted; the vring goes on.
+            let reject = if info.writable > 0 {
+                Some(&mut tally.tx_drop_write_only)
+            } else if info.readable <= HDR_LEN as u64 {
+                Some(&mut tally.tx_drop_empty)
+            } else if info.readable - HDR_LEN as u64 > max_frame as u64 {
+                Some(&mut tally.tx_drop_oversize)
+            } else {
+                None
+            };
+            if let Some(counter) = reject {
+                *counter += 1;
+                used |= queue.add_used(mem, head, 0).is_ok();
+                continue;
+            }
+            let len = (info.readable - HDR_LEN as u64) as usize;
+            match batch.push(len, |buf| chain::read_into(mem, segs, HDR_LEN, buf)) {
+                Push::Staged => {
+                    tx_heads.push(head);
+                    tally.tx_bytes += len as u64;
+                }
+                Push::NoFrame => {
+                    queue.go_to_previous_position();
+                    break;
+                }
+                Push::TooLong => {
+                    tally.tx_drop_oversize += 1;
+                    used |= queue.add_used(mem, head, 0).is_ok();
+                }
+                Push::Failed(e) => {
+                    stop = Some(VringStop::Broken(e));
+                    break;
+                }
+            }
+        }
+        let staged = batch.len() as u64;
+        tally.xsk_tx_wakeups += batch.commit();
+        tally.tx_frames += staged;
+        // The frames were copied: the guest may reuse its buffers now.
+        for &head in tx_heads.iter() {
+            used |= queue.add_used(mem, head, 0).is_ok();
+        }
+        (ring_empty, used, stop)
+    }
+}
+
+/// Outcome of delivering one frame.
+enum RxOne {
+    Delivered,
+    NoBuffer,
+    Oversize,
+}
+
+/// Pops the next available chain head; `Err` if the avail index is bogus.
+fn pop(queue: &mut Queue, mem: &GuestMemoryMmap) -> Result<Option<u16>, ()> {
+    let mut it = queue.iter(mem).map_err(|_| ())?;
+    Ok(it.next().map(|c| c.head_index()))
+}
+
+/// Chains popped for one frame. Unless committed, dropping it puts them
+/// back in the avail ring (xdpilone-style reserve/commit).
+struct RxReservation<'q> {
+    queue: &'q mut Queue,
+    popped: usize,
+}
+
+impl Drop for RxReservation<'_> {
+    fn drop(&mut self) {
+        for _ in 0..self.popped {
+            self.queue.go_to_previous_position();
+        }
+    }
+}
+
+/// Delivers one frame: reserve enough RX chains (one, or several with
+/// mergeable buffers), write header and frame across them, commit.
+fn rx_one(
+    queue: &mut Queue,
+    mem: &GuestMemoryMmap,
+    frame: &[u8],
+    features: DataPathFeatures,
+    segs: &mut Vec<Segment>,
+    all_segs: &mut Vec<Segment>,
+    chains: &mut Vec<(u16, usize, usize)>,
+) -> Result<RxOne, VringStop> {
+    let need = (HDR_LEN + frame.len()) as u64;
+    let table = GuestAddress(queue.desc_table());
+    let size = queue.size();
+    all_segs.clear();
+    chains.clear();
+    let mut res = RxReservation { queue, popped: 0 };
+    let mut cap = 0u64;
+    while cap < need {
+        let Some(head) = pop(res.queue, mem).map_err(|()| VringStop::BadAvailIndex)? else {
+            return Ok(RxOne::NoBuffer);
+        };
+        res.popped += 1;
+        let info = chain::walk(mem, table, size, head, features.indirect, segs)
+            .map_err(VringStop::Broken)?;
+        if info.readable > 0 || info.writable == 0 {
+            // RX buffers must be device-writable only.
+            return Err(VringStop::Broken(ChainError::WrongDirection));
+        }
+        if !features.mrg_rxbuf && info.writable < need {
+            return Ok(RxOne::Oversize);
+        }
+        let start = all_segs.len();
+        all_segs.extend_from_slice(segs);
+        chains.push((head, start, all_segs.len()));
+        cap += info.writable;
+    }
+    // Commit: from here the chains are used.
+    let queue = &mut *res.queue;
+    res.popped = 0;
+    let hdr = rx_header(chains.len() as u16);
+    let mut stream: [&[u8]; 2] = [&hdr, frame];
+    for &(head, s, e) in chains.iter() {
+        let written =
+            chain::write_from(mem, &all_segs[s..e], &stream).map_err(VringStop::Broken)?;
+        // Advance the (header, frame) stream by what this chain took.
+        let mut left = written as usize;
+        for part in stream.iter_mut() {
+            let t = left.min(part.len());
+            *part = &part[t..];
+            left -= t;
+        }
+        queue
+            .add_used(mem, head, written)
+            .map_err(|_| VringStop::Broken(ChainError::UsedRing))?;
+    }
+    Ok(RxOne::Delivered)
+}

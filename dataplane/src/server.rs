@@ -1,0 +1,324 @@
+//! The vhost-user server: one listening socket, one frontend at a time,
+//! reconnects forever until stopped.
+//!
+//! Lifecycle of a connection (the QEMU multifd discipline):
+//! 1. build a [`NetBackend`] and a `VhostUserDaemon`, which creates one
+//!    worker thread per queue pair and returns only when every worker's
+//!    epoll is set up;
+//! 2. register each pair's XSK fd and timer fd with its own worker (before
+//!    the frontend is even accepted, so no traffic reaches a worker that
+//!    is not ready);
+//! 3. accept the frontend and serve it until it disconnects (cleanly or
+//!    killed) or [`ServerHandle::stop`] is called;
+//! 4. drop the daemon: every worker gets its exit event and is joined; the
+//!    exit fds vhost-user-backend leaks are closed; the queue pairs (with
+//!    their sockets, UMEM and counters) stay for the next connection.
+//!
+//! A worker never fails the connection: data path faults are counted and
+//! break only their own vring. A fatal error of the server itself (listener
+//! gone, daemon cannot be built) ends [`Server::run`] with that error after
+//! the current connection was torn down in order.
+
+use crate::backend::{NetBackend, NetConfig, TIMER_EVENT_OFFSET, XSK_EVENT_OFFSET};
+use crate::counters::{CounterSnapshot, QueueCounters};
+use crate::queue_pair::QueuePair;
+use crate::virtio_net::MAX_QUEUE_PAIRS;
+use crate::xsk::XskPort;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use vhost::vhost_user::Listener;
+use vhost_user_backend::VhostUserDaemon;
+use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
+use vmm_sys_util::epoll::EventSet;
+use vmm_sys_util::eventfd::EventFd;
+
+/// Errors of the server.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    /// The configuration is not usable.
+    #[error("Invalid dataplane configuration: {0}.")]
+    Config(String),
+    /// The listening socket could not be created.
+    #[error("Cannot listen on vhost-user socket {path}: {detail}.")]
+    Listen {
+        /// Socket path.
+        path: PathBuf,
+        /// The error.
+        detail: String,
+    },
+    /// A system call failed.
+    #[error("{what} failed: {source}.")]
+    Io {
+        /// What was attempted.
+        what: &'static str,
+        /// The OS error.
+        source: std::io::Error,
+    },
+    /// The vhost-user daemon could not be built or run.
+    #[error("vhost-user daemon error: {0}.")]
+    Daemon(String),
+}
+
+/// Handle to a running server: stop it, read its counters.
+#[derive(Clone)]
+pub struct ServerHandle {
+    stop: Arc<EventFd>,
+    stopping: Arc<AtomicBool>,
+    current: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    counters: Vec<Arc<QueueCounters>>,
+    connections: Arc<AtomicU64>,
+}
+
+impl std::fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerHandle").finish_non_exhaustive()
+    }
+}
+
+impl ServerHandle {
+    /// Asks the server to end: the current connection is shut down, its
+    /// workers joined, and `run` returns.
+    pub fn stop(&self) {
+        self.stopping.store(true, Ordering::Release);
+        let _ = self.stop.write(1);
+        if let Some(h) = self
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            h.shutdown();
+        }
+    }
+
+    /// Counters of queue pair `qp`.
+    pub fn counters(&self, qp: usize) -> Option<CounterSnapshot> {
+        self.counters.get(qp).map(|c| c.snapshot())
+    }
+
+    /// Counters of every queue pair, in order.
+    pub fn all_counters(&self) -> Vec<CounterSnapshot> {
+        self.counters.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// Frontend connections served so far (including the current one).
+    pub fn connections(&self) -> u64 {
+        self.connections.load(Ordering::Acquire)
+    }
+}
+
+/// The vhost-user-net server over a set of AF_XDP ports.
+pub struct Server {
+    cfg: NetConfig,
+    path: PathBuf,
+    listener: Listener,
+    pairs: Vec<Arc<Mutex<QueuePair>>>,
+    handle: ServerHandle,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Listens on `path` (replacing a stale socket file) with one queue
+    /// pair per port, in order (`ports[i]` serves vrings 2i and 2i+1).
+    pub fn new(path: &Path, cfg: NetConfig, ports: Vec<XskPort>) -> Result<Self, ServerError> {
+        if cfg.queue_pairs == 0 || cfg.queue_pairs > MAX_QUEUE_PAIRS {
+            return Err(ServerError::Config(format!(
+                "queue pairs must be 1 to {MAX_QUEUE_PAIRS}, not {}",
+                cfg.queue_pairs
+            )));
+        }
+        if ports.len() != usize::from(cfg.queue_pairs) {
+            return Err(ServerError::Config(format!(
+                "{} AF_XDP ports for {} queue pairs",
+                ports.len(),
+                cfg.queue_pairs
+            )));
+        }
+        if !cfg.max_queue_size.is_power_of_two() || cfg.max_queue_size > 32768 {
+            return Err(ServerError::Config(format!(
+                "maximum queue size {} is not a power of two up to 32768",
+                cfg.max_queue_size
+            )));
+        }
+        let mut pairs = Vec::with_capacity(ports.len());
+        let mut counters = Vec::with_capacity(ports.len());
+        for (i, port) in ports.into_iter().enumerate() {
+            let qp = QueuePair::new(i as u16, port, cfg.mtu).map_err(|source| ServerError::Io {
+                what: "creating a timerfd",
+                source,
+            })?;
+            counters.push(qp.counters());
+            pairs.push(Arc::new(Mutex::new(qp)));
+        }
+        let listener = Listener::new(path, true).map_err(|e| ServerError::Listen {
+            path: path.to_path_buf(),
+            detail: e.to_string(),
+        })?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
+            ServerError::Io {
+                what: "creating an eventfd",
+                source,
+            }
+        })?;
+        Ok(Self {
+            cfg,
+            path: path.to_path_buf(),
+            listener,
+            pairs,
+            handle: ServerHandle {
+                stop: Arc::new(stop),
+                stopping: Arc::new(AtomicBool::new(false)),
+                current: Arc::new(Mutex::new(None)),
+                counters,
+                connections: Arc::new(AtomicU64::new(0)),
+            },
+        })
+    }
+
+    /// A handle to stop the server and read counters from other threads.
+    pub fn handle(&self) -> ServerHandle {
+        self.handle.clone()
+    }
+
+    /// Serves frontends one after another until stopped.
+    pub fn run(mut self) -> Result<(), ServerError> {
+        let result = self.serve();
+        // The socket file goes with the server.
+        let _ = std::fs::remove_file(&self.path);
+        result
+    }
+
+    fn serve(&mut self) -> Result<(), ServerError> {
+        loop {
+            if !self.wait_for_frontend()? {
+                return Ok(());
+            }
+            self.serve_one()?;
+            if self.handle.stopping.load(Ordering::Acquire) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// Waits until a frontend is connecting (true) or stop was asked (false).
+    fn wait_for_frontend(&self) -> Result<bool, ServerError> {
+        let mut fds = [
+            libc::pollfd {
+                fd: self.listener.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: self.handle.stop.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        loop {
+            if self.handle.stopping.load(Ordering::Acquire) {
+                return Ok(false);
+            }
+            // SAFETY: fds is a valid array of two pollfd structs.
+            let rc = unsafe { libc::poll(fds.as_mut_ptr(), 2, -1) };
+            if rc < 0 {
+                let e = std::io::Error::last_os_error();
+                if e.kind() == std::io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(ServerError::Io {
+                    what: "poll on the vhost-user listener",
+                    source: e,
+                });
+            }
+            if fds[1].revents != 0 {
+                return Ok(false);
+            }
+            if fds[0].revents & libc::POLLIN != 0 {
+                return Ok(true);
+            }
+            if fds[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+                return Err(ServerError::Io {
+                    what: "the vhost-user listener",
+                    source: std::io::Error::other("listener socket failed"),
+                });
+            }
+        }
+    }
+
+    fn serve_one(&mut self) -> Result<(), ServerError> {
+        let mem = GuestMemoryAtomic::new(GuestMemoryMmap::new());
+        let backend = Arc::new(NetBackend::new(
+            self.cfg.clone(),
+            self.pairs.clone(),
+            mem.clone(),
+        ));
+        for p in &self.pairs {
+            p.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .begin_connection();
+        }
+        let mut daemon = VhostUserDaemon::new("xdpath-vhost-user".into(), backend.clone(), mem)
+            .map_err(|e| ServerError::Daemon(e.to_string()))?;
+        let result = self.run_connection(&mut daemon);
+        // Joins every worker of this connection (exit events, then join).
+        drop(daemon);
+        backend.close_exit_fds();
+        *self
+            .handle
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = None;
+        result
+    }
+
+    fn run_connection(
+        &mut self,
+        daemon: &mut VhostUserDaemon<Arc<NetBackend>>,
+    ) -> Result<(), ServerError> {
+        let nq = 2 * self.cfg.queue_pairs;
+        for (i, h) in daemon.get_epoll_handlers().iter().enumerate() {
+            let Some(pair) = self.pairs.get(i) else {
+                continue;
+            };
+            let qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
+            for (fd, id) in [
+                (qp.xsk_fd(), nq + XSK_EVENT_OFFSET),
+                (qp.timer_fd(), nq + TIMER_EVENT_OFFSET),
+            ] {
+                h.register_listener(fd, EventSet::IN, u64::from(id))
+                    .map_err(|source| ServerError::Io {
+                        what: "registering a worker fd",
+                        source,
+                    })?;
+            }
+        }
+        daemon
+            .start(&mut self.listener)
+            .map_err(|e| ServerError::Daemon(e.to_string()))?;
+        self.handle.connections.fetch_add(1, Ordering::AcqRel);
+        *self
+            .handle
+            .current
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = daemon.shutdown_handle();
+        // A stop that raced with the accept.
+        if self.handle.stopping.load(Ordering::Acquire) {
+            daemon.request_shutdown();
+        }
+        tracing::info!(socket = %self.path.display(), "vhost-user frontend connected");
+        match daemon.wait() {
+            Ok(()) => tracing::info!("vhost-user frontend disconnected"),
+            Err(e) => tracing::info!("vhost-user connection ended: {e}"),
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,417 @@
+//! One AF_XDP socket with its own UMEM and frame allocator.
+//!
+//! An [`XskPort`] is owned by exactly one queue-pair worker: the UMEM, the
+//! four rings (fill, completion, RX, TX) and the free-frame list are only
+//! touched by that worker, so nothing here locks. The frame budget is
+//! split once: `fill_frames` frames live in the fill/RX cycle (an RX frame
+//! goes back to the fill ring as soon as it was copied to the guest), the
+//! rest serve TX (free list -> TX ring -> completion ring -> free list).
+//!
+//! xsk-rs's `produce` calls are all-or-nothing; every call here offers at
+//! most the free slots it just counted.
+
+use std::io;
+use std::num::NonZeroU32;
+use std::os::fd::{AsRawFd, RawFd};
+use xsk_rs::config::{
+    BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
+};
+use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+/// Headroom the kernel keeps in front of every received frame.
+pub const XDP_PACKET_HEADROOM: usize = 256;
+
+/// How to create an [`XskPort`].
+#[derive(Debug, Clone)]
+pub struct XskConfig {
+    /// Interface name (in the caller's network namespace).
+    pub iface: String,
+    /// NIC queue to bind to.
+    pub queue: u32,
+    /// UMEM frame size (2048 or 4096).
+    pub frame_size: u32,
+    /// Total UMEM frames; half feed RX, half serve TX.
+    pub frames: u32,
+    /// Size of each of the four rings (power of two).
+    pub ring_size: u32,
+    /// Force copy mode (veth supports only copy mode anyway); otherwise the
+    /// kernel picks zero copy when the driver supports it.
+    pub force_copy: bool,
+}
+
+impl XskConfig {
+    /// Defaults: 2048-byte frames, 4096 frames, 2048-slot rings, auto mode.
+    pub fn new(iface: impl Into<String>, queue: u32) -> Self {
+        Self {
+            iface: iface.into(),
+            queue,
+            frame_size: 2048,
+            frames: 4096,
+            ring_size: 2048,
+            force_copy: false,
+        }
+    }
+
+    /// Largest frame (Ethernet header included) one UMEM frame holds.
+    pub fn max_frame_len(&self) -> usize {
+        self.frame_size as usize - XDP_PACKET_HEADROOM
+    }
+}
+
+/// Errors creating a port.
+#[derive(Debug, thiserror::Error)]
+pub enum XskError {
+    /// A size in the configuration is not acceptable.
+    #[error("AF_XDP configuration is invalid: {0}.")]
+    Config(String),
+    /// Creating the UMEM failed.
+    #[error("Creating the UMEM failed: {0}.")]
+    Umem(String),
+    /// Creating or binding the socket failed.
+    #[error("Binding an AF_XDP socket to {iface} queue {queue} failed: {detail}.")]
+    Bind {
+        /// Interface name.
+        iface: String,
+        /// Queue index.
+        queue: u32,
+        /// What libxdp reported.
+        detail: String,
+    },
+}
+
+/// The kernel's `struct xdp_statistics`.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct XdpStats {
+    /// Dropped for reasons other than invalid descriptors.
+    pub rx_dropped: u64,
+    /// Dropped due to invalid descriptors.
+    pub rx_invalid_descs: u64,
+    /// Dropped due to invalid descriptors.
+    pub tx_invalid_descs: u64,
+    /// Dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the TX ring was empty when the kernel looked.
+    pub tx_ring_empty_descs: u64,
+}
+
+/// An AF_XDP socket bound to one queue, with its UMEM and frames.
+pub struct XskPort {
+    umem: Umem,
+    rx: RxQueue,
+    tx: TxQueue,
+    fill: FillQueue,
+    comp: CompQueue,
+    /// Frames free for TX.
+    free: Vec<FrameDesc>,
+    /// Scratch for completions, reused every batch.
+    comp_batch: Vec<FrameDesc>,
+    /// Frames of the TX batch being filled, reused every batch.
+    staged: Vec<FrameDesc>,
+    ring_size: u32,
+    max_frame_len: usize,
+    queue: u32,
+}
+
+impl std::fmt::Debug for XskPort {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("XskPort")
+            .field("queue", &self.queue)
+            .field("free_tx_frames", &self.free.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl XskPort {
+    /// Creates the UMEM, binds the socket (need_wakeup, our own XDP program
+    /// stays: libxdp's is never loaded) and fills the fill ring.
+    pub fn bind(cfg: &XskConfig) -> Result<Self, XskError> {
+        let ring = QueueSize::new(cfg.ring_size).map_err(|e| XskError::Config(e.to_string()))?;
+        let frame_size =
+            FrameSize::new(cfg.frame_size).map_err(|e| XskError::Config(e.to_string()))?;
+        let frames = NonZeroU32::new(cfg.frames)
+            .filter(|n| n.get() >= 2 * 64)
+            .ok_or_else(|| {
+                XskError::Config(format!(
+                    "{} UMEM frames is too few (at least 128)",
+                    cfg.frames
+                ))
+            })?;
+        let umem_cfg = UmemConfig::builder()
+            .frame_size(frame_size)
+            .fill_queue_size(ring)
+            .comp_queue_size(ring)
+            .build()
+            .map_err(|e| XskError::Config(e.to_string()))?;
+        let (umem, mut descs) =
+            Umem::new(umem_cfg, frames, false).map_err(|e| XskError::Umem(e.to_string()))?;
+        let mut bind = BindFlags::XDP_USE_NEED_WAKEUP;
+        if cfg.force_copy {
+            bind |= BindFlags::XDP_COPY;
+        }
+        let sock_cfg = SocketConfig::builder()
+            .rx_queue_size(ring)
+            .tx_queue_size(ring)
+            .libxdp_flags(LibxdpFlags::XSK_LIBXDP_FLAGS_INHIBIT_PROG_LOAD)
+            .bind_flags(bind)
+            .build();
+        let bind_err = |detail: String| XskError::Bind {
+            iface: cfg.iface.clone(),
+            queue: cfg.queue,
+            detail,
+        };
+        let ifname: Interface = cfg
+            .iface
+            .parse()
+            .map_err(|e: std::ffi::NulError| bind_err(e.to_string()))?;
+        // SAFETY: the UMEM is fresh and not shared, so the double-free
+        // hazard xsk-rs documents for shared UMEMs does not apply.
+        let (tx, rx, fq_cq) = unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &ifname, cfg.queue) }
+            .map_err(|e| bind_err(e.to_string()))?;
+        let (mut fill, comp) =
+            fq_cq.ok_or_else(|| bind_err("no fill/completion ring for a fresh UMEM".into()))?;
+        let to_fill = (descs.len() / 2).min(cfg.ring_size as usize);
+        let mut free = Vec::with_capacity(descs.len());
+        free.extend(descs.drain(to_fill..));
+        // SAFETY: these frames are owned by nobody else yet; the ring has
+        // `ring_size` >= `to_fill` free slots.
+        let n = unsafe { fill.produce(&descs) };
+        if n != descs.len() {
+            return Err(bind_err(format!(
+                "fill ring accepted {n} of {} frames",
+                descs.len()
+            )));
+        }
+        Ok(Self {
+            umem,
+            rx,
+            tx,
+            fill,
+            comp,
+            comp_batch: vec![FrameDesc::default(); cfg.ring_size as usize],
+            staged: Vec::with_capacity(cfg.ring_size as usize),
+            free,
+            ring_size: cfg.ring_size,
+            max_frame_len: cfg.max_frame_len(),
+            queue: cfg.queue,
+        })
+    }
+
+    /// The NIC queue this socket is bound to.
+    pub fn queue(&self) -> u32 {
+        self.queue
+    }
+
+    /// Largest frame a UMEM frame holds.
+    pub fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    /// Takes up to `descs.len()` received frames from the RX ring.
+    pub fn rx_consume(&mut self, descs: &mut [FrameDesc]) -> usize {
+        // SAFETY: descriptors come from our own RX ring and describe frames
+        // of our own UMEM.
+        unsafe { self.rx.consume(descs) }
+    }
+
+    /// The bytes of a received frame.
+    pub fn rx_data(&self, desc: &FrameDesc) -> &[u8] {
+        // SAFETY: `desc` came from our RX ring (so it is a frame of this
+        // UMEM) and is not in the fill ring until `rx_release` gives it back.
+        unsafe { self.umem.data(desc) }.contents()
+    }
+
+    /// Gives consumed RX frames back to the fill ring.
+    pub fn rx_release(&mut self, descs: &[FrameDesc]) {
+        // SAFETY: the frames came from our RX ring and are no longer read.
+        // The fill ring has room: at most `ring_size` frames cycle through
+        // fill/RX, and these were just taken out of the RX ring.
+        let n = unsafe { self.fill.produce(descs) };
+        debug_assert_eq!(n, descs.len());
+        if n != descs.len() {
+            // Cannot happen by construction; keep the frames for TX rather
+            // than lose them.
+            self.free.extend_from_slice(descs);
+        }
+    }
+
+    /// Moves finished TX frames from the completion ring to the free list;
+    /// returns how many.
+    pub fn reap_completions(&mut self) -> usize {
+        // SAFETY: completions describe frames of our UMEM that the kernel no
+        // longer uses.
+        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
+        self.free.extend_from_slice(&self.comp_batch[..n]);
+        n
+    }
+
+    /// How many frames can go to the TX ring right now (free frames and
+    /// free ring slots, whichever is fewer).
+    pub fn tx_capacity(&mut self) -> usize {
+        self.free
+            .len()
+            .min(self.tx.nb_free(self.ring_size) as usize)
+    }
+
+    /// Starts a TX batch: frames are taken from the free list as they are
+    /// filled and go back to it if the batch is dropped uncommitted.
+    pub fn tx_batch(&mut self) -> TxBatch<'_> {
+        debug_assert!(self.staged.is_empty());
+        TxBatch { port: self }
+    }
+
+    /// Hands `n` filled frames to the kernel and wakes it when it asks to
+    /// be woken (copy mode always does). Returns the number of wake-ups.
+    fn tx_submit(&mut self, descs: &[FrameDesc]) -> u64 {
+        // SAFETY: the frames were filled by us and are in no other ring;
+        // `TxBatch` never holds more than `tx_capacity` frames.
+        let n = unsafe { self.tx.produce(descs) };
+        debug_assert_eq!(n, descs.len());
+        if n != descs.len() {
+            self.free.extend_from_slice(descs);
+            return 0;
+        }
+        let mut wakeups = 0;
+        // Copy mode sends at most 32 frames per sendto: wake until the
+        // kernel has taken everything (bounded by the ring size).
+        for _ in 0..=(descs.len() / 32 + 1) {
+            if !self.tx.needs_wakeup() {
+                break;
+            }
+            wakeups += 1;
+            match self.tx.wakeup() {
+                Ok(()) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
+                    ) => {}
+                Err(e) => {
+                    tracing::debug!(queue = self.queue, "XSK TX wakeup: {e}");
+                    break;
+                }
+            }
+            if self.tx.nb_free(self.ring_size) == self.ring_size {
+                break;
+            }
+        }
+        wakeups
+    }
+
+    /// The kernel's XDP_STATISTICS for this socket.
+    pub fn stats(&self) -> io::Result<XdpStats> {
+        let mut s = XdpStats::default();
+        let mut len = std::mem::size_of::<XdpStats>() as libc::socklen_t;
+        // SAFETY: `s` is a writable xdp_statistics of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&mut s as *mut XdpStats).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
+    }
+
+    /// The socket's fd (for epoll and XSKMAP registration).
+    pub fn fd(&self) -> RawFd {
+        self.rx.fd().as_raw_fd()
+    }
+}
+
+impl AsRawFd for XskPort {
+    fn as_raw_fd(&self) -> RawFd {
+        self.fd()
+    }
+}
+
+/// Outcome of [`TxBatch::push`].
+#[derive(Debug, PartialEq, Eq)]
+pub enum Push<E> {
+    /// The frame was filled and staged.
+    Staged,
+    /// No free frame: retry after completions.
+    NoFrame,
+    /// `len` exceeds the UMEM frame; nothing was reserved.
+    TooLong,
+    /// The fill closure failed; the frame went back to the free list.
+    Failed(E),
+}
+
+/// A TX batch in the xdpilone style: reserve a frame, fill it, and either
+/// `commit` the batch to the TX ring or drop it, which returns every
+/// staged frame to the free list.
+pub struct TxBatch<'a> {
+    port: &'a mut XskPort,
+}
+
+impl TxBatch<'_> {
+    /// Reserves one frame of `len` bytes and lets `fill` write all of it.
+    pub fn push<E>(
+        &mut self,
+        len: usize,
+        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
+    ) -> Push<E> {
+        if len > self.port.max_frame_len {
+            return Push::TooLong;
+        }
+        let Some(mut desc) = self.port.free.pop() else {
+            return Push::NoFrame;
+        };
+        // SAFETY: the frame came from our free list: no ring holds it.
+        let mut data = unsafe { self.port.umem.data_mut(&mut desc) };
+        data.cursor().set_pos(len);
+        let buf = data.contents_mut();
+        if buf.len() != len {
+            self.port.free.push(desc);
+            return Push::TooLong;
+        }
+        match fill(buf) {
+            Ok(()) => {
+                self.port.staged.push(desc);
+                Push::Staged
+            }
+            Err(e) => {
+                self.port.free.push(desc);
+                Push::Failed(e)
+            }
+        }
+    }
+
+    /// Frames staged so far.
+    pub fn len(&self) -> usize {
+        self.port.staged.len()
+    }
+
+    /// True when nothing was staged.
+    pub fn is_empty(&self) -> bool {
+        self.port.staged.is_empty()
+    }
+
+    /// Hands the staged frames to the kernel; returns the wake-ups made.
+    pub fn commit(self) -> u64 {
+        if self.port.staged.is_empty() {
+            return 0;
+        }
+        let mut staged = std::mem::take(&mut self.port.staged);
+        let wakeups = self.port.tx_submit(&staged);
+        staged.clear();
+        self.port.staged = staged;
+        wakeups
+    }
+}
+
+impl Drop for TxBatch<'_> {
+    fn drop(&mut self) {
+        // Uncommitted frames go back to the free list (no-op after commit).
+        let port = &mut *self.port;
+        port.free.append(&mut port.staged);
+    }
+}
