@@ -11,6 +11,7 @@
 //! | 1                     | kick of TX vring 2i+1          | transmit      |
 //! | `num_queues + 1`      | XSK fd readable                | deliver RX    |
 //! | `num_queues + 2`      | TX retry timer                 | transmit      |
+//! | `num_queues + 3`      | handoff inbox (other pairs)    | deliver RX    |
 //!
 //! (vhost-user-backend numbers vring events by their position inside the
 //! thread's `queues_per_thread` mask, and reserves ids up to `num_queues`.)
@@ -51,6 +52,8 @@ pub struct NetConfig {
 pub const XSK_EVENT_OFFSET: u16 = 1;
 /// Event id of the TX retry timer, relative to `num_queues`.
 pub const TIMER_EVENT_OFFSET: u16 = 2;
+/// Event id of the handoff inbox, relative to `num_queues`.
+pub const HANDOFF_EVENT_OFFSET: u16 = 3;
 
 /// The device for one frontend connection.
 pub struct NetBackend {
@@ -225,13 +228,17 @@ impl VhostUserBackend for NetBackend {
         let mut qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
         qp.apply_mailbox();
         match device_event {
-            0 => qp.process_rx(rx, &self.mem, features),
+            0 => {
+                qp.note_rx_vring(rx);
+                qp.process_rx(rx, &self.mem, features);
+            }
             1 => qp.process_tx(tx, &self.mem, features),
             e if e == nq + XSK_EVENT_OFFSET => qp.process_rx(rx, &self.mem, features),
             e if e == nq + TIMER_EVENT_OFFSET => {
                 qp.timer_fired();
                 qp.process_tx(tx, &self.mem, features);
             }
+            e if e == nq + HANDOFF_EVENT_OFFSET => qp.process_handoff(rx, &self.mem, features),
             other => tracing::debug!(thread_id, event = other, "unexpected event; ignored"),
         }
         qp.flush_counters();

@@ -60,6 +60,10 @@ counters! {
     /// Frames dropped because no frontend was connected or the RX vring was
     /// not enabled.
     rx_drop_no_guest,
+    /// Frames passed to another queue pair's worker because the guest has
+    /// not enabled this pair's RX vring (delivered there, counted there as
+    /// rx_frames).
+    rx_handed_off,
     /// Frames dropped because they do not fit a single RX chain and
     /// mergeable buffers were not negotiated.
     rx_drop_oversize,

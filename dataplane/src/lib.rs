@@ -11,6 +11,8 @@
 //!   routes each worker's events to its queue pair.
 //! - [`server`]: the listening socket, one connection at a time, the
 //!   worker lifecycle and reconnects.
+//! - [`handoff`]: frames passed by message from a pair whose RX vring the
+//!   guest did not enable to the worker of one it did.
 //! - [`counters`]: per-queue-pair counters, written by the owner once per
 //!   batch, readable by anyone.
 //! - [`virtio_net`]: feature bits, header and config space.
@@ -20,6 +22,7 @@
 pub mod backend;
 pub mod chain;
 pub mod counters;
+pub mod handoff;
 pub mod queue_pair;
 pub mod server;
 pub mod virtio_net;

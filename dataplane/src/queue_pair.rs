@@ -27,9 +27,14 @@
 //!
 //! A malformed chain (see [`crate::chain`]) marks its vring broken: that
 //! vring stops until the frontend resets it, every other vring goes on.
+//!
+//! A pair whose RX vring the guest has not enabled hands its frames to the
+//! worker of an enabled pair ([`crate::handoff`]); that worker delivers
+//! them to its own vring.
 
 use crate::chain::{self, ChainError, Segment};
 use crate::counters::{QueueCounters, Tally};
+use crate::handoff::{Peers, HANDOFF_SLOTS};
 use crate::virtio_net::{rx_header, HDR_LEN};
 use crate::xsk::{Push, XskPort};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -80,6 +85,7 @@ enum VringStop {
 pub struct QueuePair {
     index: u16,
     port: XskPort,
+    peers: Arc<Peers>,
     counters: Arc<QueueCounters>,
     mailbox: Arc<QueueMailbox>,
     timer: TimerFd,
@@ -110,12 +116,14 @@ impl std::fmt::Debug for QueuePair {
 }
 
 impl QueuePair {
-    /// Wraps `port` as queue pair `index`; `mtu` bounds guest TX frames.
-    pub fn new(index: u16, port: XskPort, mtu: u16) -> std::io::Result<Self> {
+    /// Wraps `port` as queue pair `index`; `mtu` bounds guest TX frames;
+    /// `peers` is the handoff table shared by all pairs of the server.
+    pub fn new(index: u16, port: XskPort, mtu: u16, peers: Arc<Peers>) -> std::io::Result<Self> {
         let max_tx_frame = (usize::from(mtu) + 14 + 4).min(port.max_frame_len());
         Ok(Self {
             index,
             port,
+            peers,
             counters: Arc::new(QueueCounters::default()),
             mailbox: Arc::new(QueueMailbox::default()),
             timer: TimerFd::new()?,
@@ -224,12 +232,14 @@ impl QueuePair {
         // One guest memory snapshot and one vring lock per batch.
         let mem = mem.memory();
         let mut state = vring.get_mut();
-        let usable = state.get_queue().ready() && state.is_enabled();
-        if !usable || self.rx_broken {
-            if usable {
+        let enabled = state.get_queue().ready() && state.is_enabled();
+        self.peers.set_enabled(self.index, enabled);
+        if !enabled || self.rx_broken {
+            drop(state);
+            if enabled {
                 self.tally.rx_bad_chain += n as u64;
             } else {
-                self.tally.rx_drop_no_guest += n as u64;
+                self.hand_off(n);
             }
             self.port.rx_release(&self.rx_descs[..n]);
             return;
@@ -278,6 +288,101 @@ impl QueuePair {
         if delivered > 0 {
             self.notify_guest(&mut state);
         }
+    }
+
+    /// This pair's RX vring is disabled: pass the `n` received frames to
+    /// an enabled pair's worker, or count them dropped if there is none.
+    fn hand_off(&mut self, n: usize) {
+        let target = self
+            .peers
+            .target_for(self.index)
+            .filter(|&t| t != usize::from(self.index))
+            .and_then(|t| self.peers.handoff(t));
+        let Some(h) = target else {
+            self.tally.rx_drop_no_guest += n as u64;
+            return;
+        };
+        for d in &self.rx_descs[..n] {
+            if h.offer(self.port.rx_data(d)) {
+                self.tally.rx_handed_off += 1;
+            } else {
+                self.tally.rx_drop_no_guest_buffer += 1;
+            }
+        }
+        h.wake();
+    }
+
+    /// Frames other pairs handed to this one: deliver them to this pair's
+    /// RX vring, then return their buffers.
+    pub fn process_handoff(
+        &mut self,
+        vring: &VringRwLock,
+        mem: &GuestMemoryAtomic<GuestMemoryMmap>,
+        features: DataPathFeatures,
+    ) {
+        let mem = mem.memory();
+        let mut state = vring.get_mut();
+        let enabled = state.get_queue().ready() && state.is_enabled();
+        self.peers.set_enabled(self.index, enabled);
+        let Some(h) = self.peers.handoff(usize::from(self.index)) else {
+            return;
+        };
+        h.consume_wake();
+        let mut delivered = 0u64;
+        let mut stop = None;
+        for _ in 0..HANDOFF_SLOTS {
+            let Some((buf, len)) = h.take() else { break };
+            let frame = &buf[..len];
+            if !enabled {
+                self.tally.rx_drop_no_guest += 1;
+            } else if self.rx_broken || stop.is_some() {
+                self.tally.rx_bad_chain += 1;
+            } else {
+                match rx_one(
+                    state.get_queue_mut(),
+                    &mem,
+                    frame,
+                    features,
+                    &mut self.segs,
+                    &mut self.rx_segs,
+                    &mut self.rx_chains,
+                ) {
+                    Ok(RxOne::Delivered) => {
+                        delivered += 1;
+                        self.tally.rx_frames += 1;
+                        self.tally.rx_bytes += len as u64;
+                    }
+                    Ok(RxOne::NoBuffer) => self.tally.rx_drop_no_guest_buffer += 1,
+                    Ok(RxOne::Oversize) => self.tally.rx_drop_oversize += 1,
+                    Err(e) => {
+                        self.tally.rx_drop_no_guest_buffer += 1;
+                        stop = Some(e);
+                    }
+                }
+            }
+            h.give_back(buf);
+        }
+        if let Some(e) = stop {
+            self.break_vring(true, e);
+        }
+        if delivered > 0 {
+            self.notify_guest(&mut state);
+        }
+    }
+
+    /// The handoff eventfd (epoll: readable = frames from other pairs).
+    pub fn handoff_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.peers
+            .handoff(usize::from(self.index))
+            .map(|h| h.wake_fd())
+    }
+
+    /// Publishes whether this pair's RX vring is enabled (on its kick or
+    /// enable event), so other pairs know where to hand frames.
+    pub fn note_rx_vring(&mut self, vring: &VringRwLock) {
+        let state = vring.get_ref();
+        self.peers
+            .set_enabled(self.index, state.get_queue().ready() && state.is_enabled());
     }
 
     fn break_vring(&mut self, rx: bool, why: VringStop) {

@@ -5,7 +5,8 @@
 //! 1. build a [`NetBackend`] and a `VhostUserDaemon`, which creates one
 //!    worker thread per queue pair and returns only when every worker's
 //!    epoll is set up;
-//! 2. register each pair's XSK fd and timer fd with its own worker (before
+//! 2. register each pair's XSK fd, timer fd and handoff eventfd with its
+//!    own worker (before
 //!    the frontend is even accepted, so no traffic reaches a worker that
 //!    is not ready);
 //! 3. accept the frontend and serve it until it disconnects (cleanly or
@@ -19,8 +20,11 @@
 //! gone, daemon cannot be built) ends [`Server::run`] with that error after
 //! the current connection was torn down in order.
 
-use crate::backend::{NetBackend, NetConfig, TIMER_EVENT_OFFSET, XSK_EVENT_OFFSET};
+use crate::backend::{
+    NetBackend, NetConfig, HANDOFF_EVENT_OFFSET, TIMER_EVENT_OFFSET, XSK_EVENT_OFFSET,
+};
 use crate::counters::{CounterSnapshot, QueueCounters};
+use crate::handoff::Peers;
 use crate::queue_pair::QueuePair;
 use crate::virtio_net::MAX_QUEUE_PAIRS;
 use crate::xsk::XskPort;
@@ -115,6 +119,7 @@ pub struct Server {
     path: PathBuf,
     listener: Listener,
     pairs: Vec<Arc<Mutex<QueuePair>>>,
+    peers: Arc<Peers>,
     handle: ServerHandle,
 }
 
@@ -149,12 +154,22 @@ impl Server {
                 cfg.max_queue_size
             )));
         }
+        let frame_len = ports.iter().map(XskPort::max_frame_len).max().unwrap_or(0);
+        let peers =
+            Arc::new(
+                Peers::new(ports.len(), frame_len).map_err(|source| ServerError::Io {
+                    what: "creating the handoff eventfds",
+                    source,
+                })?,
+            );
         let mut pairs = Vec::with_capacity(ports.len());
         let mut counters = Vec::with_capacity(ports.len());
         for (i, port) in ports.into_iter().enumerate() {
-            let qp = QueuePair::new(i as u16, port, cfg.mtu).map_err(|source| ServerError::Io {
-                what: "creating a timerfd",
-                source,
+            let qp = QueuePair::new(i as u16, port, cfg.mtu, peers.clone()).map_err(|source| {
+                ServerError::Io {
+                    what: "creating a timerfd",
+                    source,
+                }
             })?;
             counters.push(qp.counters());
             pairs.push(Arc::new(Mutex::new(qp)));
@@ -174,6 +189,7 @@ impl Server {
             path: path.to_path_buf(),
             listener,
             pairs,
+            peers,
             handle: ServerHandle {
                 stop: Arc::new(stop),
                 stopping: Arc::new(AtomicBool::new(false)),
@@ -261,6 +277,7 @@ impl Server {
             self.pairs.clone(),
             mem.clone(),
         ));
+        self.peers.reset();
         for p in &self.pairs {
             p.lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -290,10 +307,14 @@ impl Server {
                 continue;
             };
             let qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
+            let handoff = qp.handoff_fd().map(|fd| (fd, nq + HANDOFF_EVENT_OFFSET));
             for (fd, id) in [
                 (qp.xsk_fd(), nq + XSK_EVENT_OFFSET),
                 (qp.timer_fd(), nq + TIMER_EVENT_OFFSET),
-            ] {
+            ]
+            .into_iter()
+            .chain(handoff)
+            {
                 h.register_listener(fd, EventSet::IN, u64::from(id))
                     .map_err(|source| ServerError::Io {
                         what: "registering a worker fd",
