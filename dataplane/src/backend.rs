@@ -203,7 +203,7 @@ impl VhostUserBackend for NetBackend {
         // A message to the owning worker: it clears the vring's broken
         // state between batches (the frontend is resetting the vring).
         if let Some(mailbox) = self.mailboxes.get((queue_index / 2) as usize) {
-            if queue_index % 2 == 0 {
+            if queue_index.is_multiple_of(2) {
                 mailbox.reset_rx.store(true, Ordering::Release);
             } else {
                 mailbox.reset_tx.store(true, Ordering::Release);

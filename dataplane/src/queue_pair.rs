@@ -257,7 +257,7 @@ impl QueuePair {
                 let data = self.port.rx_data(&self.rx_descs[i]);
                 match rx_one(
                     queue,
-                    &*mem,
+                    &mem,
                     data,
                     features,
                     &mut self.segs,
@@ -454,7 +454,7 @@ impl QueuePair {
                     break 'notify;
                 }
                 let (ring_empty, used, stop) =
-                    self.tx_batch(state.get_queue_mut(), &*mem, features, cap);
+                    self.tx_batch(state.get_queue_mut(), &mem, features, cap);
                 used_any |= used;
                 if let Some(why) = stop {
                     self.break_vring(false, why);

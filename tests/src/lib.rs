@@ -3,6 +3,11 @@
 //! - [`topology`]: a pair of private network namespaces joined by a veth
 //!   pair with several queues; everything is removed on drop, even when the
 //!   test panics.
+//! - [`frontend`]: an in-repo vhost-user frontend (QEMU's part plus a
+//!   virtio-net driver over memfd guest memory) to drive a vhost-user-net
+//!   backend without a VM.
+//! - [`bridge`]: topology + classifier + vhost-user server + wire sockets,
+//!   the fixture of the dataplane tests.
 //! - [`frames`]: builders for the Ethernet frames the tests send, well
 //!   formed and deliberately malformed.
 //! - [`packet`]: an AF_PACKET sender in the peer namespace that picks the
@@ -13,7 +18,9 @@
 //! Tests call [`require_root`] first: as non-root they print why they skip
 //! and return, so a plain `cargo test` passes.
 
+pub mod bridge;
 pub mod frames;
+pub mod frontend;
 pub mod packet;
 pub mod topology;
 pub mod xsk;

@@ -1,4 +1,5 @@
-//! AF_PACKET sender bound to one interface of a namespace.
+//! AF_PACKET sockets bound to one interface of a namespace: a sender and a
+//! capturing receiver.
 
 use anyhow::{Context, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -79,5 +80,110 @@ impl Sender {
             .join()
             .unwrap_or_else(|p| std::panic::resume_unwind(p))
         })
+    }
+}
+
+/// A raw socket that captures every frame arriving on one interface.
+#[derive(Debug)]
+pub struct Receiver {
+    fd: OwnedFd,
+}
+
+impl Receiver {
+    /// Opens the capture on `iface`; call from a thread inside the
+    /// interface's namespace. Only frames arriving after this call are seen.
+    pub fn new(iface: &str) -> Result<Self> {
+        let c = std::ffi::CString::new(iface)?;
+        // SAFETY: c is NUL-terminated.
+        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+        if ifindex == 0 {
+            return Err(std::io::Error::last_os_error())
+                .context(format!("if_nametoindex({iface})"));
+        }
+        let proto = (libc::ETH_P_ALL as u16).to_be();
+        // SAFETY: plain socket(2) call, checked below.
+        let raw = unsafe {
+            libc::socket(
+                libc::AF_PACKET,
+                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+                i32::from(proto),
+            )
+        };
+        if raw < 0 {
+            return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
+        }
+        // SAFETY: raw is a fresh fd owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+        sll.sll_family = libc::AF_PACKET as u16;
+        sll.sll_protocol = proto;
+        sll.sll_ifindex = ifindex as i32;
+        // SAFETY: sll is a valid sockaddr_ll of the given size.
+        let rc = unsafe {
+            libc::bind(
+                fd.as_raw_fd(),
+                (&sll as *const libc::sockaddr_ll).cast(),
+                std::mem::size_of::<libc::sockaddr_ll>() as u32,
+            )
+        };
+        if rc != 0 {
+            return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
+        }
+        Ok(Self { fd })
+    }
+
+    /// Collects incoming frames (outgoing ones are skipped) for which
+    /// `keep` is true, until `want` were kept or `timeout` passed.
+    pub fn recv_matching(
+        &self,
+        want: usize,
+        timeout: std::time::Duration,
+        keep: impl Fn(&[u8]) -> bool,
+    ) -> Result<Vec<Vec<u8>>> {
+        let end = std::time::Instant::now() + timeout;
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 65536];
+        while out.len() < want {
+            let left = end.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            let mut pfd = libc::pollfd {
+                fd: self.fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 100) as i32) };
+            if rc <= 0 {
+                continue;
+            }
+            // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+            let mut from: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+            let mut flen = std::mem::size_of::<libc::sockaddr_ll>() as libc::socklen_t;
+            // SAFETY: buf and from are valid for the lengths given.
+            let n = unsafe {
+                libc::recvfrom(
+                    self.fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast(),
+                    buf.len(),
+                    libc::MSG_DONTWAIT,
+                    (&mut from as *mut libc::sockaddr_ll).cast(),
+                    &mut flen,
+                )
+            };
+            if n < 0 {
+                continue;
+            }
+            if from.sll_pkttype == libc::PACKET_OUTGOING {
+                continue;
+            }
+            let f = &buf[..n as usize];
+            if keep(f) {
+                out.push(f.to_vec());
+            }
+        }
+        Ok(out)
     }
 }

@@ -142,9 +142,11 @@ impl Topology {
             run("ip", &["-n", ns, "link", "set", dev, "up"])?;
         }
         // XPS: tx queue i of the peer is used by CPU i, so a sender pinned
-        // to CPU i reaches rx queue i of the host end. (A single-queue
-        // device refuses an XPS map, and needs none.)
-        for i in (0..self.queues).filter(|_| self.queues > 1) {
+        // to CPU i reaches rx queue i of the host end. Only queues that have
+        // a CPU get a map (a single-queue device refuses one and needs
+        // none); an AF_XDP sender reaches any queue.
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+        for i in (0..self.queues.min(cpus)).filter(|_| self.queues > 1) {
             let mask = format!("{:x}", 1u64 << (i % 64));
             let path = format!("/sys/class/net/{}/queues/tx-{i}/xps_cpus", self.peer_if);
             run(

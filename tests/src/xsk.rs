@@ -1,6 +1,11 @@
-//! A minimal AF_XDP receiver for tests (xsk-rs), bound to one queue.
+//! A minimal AF_XDP socket for tests (xsk-rs), bound to one queue: it
+//! receives (and reads the classifier's metadata block), and it sends on
+//! exactly its own queue, which on veth means the frames arrive on the same
+//! rx queue index of the other end, for any queue (XPS can only reach as
+//! many queues as there are CPUs).
 
 use anyhow::{anyhow, Context, Result};
+use std::io::Write;
 use std::num::NonZeroU32;
 use std::time::{Duration, Instant};
 use xdpath_common::{XdpMeta, XDP_META_LEN};
@@ -24,9 +29,10 @@ pub struct XskReceiver {
     umem: Umem,
     rx: RxQueue,
     fill: FillQueue,
-    // Kept so the socket and its rings stay alive.
-    _tx: TxQueue,
-    _comp: CompQueue,
+    tx: TxQueue,
+    comp: CompQueue,
+    /// Frames free for sending.
+    free: Vec<FrameDesc>,
 }
 
 impl std::fmt::Debug for XskReceiver {
@@ -42,7 +48,7 @@ impl XskReceiver {
         let umem_cfg = UmemConfig::builder()
             .build()
             .map_err(|e| anyhow!("UMEM config: {e}"))?;
-        let (umem, descs) = Umem::new(
+        let (umem, mut descs) = Umem::new(
             umem_cfg,
             NonZeroU32::new(FRAMES).context("frame count")?,
             false,
@@ -59,7 +65,9 @@ impl XskReceiver {
         let (tx, rx, fq_cq) = unsafe { xsk_rs::Socket::new(sock_cfg, &umem, &ifname, queue) }
             .map_err(|e| anyhow!("AF_XDP socket on {iface} queue {queue}: {e}"))?;
         let (mut fill, comp) = fq_cq.context("a fresh UMEM always gets fill/completion rings")?;
-        // Never offer more than the ring holds: produce is all-or-nothing.
+        // Half the frames receive, half send. Never offer more than the
+        // ring holds: produce is all-or-nothing.
+        let free = descs.split_off(descs.len() / 2);
         let offer = descs.len().min(fill.nb_free_exact() as usize);
         // SAFETY: these frames are not in use anywhere else.
         let n = unsafe { fill.produce(&descs[..offer]) };
@@ -70,8 +78,9 @@ impl XskReceiver {
             umem,
             rx,
             fill,
-            _tx: tx,
-            _comp: comp,
+            tx,
+            comp,
+            free,
         })
     }
 
@@ -127,6 +136,48 @@ impl XskReceiver {
             }
         }
         Ok(out)
+    }
+
+    /// Sends `frames` on this socket's queue; returns once the kernel has
+    /// completed all of them (or fails after `timeout`).
+    pub fn send(&mut self, frames: &[Vec<u8>], timeout: Duration) -> Result<()> {
+        let end = Instant::now() + timeout;
+        let mut done = vec![FrameDesc::default(); 64];
+        let mut in_flight = 0usize;
+        let mut next = 0usize;
+        while next < frames.len() || in_flight > 0 {
+            if Instant::now() > end {
+                return Err(anyhow!(
+                    "AF_XDP send: {} of {} frames not completed",
+                    frames.len() - next + in_flight,
+                    frames.len()
+                ));
+            }
+            // SAFETY: completions return frames we sent from this UMEM.
+            let c = unsafe { self.comp.consume(&mut done) };
+            self.free.extend_from_slice(&done[..c]);
+            in_flight -= c;
+            while next < frames.len() && self.tx.nb_free(1) > 0 {
+                let Some(mut d) = self.free.pop() else { break };
+                // SAFETY: the frame is ours (free list) and in no ring.
+                let mut data = unsafe { self.umem.data_mut(&mut d) };
+                data.cursor()
+                    .write_all(&frames[next])
+                    .context("frame larger than a UMEM frame")?;
+                // SAFETY: the frame was just written and is in no ring.
+                if unsafe { self.tx.produce_one(&d) } != 1 {
+                    self.free.push(d);
+                    break;
+                }
+                next += 1;
+                in_flight += 1;
+            }
+            if self.tx.needs_wakeup() {
+                let _ = self.tx.wakeup();
+            }
+            std::thread::yield_now();
+        }
+        Ok(())
     }
 
     /// Waits `quiet` and returns how many frames arrived in that time.

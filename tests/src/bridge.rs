@@ -1,0 +1,178 @@
+//! A complete bridge for tests: a private netns + veth pair, the XDP
+//! classifier on the host end steering [`GUEST_MAC`] to AF_XDP sockets (one
+//! per queue), xdpath's vhost-user server over them, and the peer namespace
+//! as the wire (an AF_XDP socket per queue to send on exactly that queue, an
+//! AF_PACKET capture for what the guest transmits).
+//!
+//! Dropping a [`Bridge`] tears down in the DESIGN.md order: server (workers
+//! joined, sockets closed), classifier (detach, unpin), namespaces.
+
+use crate::frames::*;
+use crate::frontend::{FrontendOptions, TestFrontend};
+use crate::packet::Receiver;
+use crate::topology::{Topology, PEER_IP, PEER_MAC};
+use crate::wait_until;
+use crate::xsk::XskReceiver;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+use xdpath_common::{Action, RuleValue};
+use xdpath_control::{Classifier, ClassifierConfig};
+use xdpath_dataplane::{CounterSnapshot, NetConfig, Server, ServerHandle, XskConfig, XskPort};
+
+pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01];
+pub const GUEST_IP: [u8; 4] = [10, 77, 0, 20];
+pub const WAIT: Duration = Duration::from_secs(5);
+pub const MTU: u16 = 1500;
+
+static SOCKETS: AtomicU32 = AtomicU32::new(0);
+
+/// Everything between the wire and the guest, torn down on drop in the
+/// DESIGN.md order: server (workers joined, sockets closed), then the
+/// classifier (detach, unpin), then the namespaces.
+pub struct Bridge {
+    server: Option<std::thread::JoinHandle<Result<(), xdpath_dataplane::ServerError>>>,
+    /// The server's handle.
+    pub handle: ServerHandle,
+    classifier: Option<Classifier>,
+    pub sock: PathBuf,
+    /// One AF_XDP socket per peer queue, to send on that queue.
+    pub wire_tx: Vec<XskReceiver>,
+    /// Captures what arrives at the peer.
+    pub wire_rx: Receiver,
+    queue_pairs: u16,
+    // Last: dropped after everything that lives in it.
+    topo: Topology,
+}
+
+impl Bridge {
+    /// Builds everything for `queue_pairs` queue pairs.
+    pub fn new(queue_pairs: u16) -> Self {
+        let topo = Topology::new(u32::from(queue_pairs)).expect("topology");
+        let host_if = topo.host_if.clone();
+        let (classifier, ports) = topo.in_host(|| {
+            let mut c =
+                Classifier::attach(&ClassifierConfig::new(&host_if)).expect("attach classifier");
+            c.insert_mac(
+                GUEST_MAC,
+                &RuleValue {
+                    action: Action::Guest as u32,
+                    port: 1,
+                    rule_id: 1,
+                    _pad: 0,
+                },
+            )
+            .expect("guest MAC rule");
+            let ports: Vec<XskPort> = (0..u32::from(queue_pairs))
+                .map(|q| {
+                    let mut cfg = XskConfig::new(&host_if, q);
+                    cfg.force_copy = true;
+                    let p = XskPort::bind(&cfg).expect("bind dataplane AF_XDP socket");
+                    c.register_socket(q, &p).expect("register in XSKS");
+                    p
+                })
+                .collect();
+            (c, ports)
+        });
+        let n = SOCKETS.fetch_add(1, Ordering::Relaxed);
+        let sock =
+            std::env::temp_dir().join(format!("xdpath-test-{}-{n}.sock", std::process::id()));
+        let cfg = NetConfig {
+            queue_pairs,
+            mac: Some(GUEST_MAC),
+            mtu: MTU,
+            max_queue_size: 1024,
+        };
+        let server = Server::new(&sock, cfg, ports).expect("vhost-user server");
+        let handle = server.handle();
+        let server = std::thread::spawn(move || server.run());
+        let peer_if = topo.peer_if.clone();
+        let (wire_tx, wire_rx) = topo.in_peer(|| {
+            let tx = (0..u32::from(queue_pairs))
+                .map(|q| XskReceiver::bind(&peer_if, q).expect("peer AF_XDP socket"))
+                .collect();
+            (tx, Receiver::new(&peer_if).expect("peer capture"))
+        });
+        Self {
+            server: Some(server),
+            handle,
+            classifier: Some(classifier),
+            sock,
+            wire_tx,
+            wire_rx,
+            queue_pairs,
+            topo,
+        }
+    }
+
+    /// Connects the in-repo frontend.
+    pub fn connect(&self, opts: FrontendOptions) -> TestFrontend {
+        TestFrontend::connect(&self.sock, opts).expect("frontend connects and negotiates")
+    }
+
+    /// Counters of queue pair `qp`.
+    pub fn counters(&self, qp: u16) -> CounterSnapshot {
+        self.handle
+            .counters(usize::from(qp))
+            .expect("queue pair exists")
+    }
+
+    /// Waits until `f` holds for the counters of `qp`.
+    pub fn wait_counters(&self, qp: u16, f: impl Fn(&CounterSnapshot) -> bool) -> CounterSnapshot {
+        let mut c = self.counters(qp);
+        wait_until(WAIT, || {
+            c = self.counters(qp);
+            f(&c)
+        });
+        c
+    }
+}
+
+impl Drop for Bridge {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.server.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("server ended with: {e}"),
+                Err(_) => eprintln!("server thread panicked"),
+            }
+        }
+        if let Some(c) = self.classifier.take() {
+            let _ = c.shutdown();
+        }
+        let _ = std::fs::remove_file(&self.sock);
+        let _ = self.queue_pairs;
+        let _ = &self.topo;
+    }
+}
+
+/// A frame for the guest: dst = guest MAC, tagged payload.
+pub fn to_guest(qp: u16, i: u32, payload: usize) -> Vec<u8> {
+    eth(
+        GUEST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(
+            PEER_IP,
+            GUEST_IP,
+            17,
+            &udp(5000 + qp, 6000, &tagged(i, payload)),
+        ),
+    )
+}
+
+/// A frame from the guest to the peer.
+pub fn from_guest(qp: u16, i: u32, payload: usize) -> Vec<u8> {
+    eth(
+        PEER_MAC,
+        GUEST_MAC,
+        ETH_P_IP,
+        &ipv4(
+            GUEST_IP,
+            PEER_IP,
+            17,
+            &udp(7000 + qp, 8000, &tagged(i, payload)),
+        ),
+    )
+}
