@@ -14,7 +14,9 @@
 
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
-use vm_memory::{Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap};
+use vm_memory::{
+    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+};
 
 /// Size of one split-ring descriptor.
 const DESC_SIZE: u64 = 16;
@@ -140,7 +142,7 @@ pub fn walk(
         }
         budget -= 1;
         let len = desc.len();
-        if len > 0 && !GuestMemoryBackend::check_range(mem, desc.addr(), len as usize) {
+        if len > 0 && !in_memory(mem, desc.addr(), len) {
             return Err(ChainError::OutOfMemory {
                 addr: desc.addr().0,
                 len: u64::from(len),
@@ -165,6 +167,21 @@ pub fn walk(
         }
         index = desc.next();
     }
+}
+
+/// Whether `[addr, addr + len)` is guest memory. One region lookup in the
+/// common case; buffers that span regions take vm-memory's slower walk.
+fn in_memory(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> bool {
+    if let Some(r) = mem.find_region(addr) {
+        let off = addr.0 - r.start_addr().0;
+        if off
+            .checked_add(u64::from(len))
+            .is_some_and(|end| end <= r.len())
+        {
+            return true;
+        }
+    }
+    GuestMemoryBackend::check_range(mem, addr, len as usize)
 }
 
 /// Copies the device-readable bytes of `segs`, skipping the first `skip`

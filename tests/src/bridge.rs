@@ -105,6 +105,16 @@ impl Bridge {
         }
     }
 
+    /// The peer (wire) end of the veth pair.
+    pub fn peer_if(&self) -> &str {
+        &self.topo.peer_if
+    }
+
+    /// Runs `f` on a thread inside the peer namespace.
+    pub fn in_peer<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.topo.in_peer(f)
+    }
+
     /// Connects the in-repo frontend.
     pub fn connect(&self, opts: FrontendOptions) -> TestFrontend {
         TestFrontend::connect(&self.sock, opts).expect("frontend connects and negotiates")
