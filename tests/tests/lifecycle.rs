@@ -44,7 +44,7 @@ fn session(b: &mut Bridge, round: u64) {
     let mut fe = b.connect(FrontendOptions {
         queue_pairs: 2,
         enabled_pairs: 2,
-        event_idx: round % 2 == 0,
+        event_idx: round.is_multiple_of(2),
         ..FrontendOptions::default()
     });
     if round % 4 == 3 {
