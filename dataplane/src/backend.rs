@@ -28,6 +28,7 @@ use std::os::fd::{FromRawFd, RawFd};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use vhost::vhost_user::message::VhostUserProtocolFeatures;
+use vhost_user_backend::{ShutdownHandle, VringEpollHandler};
 use vhost_user_backend::{VhostUserBackend, VringRwLock};
 use virtio_bindings::virtio_net::VIRTIO_NET_F_MRG_RXBUF;
 use virtio_bindings::virtio_ring::VIRTIO_RING_F_INDIRECT_DESC;
@@ -55,6 +56,86 @@ pub const TIMER_EVENT_OFFSET: u16 = 2;
 /// Event id of the handoff inbox, relative to `num_queues`.
 pub const HANDOFF_EVENT_OFFSET: u16 = 3;
 
+/// State of the current connection shared between the server, its handle
+/// and the workers: the first worker error, how to end the connection,
+/// and the workers' epoll handlers (to add an fd to a running worker).
+#[derive(Default)]
+pub struct Connection {
+    first_error: Mutex<Option<String>>,
+    shutdown: Mutex<Option<ShutdownHandle>>,
+    handlers: Mutex<Vec<Arc<VringEpollHandler<Arc<NetBackend>>>>>,
+}
+
+impl Connection {
+    /// Records `err` if it is the first, and ends the connection: every
+    /// worker then stops and is joined by the server, in order.
+    pub fn fail(&self, err: String) {
+        tracing::error!("{err}; stopping all workers");
+        self.first_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .get_or_insert(err);
+        self.end();
+    }
+
+    /// Ends the connection (if any).
+    pub fn end(&self) {
+        if let Some(h) = self
+            .shutdown
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            h.shutdown();
+        }
+    }
+
+    /// Takes the first recorded worker error.
+    pub fn take_error(&self) -> Option<String> {
+        self.first_error
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+    }
+
+    /// Sets (or clears) what the running connection consists of.
+    pub fn set(
+        &self,
+        shutdown: Option<ShutdownHandle>,
+        handlers: Vec<Arc<VringEpollHandler<Arc<NetBackend>>>>,
+    ) {
+        *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner) = shutdown;
+        *self.handlers.lock().unwrap_or_else(PoisonError::into_inner) = handlers;
+    }
+
+    /// Whether a connection (and so a set of workers) is running.
+    pub fn is_running(&self) -> bool {
+        !self
+            .handlers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_empty()
+    }
+
+    /// Removes `fd` from the epoll of worker `qp`, if a connection runs.
+    pub fn remove_fd(&self, qp: usize, fd: RawFd, id: u64) {
+        let handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(h) = handlers.get(qp) {
+            let _ = h.unregister_listener(fd, EventSet::IN, id);
+        }
+    }
+
+    /// Adds `fd` to the epoll of worker `qp`, if a connection runs.
+    /// Returns whether a worker took it.
+    pub fn add_fd(&self, qp: usize, fd: RawFd, id: u64) -> io::Result<bool> {
+        let handlers = self.handlers.lock().unwrap_or_else(PoisonError::into_inner);
+        match handlers.get(qp) {
+            Some(h) => h.register_listener(fd, EventSet::IN, id).map(|()| true),
+            None => Ok(false),
+        }
+    }
+}
+
 /// The device for one frontend connection.
 pub struct NetBackend {
     cfg: NetConfig,
@@ -63,6 +144,7 @@ pub struct NetBackend {
     mailboxes: Vec<Arc<QueueMailbox>>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     acked: AtomicU64,
+    conn: Arc<Connection>,
     /// Raw fds of the exit-event consumers handed to vhost-user-backend,
     /// which registers them in its epoll and never closes them. The server
     /// closes them once this connection's workers are joined.
@@ -84,6 +166,7 @@ impl NetBackend {
         cfg: NetConfig,
         pairs: Vec<Arc<Mutex<QueuePair>>>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
+        conn: Arc<Connection>,
     ) -> Self {
         let mailboxes = pairs
             .iter()
@@ -95,6 +178,7 @@ impl NetBackend {
             mailboxes,
             mem,
             acked: AtomicU64::new(0),
+            conn,
             exit_consumers: Mutex::new(Vec::new()),
         }
     }
@@ -215,7 +299,7 @@ impl VhostUserBackend for NetBackend {
     fn handle_event(
         &self,
         device_event: u16,
-        _evset: EventSet,
+        evset: EventSet,
         vrings: &[VringRwLock],
         thread_id: usize,
     ) -> io::Result<()> {
@@ -226,7 +310,16 @@ impl VhostUserBackend for NetBackend {
         let features = self.features_in_use();
         let nq = self.num_queues_u16();
         let mut qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
-        qp.apply_mailbox();
+        if qp.apply_mailbox() {
+            qp.process_tx(tx, &self.mem, features);
+        }
+        if device_event == nq + XSK_EVENT_OFFSET
+            && evset.intersects(EventSet::ERROR | EventSet::HANG_UP)
+        {
+            // The interface under the socket is gone. Closing the socket
+            // takes it out of this epoll; the connection ends in order.
+            qp.socket_failed(None);
+        }
         match device_event {
             0 => {
                 qp.note_rx_vring(rx);
@@ -242,6 +335,10 @@ impl VhostUserBackend for NetBackend {
             other => tracing::debug!(thread_id, event = other, "unexpected event; ignored"),
         }
         qp.flush_counters();
+        if let Some(err) = qp.take_failure() {
+            drop(qp);
+            self.conn.fail(err);
+        }
         // Errors are never returned: vhost-user-backend would end this
         // worker thread silently. Data path faults are counted instead.
         Ok(())

@@ -148,12 +148,14 @@ impl Peers {
 
     /// The enabled pair that takes over for disabled pair `i`: the
     /// `(i mod k)`-th of the k enabled pairs, so disabled pairs spread
-    /// evenly. `None` when no pair is enabled.
+    /// evenly. While no pair has published its state yet (a connection is
+    /// starting), pair 0: virtio-net always uses receiveq1 once the driver
+    /// is up, and pair 0's worker delivers or counts the drop itself.
     pub fn target_for(&self, i: u16) -> Option<usize> {
         let mask = self.rx_enabled.load(Ordering::Acquire);
         let k = mask.count_ones();
         if k == 0 {
-            return None;
+            return (i != 0).then_some(0);
         }
         let mut nth = u32::from(i) % k;
         let mut m = mask;
@@ -175,7 +177,11 @@ mod tests {
     #[test]
     fn disabled_pairs_spread_over_enabled_ones() {
         let p = Peers::new(4, 64).unwrap();
-        assert_eq!(p.target_for(3), None);
+        assert_eq!(
+            (p.target_for(3), p.target_for(0)),
+            (Some(0), None),
+            "pair 0 until someone publishes"
+        );
         p.set_enabled(0, true);
         assert_eq!((p.target_for(1), p.target_for(3)), (Some(0), Some(0)));
         p.set_enabled(2, true);

@@ -37,8 +37,8 @@ use crate::counters::{QueueCounters, Tally};
 use crate::handoff::{Peers, HANDOFF_SLOTS};
 use crate::virtio_net::{rx_header, HDR_LEN};
 use crate::xsk::{Push, XskPort};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use vhost_user_backend::{VringRwLock, VringState, VringT};
 use virtio_queue::{Queue, QueueOwnedT, QueueT};
@@ -57,13 +57,36 @@ const TX_YIELD: Duration = Duration::from_micros(1);
 /// How often the kernel's XDP_STATISTICS are copied into the counters.
 const STATS_EVERY: Duration = Duration::from_millis(100);
 
-/// Messages from other threads, applied by the worker between batches.
+/// A change of the pair's AF_XDP socket, sent by the control plane.
+pub enum SocketChange {
+    /// Close the socket: the kernel removes it from the XSKMAP and the
+    /// queue's traffic fails open to the host. Guest TX waits in its ring.
+    Release,
+    /// Use this socket from now on (the old one, if any, is closed).
+    Install(Box<XskPort>),
+}
+
+impl std::fmt::Debug for SocketChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Release => "Release",
+            Self::Install(_) => "Install",
+        })
+    }
+}
+
+/// Messages from other threads, applied by the worker between batches
+/// (after the sender rang the pair's doorbell, the handoff eventfd).
 #[derive(Debug, Default)]
 pub struct QueueMailbox {
     /// The frontend stopped or reset the RX vring: clear its broken state.
     pub reset_rx: AtomicBool,
     /// Same for the TX vring.
     pub reset_tx: AtomicBool,
+    /// A socket change waiting to be applied.
+    pub socket: Mutex<Option<SocketChange>>,
+    /// Socket changes applied so far (the sender waits on this).
+    pub socket_changes_applied: AtomicU64,
 }
 
 /// Features negotiated on the current connection that the data path uses.
@@ -84,7 +107,9 @@ enum VringStop {
 /// One queue pair: socket, scratch and state of the worker that owns it.
 pub struct QueuePair {
     index: u16,
-    port: XskPort,
+    /// `None` after a release or a socket failure, until a new one is
+    /// installed.
+    port: Option<XskPort>,
     peers: Arc<Peers>,
     counters: Arc<QueueCounters>,
     mailbox: Arc<QueueMailbox>,
@@ -95,6 +120,8 @@ pub struct QueuePair {
     max_tx_frame: usize,
     rx_broken: bool,
     tx_broken: bool,
+    /// Set when the socket died; the backend ends the connection.
+    failure: Option<String>,
     tally: Tally,
     last_stats: Instant,
     // Scratch, reused every batch.
@@ -122,7 +149,7 @@ impl QueuePair {
         let max_tx_frame = (usize::from(mtu) + 14 + 4).min(port.max_frame_len());
         Ok(Self {
             index,
-            port,
+            port: Some(port),
             peers,
             counters: Arc::new(QueueCounters::default()),
             mailbox: Arc::new(QueueMailbox::default()),
@@ -131,6 +158,7 @@ impl QueuePair {
             max_tx_frame,
             rx_broken: false,
             tx_broken: false,
+            failure: None,
             tally: Tally::default(),
             last_stats: Instant::now(),
             rx_descs: vec![FrameDesc::default(); BATCH],
@@ -156,9 +184,10 @@ impl QueuePair {
         self.mailbox.clone()
     }
 
-    /// The AF_XDP socket's fd (epoll: readable = frames to receive).
-    pub fn xsk_fd(&self) -> std::os::fd::RawFd {
-        self.port.fd()
+    /// The AF_XDP socket's fd (epoll: readable = frames to receive), if
+    /// the pair has a socket.
+    pub fn xsk_fd(&self) -> Option<std::os::fd::RawFd> {
+        self.port.as_ref().map(XskPort::fd)
     }
 
     /// The TX retry timer's fd (epoll: readable = retry TX).
@@ -167,8 +196,10 @@ impl QueuePair {
         self.timer.as_raw_fd()
     }
 
-    /// Starts a new frontend connection: nothing broken, no timer.
+    /// Starts a new frontend connection: pending messages applied,
+    /// nothing broken, no timer.
     pub fn begin_connection(&mut self) {
+        self.apply_mailbox();
         self.rx_broken = false;
         self.tx_broken = false;
         if self.timer_armed {
@@ -178,14 +209,55 @@ impl QueuePair {
     }
 
     /// Applies messages from other threads. Called at the start of every
-    /// event, i.e. between batches.
-    pub fn apply_mailbox(&mut self) {
+    /// event, i.e. between batches. Returns true when a socket was
+    /// installed (guest TX that waited for it can go now).
+    pub fn apply_mailbox(&mut self) -> bool {
         if self.mailbox.reset_rx.swap(false, Ordering::AcqRel) {
             self.rx_broken = false;
         }
         if self.mailbox.reset_tx.swap(false, Ordering::AcqRel) {
             self.tx_broken = false;
         }
+        let change = self
+            .mailbox
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        let installed = match change {
+            None => return false,
+            Some(SocketChange::Release) => {
+                self.port = None;
+                tracing::info!(queue_pair = self.index, "AF_XDP socket released");
+                false
+            }
+            Some(SocketChange::Install(p)) => {
+                self.port = Some(*p);
+                tracing::info!(queue_pair = self.index, "AF_XDP socket installed");
+                true
+            }
+        };
+        self.mailbox
+            .socket_changes_applied
+            .fetch_add(1, Ordering::AcqRel);
+        installed
+    }
+
+    /// The socket reported an error (its interface went away): close it and
+    /// record the failure.
+    pub fn socket_failed(&mut self, err: Option<std::io::Error>) {
+        let port = self.port.take();
+        let detail = err
+            .or_else(|| port.map(|p| p.socket_error()))
+            .map_or_else(|| "no socket".to_string(), |e| e.to_string());
+        self.failure.get_or_insert_with(|| {
+            format!("queue pair {}: AF_XDP socket failed: {detail}", self.index)
+        });
+    }
+
+    /// The failure recorded since the last call, if any.
+    pub fn take_failure(&mut self) -> Option<String> {
+        self.failure.take()
     }
 
     /// The retry timer fired: consume it.
@@ -208,7 +280,7 @@ impl QueuePair {
         self.tally = Tally::default();
         if self.last_stats.elapsed() >= STATS_EVERY {
             self.last_stats = Instant::now();
-            if let Ok(s) = self.port.stats() {
+            if let Some(Ok(s)) = self.port.as_ref().map(XskPort::stats) {
                 self.counters.set_xdp_stats(&s);
             }
         }
@@ -225,7 +297,10 @@ impl QueuePair {
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
         features: DataPathFeatures,
     ) {
-        let n = self.port.rx_consume(&mut self.rx_descs);
+        let Some(port) = self.port.as_mut() else {
+            return;
+        };
+        let n = port.rx_consume(&mut self.rx_descs);
         if n == 0 {
             return;
         }
@@ -241,7 +316,7 @@ impl QueuePair {
             } else {
                 self.hand_off(n);
             }
-            self.port.rx_release(&self.rx_descs[..n]);
+            self.release_rx(n);
             return;
         }
         let mut delivered = 0u64;
@@ -254,7 +329,9 @@ impl QueuePair {
                     self.tally.rx_drop_no_guest_buffer += 1;
                     continue;
                 }
-                let data = self.port.rx_data(&self.rx_descs[i]);
+                let Some(data) = self.port.as_ref().map(|p| p.rx_data(&self.rx_descs[i])) else {
+                    break;
+                };
                 match rx_one(
                     queue,
                     &mem,
@@ -281,12 +358,18 @@ impl QueuePair {
                 }
             }
         }
-        self.port.rx_release(&self.rx_descs[..n]);
+        self.release_rx(n);
         if let Some(e) = stop {
             self.break_vring(true, e);
         }
         if delivered > 0 {
             self.notify_guest(&mut state);
+        }
+    }
+
+    fn release_rx(&mut self, n: usize) {
+        if let Some(p) = self.port.as_mut() {
+            p.rx_release(&self.rx_descs[..n]);
         }
     }
 
@@ -298,12 +381,12 @@ impl QueuePair {
             .target_for(self.index)
             .filter(|&t| t != usize::from(self.index))
             .and_then(|t| self.peers.handoff(t));
-        let Some(h) = target else {
+        let (Some(h), Some(port)) = (target, self.port.as_ref()) else {
             self.tally.rx_drop_no_guest += n as u64;
             return;
         };
         for d in &self.rx_descs[..n] {
-            if h.offer(self.port.rx_data(d)) {
+            if h.offer(port.rx_data(d)) {
                 self.tally.rx_handed_off += 1;
             } else {
                 self.tally.rx_drop_no_guest_buffer += 1;
@@ -434,7 +517,12 @@ impl QueuePair {
         mem: &GuestMemoryAtomic<GuestMemoryMmap>,
         features: DataPathFeatures,
     ) {
-        self.port.reap_completions();
+        let Some(port) = self.port.as_mut() else {
+            // No socket: the chains wait in the guest's ring until one is
+            // installed (the install wakes this worker).
+            return;
+        };
+        port.reap_completions();
         let mem = mem.memory();
         let mut state = vring.get_mut();
         if !(state.get_queue().ready() && state.is_enabled()) || self.tx_broken {
@@ -445,7 +533,11 @@ impl QueuePair {
         'notify: loop {
             let _ = state.get_queue_mut().disable_notification(&*mem);
             loop {
-                let cap = self.port.tx_capacity().min(BATCH);
+                let cap = self
+                    .port
+                    .as_mut()
+                    .map_or(0, XskPort::tx_capacity)
+                    .min(BATCH);
                 if cap == 0 {
                     // Keep the chains in the guest's ring; retry after
                     // completions have freed frames.
@@ -507,6 +599,9 @@ impl QueuePair {
         let mut used = false;
         let mut ring_empty = false;
         let mut stop = None;
+        let Some(port) = port.as_mut() else {
+            return (true, false, None);
+        };
         let mut batch = port.tx_batch();
         while batch.len() < cap {
             let head = match pop(queue, mem) {
@@ -563,12 +658,23 @@ impl QueuePair {
                 }
             }
         }
+        let mut dead = None;
         let staged = batch.len() as u64;
-        tally.xsk_tx_wakeups += batch.commit();
-        tally.tx_frames += staged;
+        match batch.commit() {
+            Ok(w) => {
+                tally.xsk_tx_wakeups += w;
+                tally.tx_frames += staged;
+            }
+            Err(e) => dead = Some(e),
+        }
         // The frames were copied: the guest may reuse its buffers now.
         for &head in tx_heads.iter() {
             used |= queue.add_used(mem, head, 0).is_ok();
+        }
+        if let Some(e) = dead {
+            // The frames are lost with the socket; their chains were
+            // returned all the same so the guest does not stall.
+            self.socket_failed(Some(e));
         }
         (ring_empty, used, stop)
     }

@@ -5,33 +5,39 @@
 //! 1. build a [`NetBackend`] and a `VhostUserDaemon`, which creates one
 //!    worker thread per queue pair and returns only when every worker's
 //!    epoll is set up;
-//! 2. register each pair's XSK fd, timer fd and handoff eventfd with its
-//!    own worker (before
-//!    the frontend is even accepted, so no traffic reaches a worker that
-//!    is not ready);
+//! 2. register each pair's XSK fd, timer fd and doorbell (handoff eventfd)
+//!    with its own worker, before the frontend is even accepted, so no
+//!    traffic reaches a worker that is not ready;
 //! 3. accept the frontend and serve it until it disconnects (cleanly or
-//!    killed) or [`ServerHandle::stop`] is called;
+//!    killed), [`ServerHandle::stop`] is called, or a worker fails;
 //! 4. drop the daemon: every worker gets its exit event and is joined; the
 //!    exit fds vhost-user-backend leaks are closed; the queue pairs (with
 //!    their sockets, UMEM and counters) stay for the next connection.
 //!
-//! A worker never fails the connection: data path faults are counted and
-//! break only their own vring. A fatal error of the server itself (listener
-//! gone, daemon cannot be built) ends [`Server::run`] with that error after
-//! the current connection was torn down in order.
+//! Data path faults are counted and break only their own vring. A worker
+//! error that leaves its pair unusable (its socket failed because the
+//! interface went away) is recorded as the first error, ends the
+//! connection, and after step 4 [`Server::run`] returns it. Errors of the
+//! server itself (listener gone, daemon cannot be built) end `run` too.
+//!
+//! Socket changes from the control plane ([`ServerHandle::release_socket`],
+//! [`ServerHandle::install_socket`]) are messages to the pair's worker,
+//! applied between batches; a new socket's fd joins the worker's epoll only
+//! after the message is posted.
 
 use crate::backend::{
-    NetBackend, NetConfig, HANDOFF_EVENT_OFFSET, TIMER_EVENT_OFFSET, XSK_EVENT_OFFSET,
+    Connection, NetBackend, NetConfig, HANDOFF_EVENT_OFFSET, TIMER_EVENT_OFFSET, XSK_EVENT_OFFSET,
 };
 use crate::counters::{CounterSnapshot, QueueCounters};
 use crate::handoff::Peers;
-use crate::queue_pair::QueuePair;
+use crate::queue_pair::{QueuePair, SocketChange};
 use crate::virtio_net::MAX_QUEUE_PAIRS;
 use crate::xsk::XskPort;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 use vhost::vhost_user::Listener;
 use vhost_user_backend::VhostUserDaemon;
 use vm_memory::{GuestMemoryAtomic, GuestMemoryMmap};
@@ -63,14 +69,28 @@ pub enum ServerError {
     /// The vhost-user daemon could not be built or run.
     #[error("vhost-user daemon error: {0}.")]
     Daemon(String),
+    /// A worker hit an error it cannot recover from; all workers were
+    /// stopped and joined.
+    #[error("Worker error: {0}.")]
+    Worker(String),
+    /// No such queue pair.
+    #[error("Queue pair {0} does not exist.")]
+    NoSuchQueuePair(usize),
+    /// A message to a worker was not applied in time.
+    #[error("Queue pair {0} did not apply the socket change within {1:?}.")]
+    Timeout(usize, Duration),
 }
 
-/// Handle to a running server: stop it, read its counters.
+/// Handle to a running server: stop it, change sockets, read counters.
 #[derive(Clone)]
 pub struct ServerHandle {
     stop: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
-    current: Arc<Mutex<Option<vhost_user_backend::ShutdownHandle>>>,
+    conn: Arc<Connection>,
+    pairs: Vec<Arc<Mutex<QueuePair>>>,
+    peers: Arc<Peers>,
+    /// Number of vrings (event ids above it are ours).
+    nq: u16,
     counters: Vec<Arc<QueueCounters>>,
     connections: Arc<AtomicU64>,
 }
@@ -87,14 +107,7 @@ impl ServerHandle {
     pub fn stop(&self) {
         self.stopping.store(true, Ordering::Release);
         let _ = self.stop.write(1);
-        if let Some(h) = self
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_ref()
-        {
-            h.shutdown();
-        }
+        self.conn.end();
     }
 
     /// Counters of queue pair `qp`.
@@ -110,6 +123,88 @@ impl ServerHandle {
     /// Frontend connections served so far (including the current one).
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Acquire)
+    }
+
+    /// Closes queue pair `qp`'s AF_XDP socket. Returns once the worker
+    /// applied it. Remove the queue's XSKMAP entry first (DESIGN.md's
+    /// teardown order): the kernel drops a closed socket from the map too,
+    /// but only once its last reference is gone, which is not guaranteed to
+    /// happen before the next frame.
+    pub fn release_socket(&self, qp: usize, timeout: Duration) -> Result<(), ServerError> {
+        self.change_socket(qp, SocketChange::Release, None, timeout)
+    }
+
+    /// Gives queue pair `qp` a new AF_XDP socket (bound to the same NIC
+    /// queue and registered in the XSKMAP by the caller). Returns once the
+    /// worker uses it.
+    pub fn install_socket(
+        &self,
+        qp: usize,
+        port: XskPort,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let fd = port.fd();
+        self.change_socket(qp, SocketChange::Install(Box::new(port)), Some(fd), timeout)
+    }
+
+    fn change_socket(
+        &self,
+        qp: usize,
+        change: SocketChange,
+        new_fd: Option<RawFd>,
+        timeout: Duration,
+    ) -> Result<(), ServerError> {
+        let pair = self.pairs.get(qp).ok_or(ServerError::NoSuchQueuePair(qp))?;
+        let doorbell = self
+            .peers
+            .handoff(qp)
+            .ok_or(ServerError::NoSuchQueuePair(qp))?;
+        let (mailbox, old_fd) = {
+            let qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
+            (qp.mailbox(), qp.xsk_fd())
+        };
+        let xsk_id = u64::from(self.nq + XSK_EVENT_OFFSET);
+        // The old socket leaves the worker's epoll first: whenever the
+        // kernel finally releases it, the worker cannot spin on it.
+        if let Some(fd) = old_fd {
+            self.conn.remove_fd(qp, fd, xsk_id);
+        }
+        let before = mailbox.socket_changes_applied.load(Ordering::Acquire);
+        *mailbox
+            .socket
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = Some(change);
+        // Message first, then the new fd into the worker's epoll, then the
+        // doorbell: the worker swaps sockets before it polls the new one.
+        let running = match new_fd {
+            Some(fd) => self
+                .conn
+                .add_fd(qp, fd, xsk_id)
+                .map_err(|source| ServerError::Io {
+                    what: "adding the new socket to the worker's epoll",
+                    source,
+                })?,
+            None => self.conn.is_running(),
+        };
+        doorbell.wake();
+        let applied = || mailbox.socket_changes_applied.load(Ordering::Acquire) > before;
+        let end = Instant::now() + timeout;
+        while !applied() {
+            if !running {
+                // No connection, so no worker: the pairs wait for the next
+                // one, and applying the message under the pair's lock is
+                // what that worker would do first.
+                pair.lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .apply_mailbox();
+                continue;
+            }
+            if Instant::now() > end {
+                return Err(ServerError::Timeout(qp, timeout));
+            }
+            std::thread::sleep(Duration::from_micros(200));
+        }
+        Ok(())
     }
 }
 
@@ -129,6 +224,10 @@ impl std::fmt::Debug for Server {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
+}
+
+fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ServerError {
+    move |source| ServerError::Io { what, source }
 }
 
 impl Server {
@@ -155,22 +254,14 @@ impl Server {
             )));
         }
         let frame_len = ports.iter().map(XskPort::max_frame_len).max().unwrap_or(0);
-        let peers =
-            Arc::new(
-                Peers::new(ports.len(), frame_len).map_err(|source| ServerError::Io {
-                    what: "creating the handoff eventfds",
-                    source,
-                })?,
-            );
+        let peers = Arc::new(
+            Peers::new(ports.len(), frame_len).map_err(io_err("creating the handoff eventfds"))?,
+        );
         let mut pairs = Vec::with_capacity(ports.len());
         let mut counters = Vec::with_capacity(ports.len());
         for (i, port) in ports.into_iter().enumerate() {
-            let qp = QueuePair::new(i as u16, port, cfg.mtu, peers.clone()).map_err(|source| {
-                ServerError::Io {
-                    what: "creating a timerfd",
-                    source,
-                }
-            })?;
+            let qp = QueuePair::new(i as u16, port, cfg.mtu, peers.clone())
+                .map_err(io_err("creating a timerfd"))?;
             counters.push(qp.counters());
             pairs.push(Arc::new(Mutex::new(qp)));
         }
@@ -178,34 +269,35 @@ impl Server {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
-        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC).map_err(|source| {
-            ServerError::Io {
-                what: "creating an eventfd",
-                source,
-            }
-        })?;
+        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(io_err("creating an eventfd"))?;
+        let handle = ServerHandle {
+            stop: Arc::new(stop),
+            stopping: Arc::new(AtomicBool::new(false)),
+            conn: Arc::new(Connection::default()),
+            pairs: pairs.clone(),
+            peers: peers.clone(),
+            nq: 2 * cfg.queue_pairs,
+            counters,
+            connections: Arc::new(AtomicU64::new(0)),
+        };
         Ok(Self {
             cfg,
             path: path.to_path_buf(),
             listener,
             pairs,
             peers,
-            handle: ServerHandle {
-                stop: Arc::new(stop),
-                stopping: Arc::new(AtomicBool::new(false)),
-                current: Arc::new(Mutex::new(None)),
-                counters,
-                connections: Arc::new(AtomicU64::new(0)),
-            },
+            handle,
         })
     }
 
-    /// A handle to stop the server and read counters from other threads.
+    /// A handle to stop the server, change sockets and read counters from
+    /// other threads.
     pub fn handle(&self) -> ServerHandle {
         self.handle.clone()
     }
 
-    /// Serves frontends one after another until stopped.
+    /// Serves frontends one after another until stopped or a worker fails.
     pub fn run(mut self) -> Result<(), ServerError> {
         let result = self.serve();
         // The socket file goes with the server.
@@ -219,6 +311,9 @@ impl Server {
                 return Ok(());
             }
             self.serve_one()?;
+            if let Some(err) = self.handle.conn.take_error() {
+                return Err(ServerError::Worker(err));
+            }
             if self.handle.stopping.load(Ordering::Acquire) {
                 return Ok(());
             }
@@ -276,6 +371,7 @@ impl Server {
             self.cfg.clone(),
             self.pairs.clone(),
             mem.clone(),
+            self.handle.conn.clone(),
         ));
         self.peers.reset();
         for p in &self.pairs {
@@ -286,14 +382,10 @@ impl Server {
         let mut daemon = VhostUserDaemon::new("xdpath-vhost-user".into(), backend.clone(), mem)
             .map_err(|e| ServerError::Daemon(e.to_string()))?;
         let result = self.run_connection(&mut daemon);
+        self.handle.conn.set(None, Vec::new());
         // Joins every worker of this connection (exit events, then join).
         drop(daemon);
         backend.close_exit_fds();
-        *self
-            .handle
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = None;
         result
     }
 
@@ -302,35 +394,27 @@ impl Server {
         daemon: &mut VhostUserDaemon<Arc<NetBackend>>,
     ) -> Result<(), ServerError> {
         let nq = 2 * self.cfg.queue_pairs;
-        for (i, h) in daemon.get_epoll_handlers().iter().enumerate() {
+        let handlers = daemon.get_epoll_handlers();
+        for (i, h) in handlers.iter().enumerate() {
             let Some(pair) = self.pairs.get(i) else {
                 continue;
             };
             let qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
-            let handoff = qp.handoff_fd().map(|fd| (fd, nq + HANDOFF_EVENT_OFFSET));
-            for (fd, id) in [
-                (qp.xsk_fd(), nq + XSK_EVENT_OFFSET),
-                (qp.timer_fd(), nq + TIMER_EVENT_OFFSET),
-            ]
-            .into_iter()
-            .chain(handoff)
-            {
+            let fds = [
+                qp.xsk_fd().map(|fd| (fd, nq + XSK_EVENT_OFFSET)),
+                Some((qp.timer_fd(), nq + TIMER_EVENT_OFFSET)),
+                qp.handoff_fd().map(|fd| (fd, nq + HANDOFF_EVENT_OFFSET)),
+            ];
+            for (fd, id) in fds.into_iter().flatten() {
                 h.register_listener(fd, EventSet::IN, u64::from(id))
-                    .map_err(|source| ServerError::Io {
-                        what: "registering a worker fd",
-                        source,
-                    })?;
+                    .map_err(io_err("registering a worker fd"))?;
             }
         }
         daemon
             .start(&mut self.listener)
             .map_err(|e| ServerError::Daemon(e.to_string()))?;
         self.handle.connections.fetch_add(1, Ordering::AcqRel);
-        *self
-            .handle
-            .current
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = daemon.shutdown_handle();
+        self.handle.conn.set(daemon.shutdown_handle(), handlers);
         // A stop that raced with the accept.
         if self.handle.stopping.load(Ordering::Acquire) {
             daemon.request_shutdown();

@@ -263,15 +263,17 @@ impl XskPort {
     }
 
     /// Hands `n` filled frames to the kernel and wakes it when it asks to
-    /// be woken (copy mode always does). Returns the number of wake-ups.
-    fn tx_submit(&mut self, descs: &[FrameDesc]) -> u64 {
+    /// be woken (copy mode always does). Returns the number of wake-ups, or
+    /// the error if the socket is dead (its interface is gone: ENXIO or
+    /// ENETDOWN), which epoll never reports for AF_XDP.
+    fn tx_submit(&mut self, descs: &[FrameDesc]) -> io::Result<u64> {
         // SAFETY: the frames were filled by us and are in no other ring;
         // `TxBatch` never holds more than `tx_capacity` frames.
         let n = unsafe { self.tx.produce(descs) };
         debug_assert_eq!(n, descs.len());
         if n != descs.len() {
             self.free.extend_from_slice(descs);
-            return 0;
+            return Ok(0);
         }
         let mut wakeups = 0;
         // Copy mode sends at most 32 frames per sendto: wake until the
@@ -288,6 +290,14 @@ impl XskPort {
                         e.raw_os_error(),
                         Some(libc::EAGAIN | libc::EBUSY | libc::ENOBUFS)
                     ) => {}
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::ENXIO | libc::ENETDOWN | libc::EBADF)
+                    ) =>
+                {
+                    return Err(e);
+                }
                 Err(e) => {
                     tracing::debug!(queue = self.queue, "XSK TX wakeup: {e}");
                     break;
@@ -297,7 +307,7 @@ impl XskPort {
                 break;
             }
         }
-        wakeups
+        Ok(wakeups)
     }
 
     /// The kernel's XDP_STATISTICS for this socket.
@@ -318,6 +328,30 @@ impl XskPort {
             return Err(io::Error::last_os_error());
         }
         Ok(s)
+    }
+
+    /// The socket's pending error (SO_ERROR), e.g. ENETDOWN once its
+    /// interface is gone.
+    pub fn socket_error(&self) -> io::Error {
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` is a writable int of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return io::Error::last_os_error();
+        }
+        if err == 0 {
+            return io::Error::other("the socket signalled an error or hang-up");
+        }
+        io::Error::from_raw_os_error(err)
     }
 
     /// The socket's fd (for epoll and XSKMAP registration).
@@ -395,10 +429,11 @@ impl TxBatch<'_> {
         self.port.staged.is_empty()
     }
 
-    /// Hands the staged frames to the kernel; returns the wake-ups made.
-    pub fn commit(self) -> u64 {
+    /// Hands the staged frames to the kernel; returns the wake-ups made,
+    /// or the error of a dead socket.
+    pub fn commit(self) -> io::Result<u64> {
         if self.port.staged.is_empty() {
-            return 0;
+            return Ok(0);
         }
         let mut staged = std::mem::take(&mut self.port.staged);
         let wakeups = self.port.tx_submit(&staged);

@@ -105,6 +105,43 @@ impl Bridge {
         }
     }
 
+    /// The host end of the veth pair (the "NIC").
+    pub fn host_if(&self) -> &str {
+        &self.topo.host_if
+    }
+
+    /// Runs `f` on a thread inside the host namespace.
+    pub fn in_host<T: Send>(&self, f: impl FnOnce() -> T + Send) -> T {
+        self.topo.in_host(f)
+    }
+
+    /// The host network namespace.
+    pub fn host_ns(&self) -> &str {
+        &self.topo.host_ns
+    }
+
+    /// The classifier on the host end.
+    pub fn classifier(&mut self) -> &mut Classifier {
+        self.classifier
+            .as_mut()
+            .expect("the classifier lives until drop")
+    }
+
+    /// Waits up to `timeout` for the server thread to end by itself and
+    /// returns its result (`None` if it is still running).
+    pub fn server_result(
+        &mut self,
+        timeout: Duration,
+    ) -> Option<Result<(), xdpath_dataplane::ServerError>> {
+        if !wait_until(timeout, || {
+            self.server.as_ref().is_none_or(|t| t.is_finished())
+        }) {
+            return None;
+        }
+        let t = self.server.take()?;
+        Some(t.join().expect("server thread panicked"))
+    }
+
     /// The peer (wire) end of the veth pair.
     pub fn peer_if(&self) -> &str {
         &self.topo.peer_if

@@ -14,6 +14,8 @@
 //!   tx queue (and so the rx queue on the other end) through XPS.
 //! - [`xsk`]: a minimal AF_XDP receiver (xsk-rs) that reads frames and the
 //!   classifier's metadata block.
+//! - [`testpmd`]: DPDK's `dpdk-testpmd` (virtio_user PMD) as a third-party
+//!   vhost-user frontend, in a guard that kills and reaps it on drop.
 //!
 //! Tests call [`require_root`] first: as non-root they print why they skip
 //! and return, so a plain `cargo test` passes.
@@ -22,6 +24,7 @@ pub mod bridge;
 pub mod frames;
 pub mod frontend;
 pub mod packet;
+pub mod testpmd;
 pub mod topology;
 pub mod xsk;
 

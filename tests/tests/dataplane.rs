@@ -446,3 +446,108 @@ fn a_guest_that_enables_fewer_pairs_still_gets_its_traffic() {
     assert_eq!(got[0].data, f1);
     assert_eq!(b.wait_counters(1, |c| c.rx_frames >= 1).rx_frames, 1);
 }
+
+/// Socket changes are messages the worker applies between batches. The
+/// control plane's order: take the XSKMAP entry out (the queue fails open
+/// to the host), release the socket, bind a new one on the same queue,
+/// register it, install it: traffic reaches the guest again without a
+/// reconnect, and the worker never spins meanwhile.
+#[test]
+fn a_socket_is_released_and_replaced_while_the_guest_runs() {
+    if !require_root("a_socket_is_released_and_replaced_while_the_guest_runs") {
+        return;
+    }
+    let mut b = Bridge::new(1);
+    let mut fe = b.connect(FrontendOptions::default());
+    fe.post_rx_buffers(0, 64, 2048);
+    let f = to_guest(0, 1, 64);
+    b.wire_tx[0].send(std::slice::from_ref(&f), WAIT).unwrap();
+    assert_eq!(fe.recv(0, 1, WAIT).len(), 1);
+
+    b.classifier().unregister_socket(0).unwrap();
+    b.handle
+        .release_socket(0, WAIT)
+        .expect("worker releases its socket");
+    let before = b.classifier().counters().unwrap();
+    let batches = b.counters(0).batches;
+    b.wire_tx[0].send(&[to_guest(0, 2, 64)], WAIT).unwrap();
+    assert!(
+        wait_until(WAIT, || b
+            .classifier()
+            .counters()
+            .unwrap()
+            .redirect_no_socket
+            > before.redirect_no_socket),
+        "guest-bound frames fail open to the host while the queue has no socket"
+    );
+    assert!(fe.recv(0, 1, Duration::from_millis(300)).is_empty());
+    let spun = b.counters(0).batches - batches;
+    assert!(
+        spun < 50,
+        "the worker ran {spun} batches without a socket: it must sleep"
+    );
+
+    let host_if = b.host_if().to_string();
+    let port = b.in_host(|| {
+        let mut cfg = xdpath_dataplane::XskConfig::new(&host_if, 0);
+        cfg.force_copy = true;
+        xdpath_dataplane::XskPort::bind(&cfg)
+            .expect("a new socket binds once the old one is closed")
+    });
+    b.classifier().register_socket(0, &port).unwrap();
+    b.handle
+        .install_socket(0, port, WAIT)
+        .expect("worker installs the new socket");
+    let f3 = to_guest(0, 3, 64);
+    b.wire_tx[0].send(std::slice::from_ref(&f3), WAIT).unwrap();
+    let got = fe.recv(0, 1, WAIT);
+    assert_eq!(
+        got.first().map(|g| &g.data),
+        Some(&f3),
+        "traffic reaches the guest through the new socket"
+    );
+    let g = from_guest(0, 4, 64);
+    assert!(fe.send(0, &g, false));
+    assert_eq!(
+        b.wire_rx
+            .recv_matching(1, WAIT, |x| x == g.as_slice())
+            .unwrap()
+            .len(),
+        1
+    );
+    assert_eq!(b.handle.connections(), 1, "no reconnect was needed");
+}
+
+/// The interface under the sockets disappears while a guest is connected:
+/// the first worker error is recorded, every worker is stopped and joined,
+/// and the server reports it.
+#[test]
+fn a_failed_socket_stops_all_workers_and_is_reported() {
+    if !require_root("a_failed_socket_stops_all_workers_and_is_reported") {
+        return;
+    }
+    let mut b = Bridge::new(2);
+    let mut fe = b.connect(FrontendOptions {
+        queue_pairs: 2,
+        enabled_pairs: 2,
+        ..FrontendOptions::default()
+    });
+    fe.post_rx_buffers(0, 16, 2048);
+    b.wire_tx[0].send(&[to_guest(0, 1, 64)], WAIT).unwrap();
+    assert_eq!(fe.recv(0, 1, WAIT).len(), 1);
+    let host_if = b.host_if().to_string();
+    xdpath_tests::topology::run("ip", &["-n", b.host_ns(), "link", "del", &host_if])
+        .expect("delete the host end");
+    // AF_XDP reports a vanished interface not through epoll (its poll mask
+    // is empty once unbound) but on the next send (ENXIO): the guest sends.
+    assert!(fe.send(1, &from_guest(1, 2, 64), false));
+    let result = b
+        .server_result(Duration::from_secs(10))
+        .expect("the server ends by itself");
+    let msg = result.expect_err("a worker error is reported").to_string();
+    assert!(
+        msg.contains("AF_XDP socket failed") && msg.contains("queue pair 1"),
+        "{msg}"
+    );
+    drop(fe);
+}

@@ -3,11 +3,15 @@
 //!
 //! Each step first checks whether its result is already there and does
 //! nothing if so, so a second run takes seconds and changes nothing:
-//! 1. Debian packages (one `apt-get update` + `install` for the missing ones),
+//! 1. Debian packages, DPDK for the tests included (one `apt-get update` +
+//!    `install` for the missing ones),
 //! 2. the nightly toolchain with `rust-src` (for `-Z build-std=core`),
 //! 3. bpf-linker built against the nightly rustc's own libLLVM (every path is
 //!    derived from `rustc +nightly --print sysroot`),
-//! 4. bpffs mounted at `/sys/fs/bpf`.
+//! 4. bpffs mounted at `/sys/fs/bpf`,
+//! 5. hugepages for DPDK (the third-party frontend the tests use):
+//!    `vm.nr_hugepages` raised to 1024 if lower, and hugetlbfs mounted at
+//!    `/dev/hugepages`.
 //!
 //! The memlock limit is not a setup step: our binaries and tests raise
 //! RLIMIT_MEMLOCK for themselves at start (a shell limit does not persist).
@@ -34,13 +38,25 @@ const PACKAGES: &[&str] = &[
     "ethtool",
     "bpftool",
     "procps",
+    // DPDK 22.11: dpdk-testpmd with virtio_user as a third-party vhost-user
+    // frontend in the tests (the PMDs are separate packages).
+    "dpdk-dev",
+    "librte-net-virtio23",
+    "librte-net-vhost23",
+    "librte-net-af-xdp23",
+    "librte-mempool-ring23",
 ];
+
+/// Hugepages (2 MiB each) DPDK gets; testpmd runs with `--in-memory`.
+const HUGEPAGES: u64 = 1024;
+const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
+const HUGETLBFS: &str = "/dev/hugepages";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
 pub fn run() -> Result<()> {
     if !is_root() {
-        eprintln!("xtask setup: not root, skipping system steps (packages, bpffs)");
+        eprintln!("xtask setup: not root, skipping system steps (packages, bpffs, hugepages)");
     } else {
         apt_packages()?;
     }
@@ -48,6 +64,7 @@ pub fn run() -> Result<()> {
     bpf_linker()?;
     if is_root() {
         bpffs()?;
+        hugepages()?;
     }
     Ok(())
 }
@@ -181,15 +198,53 @@ fn bpf_linker() -> Result<()> {
     Ok(())
 }
 
+/// Whether a filesystem of type `fstype` is mounted at `path`.
+fn is_mounted(path: &str, fstype: &str) -> bool {
+    std::fs::read_to_string("/proc/mounts")
+        .unwrap_or_default()
+        .lines()
+        .any(|l| {
+            let mut f = l.split_whitespace().skip(1);
+            f.next() == Some(path) && f.next() == Some(fstype)
+        })
+}
+
 fn bpffs() -> Result<()> {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    if mounts.lines().any(|l| {
-        l.split_whitespace().nth(1) == Some("/sys/fs/bpf")
-            && l.split_whitespace().nth(2) == Some("bpf")
-    }) {
+    if is_mounted("/sys/fs/bpf", "bpf") {
         return Ok(());
     }
     eprintln!("xtask setup: mounting bpffs at /sys/fs/bpf");
     std::fs::create_dir_all("/sys/fs/bpf").ok();
     status(Command::new("mount").args(["-t", "bpf", "bpf", "/sys/fs/bpf"]))
+}
+
+/// Raises `vm.nr_hugepages` to [`HUGEPAGES`] if lower and mounts hugetlbfs
+/// at [`HUGETLBFS`] if nothing of that type is mounted there.
+fn hugepages() -> Result<()> {
+    let have: u64 = std::fs::read_to_string(NR_HUGEPAGES)
+        .with_context(|| format!("reading {NR_HUGEPAGES}"))?
+        .trim()
+        .parse()
+        .with_context(|| format!("parsing {NR_HUGEPAGES}"))?;
+    if have < HUGEPAGES {
+        eprintln!("xtask setup: reserving {HUGEPAGES} hugepages (was {have})");
+        std::fs::write(NR_HUGEPAGES, format!("{HUGEPAGES}\n"))
+            .with_context(|| format!("writing {NR_HUGEPAGES}"))?;
+        let got: u64 = std::fs::read_to_string(NR_HUGEPAGES)
+            .unwrap_or_default()
+            .trim()
+            .parse()
+            .unwrap_or(0);
+        if got < HUGEPAGES {
+            eprintln!(
+                "xtask setup: warning: the kernel reserved only {got} of {HUGEPAGES} hugepages (memory fragmented?)"
+            );
+        }
+    }
+    if is_mounted(HUGETLBFS, "hugetlbfs") {
+        return Ok(());
+    }
+    eprintln!("xtask setup: mounting hugetlbfs at {HUGETLBFS}");
+    std::fs::create_dir_all(HUGETLBFS).ok();
+    status(Command::new("mount").args(["-t", "hugetlbfs", "nodev", HUGETLBFS]))
 }
