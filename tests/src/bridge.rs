@@ -48,6 +48,12 @@ pub struct Bridge {
 impl Bridge {
     /// Builds everything for `queue_pairs` queue pairs.
     pub fn new(queue_pairs: u16) -> Self {
+        Self::with_frames(queue_pairs, XskConfig::new("", 0).frames)
+    }
+
+    /// Like [`Bridge::new`] with `frames` UMEM frames per socket (half of
+    /// them serve TX), to make TX run out of frames quickly.
+    pub fn with_frames(queue_pairs: u16, frames: u32) -> Self {
         let topo = Topology::new(u32::from(queue_pairs)).expect("topology");
         let host_if = topo.host_if.clone();
         let (classifier, ports) = topo.in_host(|| {
@@ -67,6 +73,7 @@ impl Bridge {
                 .map(|q| {
                     let mut cfg = XskConfig::new(&host_if, q);
                     cfg.force_copy = true;
+                    cfg.frames = frames;
                     let p = XskPort::bind(&cfg).expect("bind dataplane AF_XDP socket");
                     c.register_socket(q, &p).expect("register in XSKS");
                     p

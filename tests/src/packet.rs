@@ -130,7 +130,45 @@ impl Receiver {
         if rc != 0 {
             return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
         }
+        // A burst must not overflow the capture: 8 MiB instead of the
+        // default ~200 KiB (root may exceed rmem_max with ...FORCE).
+        let size: libc::c_int = 8 << 20;
+        // SAFETY: `size` is a valid int for the option.
+        unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_RCVBUFFORCE,
+                (&size as *const libc::c_int).cast(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            );
+        }
         Ok(Self { fd })
+    }
+
+    /// Frames the kernel dropped because this capture's buffer was full,
+    /// since the last call (PACKET_STATISTICS).
+    pub fn drops(&self) -> u32 {
+        let mut st = libc::tpacket_stats {
+            tp_packets: 0,
+            tp_drops: 0,
+        };
+        let mut len = std::mem::size_of::<libc::tpacket_stats>() as libc::socklen_t;
+        // SAFETY: `st` is a writable tpacket_stats of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_STATISTICS,
+                (&mut st as *mut libc::tpacket_stats).cast(),
+                &mut len,
+            )
+        };
+        if rc == 0 {
+            st.tp_drops
+        } else {
+            0
+        }
     }
 
     /// Collects incoming frames (outgoing ones are skipped) for which

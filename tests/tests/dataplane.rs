@@ -551,3 +551,74 @@ fn a_failed_socket_stops_all_workers_and_is_reported() {
     );
     drop(fe);
 }
+
+/// With only 64 UMEM frames for TX, a guest burst of 600 frames runs the
+/// socket out of frames again and again: the chains wait in the guest's
+/// ring and are retried after completions; every frame reaches the wire,
+/// none is dropped.
+#[test]
+fn a_full_xsk_tx_ring_holds_guest_frames_instead_of_dropping_them() {
+    if !require_root("a_full_xsk_tx_ring_holds_guest_frames_instead_of_dropping_them") {
+        return;
+    }
+    let b = Bridge::with_frames(1, 128);
+    let mut fe = b.connect(FrontendOptions {
+        queue_size: 1024,
+        ..FrontendOptions::default()
+    });
+    let frames: Vec<Vec<u8>> = (0..600).map(|i| from_guest(0, i, 200)).collect();
+    let mut queued = 0;
+    let mut got = Vec::new();
+    let end = std::time::Instant::now() + Duration::from_secs(20);
+    while got.len() < frames.len() && std::time::Instant::now() < end {
+        while queued < frames.len() && fe.send(0, &frames[queued], false) {
+            queued += 1;
+        }
+        fe.tx_completed(0);
+        got.extend(
+            b.wire_rx
+                .recv_matching(frames.len() - got.len(), Duration::from_millis(20), |f| {
+                    f.len() > 37 && f[6..12] == GUEST_MAC
+                })
+                .unwrap(),
+        );
+    }
+    let c = b.counters(0);
+    assert_eq!(
+        got.len(),
+        frames.len(),
+        "frames at the wire (capture drops {}, bridge {c:?})",
+        b.wire_rx.drops()
+    );
+    assert_eq!(got, frames, "in order, byte for byte");
+    let c = b.wait_counters(0, |c| c.tx_frames >= 600);
+    assert_eq!(c.tx_frames, 600);
+    assert!(c.tx_xsk_ring_full > 0, "the burst did hit the limit: {c:?}");
+    assert_eq!(
+        c.tx_drop_oversize + c.tx_drop_empty + c.tx_drop_write_only + c.bad_descriptor,
+        0
+    );
+}
+
+/// Without traffic the workers sleep in epoll: their batch counters stand
+/// still while a guest is connected.
+#[test]
+fn idle_workers_do_not_run() {
+    if !require_root("idle_workers_do_not_run") {
+        return;
+    }
+    let mut b = Bridge::new(2);
+    let mut fe = b.connect(FrontendOptions {
+        queue_pairs: 2,
+        enabled_pairs: 2,
+        ..FrontendOptions::default()
+    });
+    fe.post_rx_buffers(0, 16, 2048);
+    b.wire_tx[0].send(&[to_guest(0, 1, 64)], WAIT).unwrap();
+    assert_eq!(fe.recv(0, 1, WAIT).len(), 1);
+    std::thread::sleep(Duration::from_millis(200));
+    let before: Vec<u64> = (0..2).map(|q| b.counters(q).batches).collect();
+    std::thread::sleep(Duration::from_secs(1));
+    let after: Vec<u64> = (0..2).map(|q| b.counters(q).batches).collect();
+    assert_eq!(after, before, "a worker ran without traffic");
+}
