@@ -17,13 +17,22 @@
 //! The caller serialises writes (the control plane owns the flow table);
 //! the XDP program only reads maps, except the per-CPU counters and the
 //! scratch map it owns.
+//!
+//! For the flow table's generation switch (see `xdpath_common`, section
+//! Generations, and [`crate::flow_table`]) there are batch writes that report
+//! how far they got ([`Classifier::insert_flows`], [`Classifier::remove_flows`]
+//! and the prefix twins), full reads of both rule maps
+//! ([`Classifier::flow_entries`], [`Classifier::prefix_entries`]), the
+//! one-update switch [`Classifier::set_active_gen`], and
+//! [`Classifier::wait_for_readers`], which returns once every program run
+//! that may still use the previous generation has finished.
 
 use crate::netlink::{self, AttachMode};
 use aya::maps::lpm_trie::{Key, LpmTrie};
-use aya::maps::{Array, HashMap, MapData, PerCpuArray, XskMap};
+use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, XskMap};
 use aya::programs::{Xdp, XdpMode};
 use aya::{Ebpf, EbpfLoader};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsFd, AsRawFd};
 use std::path::{Path, PathBuf};
 use xdpath_common as common;
 use xdpath_common::{AddrKey, Config, Counters, FlowKey, MacKey, PrefixData, RuleValue};
@@ -164,6 +173,95 @@ pub enum ClassifierError {
 }
 
 type Result<T> = std::result::Result<T, ClassifierError>;
+
+/// A batch map write that stopped part-way: the first `done` entries were
+/// applied, the rest were not.
+#[derive(Debug, thiserror::Error)]
+#[error("{source} (after {done} entries of the batch)")]
+pub struct BatchError {
+    /// Entries applied before the failure.
+    pub done: usize,
+    /// The failure.
+    #[source]
+    pub source: ClassifierError,
+}
+
+/// Entries per batch system call.
+const BATCH_CHUNK: usize = 16 * 1024;
+const BPF_MAP_UPDATE_BATCH: libc::c_long = 26;
+const BPF_MAP_DELETE_BATCH: libc::c_long = 27;
+
+/// The `batch` member of `union bpf_attr` (aya 0.14 has no batch calls).
+#[repr(C)]
+#[derive(Default)]
+struct BpfBatchAttr {
+    in_batch: u64,
+    out_batch: u64,
+    keys: u64,
+    values: u64,
+    count: u32,
+    map_fd: u32,
+    elem_flags: u64,
+    flags: u64,
+}
+
+/// Runs one `BPF_MAP_UPDATE_BATCH` (keys and values) or
+/// `BPF_MAP_DELETE_BATCH` (keys only) over `keys`. Returns how many
+/// elements were processed and the error that stopped it, if any.
+///
+/// # Safety
+///
+/// `fd` must be a map whose key size is `size_of::<K>()` and, if `values` is
+/// given, whose value size is `size_of::<V>()`; `values` must then have as
+/// many elements as `keys`.
+unsafe fn bpf_batch<K, V>(
+    cmd: libc::c_long,
+    fd: std::os::fd::RawFd,
+    keys: &[K],
+    values: Option<&[V]>,
+) -> (usize, Option<std::io::Error>) {
+    let mut attr = BpfBatchAttr {
+        keys: keys.as_ptr() as u64,
+        values: values.map_or(0, |v| v.as_ptr() as u64),
+        count: keys.len() as u32,
+        map_fd: fd as u32,
+        ..Default::default()
+    };
+    // SAFETY: attr is a valid bpf_attr prefix of the size given; the kernel
+    // reads `count` keys (and values) of the map's sizes from the pointers,
+    // which the caller guarantees, and writes only `attr.count`.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_bpf,
+            cmd,
+            &mut attr as *mut BpfBatchAttr,
+            std::mem::size_of::<BpfBatchAttr>() as libc::c_uint,
+        )
+    };
+    if rc == 0 {
+        (keys.len(), None)
+    } else {
+        let e = std::io::Error::last_os_error();
+        ((attr.count as usize).min(keys.len()), Some(e))
+    }
+}
+
+/// The kernel or the map type has no batch operations.
+fn batch_unsupported(e: &std::io::Error) -> bool {
+    // 524 is the kernel-internal ENOTSUPP, which leaks out of bpf(2).
+    matches!(
+        e.raw_os_error(),
+        Some(libc::EINVAL | libc::EOPNOTSUPP | 524)
+    )
+}
+
+fn is_not_found(e: &aya::maps::MapError) -> bool {
+    match e {
+        aya::maps::MapError::KeyNotFound => true,
+        aya::maps::MapError::SyscallError(s) => s.io_error.raw_os_error() == Some(libc::ENOENT),
+        _ => false,
+    }
+}
 
 fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ClassifierError {
     move |e| ClassifierError::Map {
@@ -495,6 +593,268 @@ impl Classifier {
             .try_into()
             .map_err(map_err(common::MAP_NEIGH))?;
         m.remove(key).map_err(map_err(common::MAP_NEIGH))
+    }
+
+    /// Kernel ids of the FLOWS and PREFIXES maps. Reopened pins keep their
+    /// ids, so equal ids mean the same maps (and the same contents).
+    pub fn flow_map_ids(&self) -> Result<(u32, u32)> {
+        let info = |name: &'static str| -> Result<u32> {
+            let data: &MapData = match self.map(name)? {
+                aya::maps::Map::HashMap(d) | aya::maps::Map::LpmTrie(d) => d,
+                _ => {
+                    return Err(ClassifierError::Map {
+                        map: name,
+                        detail: "unexpected map type".into(),
+                    })
+                }
+            };
+            data.info().map(|i| i.id()).map_err(map_err(name))
+        };
+        Ok((info(common::MAP_FLOWS)?, info(common::MAP_PREFIXES)?))
+    }
+
+    /// Every exact rule entry, of all generations, in map order.
+    pub fn flow_entries(&self) -> Result<Vec<(FlowKey, RuleValue)>> {
+        let m: HashMap<&MapData, FlowKey, RuleValue> = self
+            .map(common::MAP_FLOWS)?
+            .try_into()
+            .map_err(map_err(common::MAP_FLOWS))?;
+        m.iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(common::MAP_FLOWS))
+    }
+
+    /// Every prefix rule entry, of all generations, as (prefix length in
+    /// address bits, data, value).
+    pub fn prefix_entries(&self) -> Result<Vec<(u32, PrefixData, RuleValue)>> {
+        let m: LpmTrie<&MapData, PrefixData, RuleValue> = self
+            .map(common::MAP_PREFIXES)?
+            .try_into()
+            .map_err(map_err(common::MAP_PREFIXES))?;
+        m.iter()
+            .map(|r| {
+                r.map(|(k, v)| {
+                    (
+                        k.prefix_len().saturating_sub(common::PREFIX_HEADER_BITS),
+                        k.data(),
+                        v,
+                    )
+                })
+            })
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(common::MAP_PREFIXES))
+    }
+
+    /// The fd of FLOWS, after checking through aya that the map's key and
+    /// value sizes are those of `FlowKey` and `RuleValue` (the batch calls
+    /// rely on it).
+    fn flows_fd(&self) -> Result<std::os::fd::RawFd> {
+        let m: HashMap<&MapData, FlowKey, RuleValue> = self
+            .map(common::MAP_FLOWS)?
+            .try_into()
+            .map_err(map_err(common::MAP_FLOWS))?;
+        Ok(IterableMap::map(&m).fd().as_fd().as_raw_fd())
+    }
+
+    /// Inserts or replaces exact rules in order; on failure, reports how
+    /// many were written. Uses `BPF_MAP_UPDATE_BATCH` (one system call per
+    /// chunk of entries) where the kernel has it.
+    pub fn insert_flows(
+        &mut self,
+        entries: &[(FlowKey, RuleValue)],
+    ) -> std::result::Result<(), BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let fd = self.flows_fd().map_err(|e| batch(0, e))?;
+        let keys: Vec<FlowKey> = entries.iter().map(|(k, _)| *k).collect();
+        let values: Vec<RuleValue> = entries.iter().map(|(_, v)| *v).collect();
+        let mut done = 0;
+        while done < keys.len() {
+            let end = keys.len().min(done + BATCH_CHUNK);
+            // SAFETY: flows_fd checked that FLOWS has FlowKey keys and
+            // RuleValue values; both slices have `end - done` elements and
+            // outlive the call.
+            let (n, err) = unsafe {
+                bpf_batch(
+                    BPF_MAP_UPDATE_BATCH,
+                    fd,
+                    &keys[done..end],
+                    Some(&values[done..end]),
+                )
+            };
+            match err {
+                None => done = end,
+                Some(e) if done == 0 && n == 0 && batch_unsupported(&e) => {
+                    return self.insert_flows_one_by_one(entries);
+                }
+                Some(e) => {
+                    return Err(batch(
+                        done + n,
+                        ClassifierError::Map {
+                            map: common::MAP_FLOWS,
+                            detail: format!("bpf_map_update_batch failed: {e}"),
+                        },
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn insert_flows_one_by_one(
+        &mut self,
+        entries: &[(FlowKey, RuleValue)],
+    ) -> std::result::Result<(), BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let mut m: HashMap<&mut MapData, FlowKey, RuleValue> = self
+            .map_mut(common::MAP_FLOWS)
+            .map_err(|e| batch(0, e))?
+            .try_into()
+            .map_err(|e| batch(0, map_err(common::MAP_FLOWS)(e)))?;
+        for (i, (k, v)) in entries.iter().enumerate() {
+            m.insert(k, v, 0)
+                .map_err(|e| batch(i, map_err(common::MAP_FLOWS)(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Removes exact rules in order; keys that are not in the map are
+    /// skipped. Returns how many were removed; on failure, reports how many
+    /// keys were processed. Uses `BPF_MAP_DELETE_BATCH` where the kernel
+    /// has it.
+    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let fd = self.flows_fd().map_err(|e| batch(0, e))?;
+        let mut pos = 0;
+        let mut removed = 0;
+        while pos < keys.len() {
+            let end = keys.len().min(pos + BATCH_CHUNK);
+            // SAFETY: flows_fd checked that FLOWS has FlowKey keys; the
+            // slice has `end - pos` elements and outlives the call.
+            let (n, err) = unsafe {
+                bpf_batch::<FlowKey, RuleValue>(BPF_MAP_DELETE_BATCH, fd, &keys[pos..end], None)
+            };
+            removed += n;
+            match err {
+                None => pos = end,
+                // The key at `pos + n` is not in the map: skip it.
+                Some(e) if e.raw_os_error() == Some(libc::ENOENT) => pos += n + 1,
+                Some(e) if pos == 0 && removed == 0 && batch_unsupported(&e) => {
+                    return self.remove_flows_one_by_one(keys);
+                }
+                Some(e) => {
+                    return Err(batch(
+                        pos + n,
+                        ClassifierError::Map {
+                            map: common::MAP_FLOWS,
+                            detail: format!("bpf_map_delete_batch failed: {e}"),
+                        },
+                    ))
+                }
+            }
+        }
+        Ok(removed)
+    }
+
+    fn remove_flows_one_by_one(
+        &mut self,
+        keys: &[FlowKey],
+    ) -> std::result::Result<usize, BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let mut m: HashMap<&mut MapData, FlowKey, RuleValue> = self
+            .map_mut(common::MAP_FLOWS)
+            .map_err(|e| batch(0, e))?
+            .try_into()
+            .map_err(|e| batch(0, map_err(common::MAP_FLOWS)(e)))?;
+        let mut removed = 0;
+        for (i, k) in keys.iter().enumerate() {
+            match m.remove(k) {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(batch(i, map_err(common::MAP_FLOWS)(e))),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Inserts or replaces prefix rules (prefix lengths in address bits) in
+    /// order; on failure, reports how many were written.
+    pub fn insert_prefixes(
+        &mut self,
+        entries: &[(u32, PrefixData, RuleValue)],
+    ) -> std::result::Result<(), BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let mut m: LpmTrie<&mut MapData, PrefixData, RuleValue> = self
+            .map_mut(common::MAP_PREFIXES)
+            .map_err(|e| batch(0, e))?
+            .try_into()
+            .map_err(|e| batch(0, map_err(common::MAP_PREFIXES)(e)))?;
+        for (i, (len, d, v)) in entries.iter().enumerate() {
+            let key = Key::new(common::PREFIX_HEADER_BITS + len, *d);
+            m.insert(&key, v, 0)
+                .map_err(|e| batch(i, map_err(common::MAP_PREFIXES)(e)))?;
+        }
+        Ok(())
+    }
+
+    /// Removes prefix rules in order; keys that are not in the map are
+    /// skipped. Returns how many were removed; on failure, reports how many
+    /// keys were processed.
+    pub fn remove_prefixes(
+        &mut self,
+        keys: &[(u32, PrefixData)],
+    ) -> std::result::Result<usize, BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let mut m: LpmTrie<&mut MapData, PrefixData, RuleValue> = self
+            .map_mut(common::MAP_PREFIXES)
+            .map_err(|e| batch(0, e))?
+            .try_into()
+            .map_err(|e| batch(0, map_err(common::MAP_PREFIXES)(e)))?;
+        let mut removed = 0;
+        for (i, (len, d)) in keys.iter().enumerate() {
+            let key = Key::new(common::PREFIX_HEADER_BITS + len, *d);
+            match m.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(batch(i, map_err(common::MAP_PREFIXES)(e))),
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Makes generation `gen` (0 or 1) of FLOWS and PREFIXES the one the
+    /// program uses: one update of the CONFIG entry, the rest of the
+    /// configuration kept as it is. The program copies the entry once per
+    /// frame; since only the aligned `active_gen` word differs between the
+    /// old and the new value, any copy it makes holds one generation or the
+    /// other and the same other fields.
+    pub fn set_active_gen(&mut self, gen: u8) -> Result<()> {
+        let mut cfg = self.config()?;
+        cfg.active_gen = u32::from(gen & 1);
+        self.set_config(&cfg)
+    }
+
+    /// Returns once every run of the program that started before the call
+    /// has finished, so no frame can still be looking up a generation that
+    /// was switched away from before the call.
+    ///
+    /// XDP programs run inside an RCU read-side critical section; the
+    /// global membarrier command waits for an RCU grace period
+    /// (`synchronize_rcu`). Where that command is unavailable (nohz_full
+    /// kernels refuse it) this sleeps 50 ms instead, which is many orders
+    /// of magnitude longer than one program run.
+    pub fn wait_for_readers(&self) {
+        // MEMBARRIER_CMD_GLOBAL (the libc crate does not name it).
+        const MEMBARRIER_CMD_GLOBAL: libc::c_long = 1;
+        // SAFETY: membarrier takes no pointers; a failure is reported in
+        // the return value.
+        let rc = unsafe { libc::syscall(libc::SYS_membarrier, MEMBARRIER_CMD_GLOBAL, 0, 0) };
+        if rc != 0 {
+            tracing::debug!(
+                "membarrier(GLOBAL) failed: {}; sleeping instead",
+                std::io::Error::last_os_error()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
     }
 
     /// The program's counters summed over all CPUs.

@@ -1,14 +1,35 @@
 //! xdpath control plane.
 //!
+//! - [`api`]: the daemon's HTTP/JSON API on a Unix socket (routes, errors,
+//!   the shared state behind them).
 //! - [`classifier`]: loads the XDP program, attaches it to one interface,
 //!   pins and writes its maps, reads its counters, detaches and unpins.
 //! - [`netlink`]: the small rtnetlink queries the loader needs (which XDP
 //!   program is attached, detach for `--force`).
+//! - [`client`]: a minimal HTTP-over-Unix-socket client of the API (used by
+//!   `xdpctl` and the tests).
+//! - [`config`]: the daemon's settings (TOML file and flags), validated.
+//! - [`preflight`]: every check the daemon makes before touching anything,
+//!   each failure with its fix.
+//! - [`socket_pool`]: one AF_XDP socket per queue, registered in the XSKMAP,
+//!   replaced by messages to its worker.
+//! - [`rules`]: exact and prefix rules: the JSON wire form, validation whose
+//!   errors name the field, conversion to and from the BPF keys.
+//! - [`flow_table`]: the flow table, source of truth of the rules, projected
+//!   into the classifier's maps with atomic bulk replace (two generations and
+//!   a switch), persisted in a state file.
 //!
 //! The daemon `xdpathd`, its API, the flow table and the socket pool build
 //! on these (see DESIGN.md, control path).
 
+pub mod api;
 pub mod classifier;
+pub mod client;
+pub mod config;
+pub mod flow_table;
 pub mod netlink;
+pub mod preflight;
+pub mod rules;
+pub mod socket_pool;
 
 pub use classifier::{Classifier, ClassifierConfig, ClassifierError, XdpAttachMode};

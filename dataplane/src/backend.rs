@@ -233,10 +233,13 @@ impl VhostUserBackend for NetBackend {
     }
 
     fn protocol_features(&self) -> VhostUserProtocolFeatures {
+        // Not CONFIGURE_MEM_SLOTS: with it QEMU 7.2 updates the memory table
+        // region by region while the guest boots, and vhost-user-backend
+        // 0.24 refuses the sequence ("memory regions intersect"); whole
+        // tables (SET_MEM_TABLE) work with every frontend.
         VhostUserProtocolFeatures::MQ
             | VhostUserProtocolFeatures::REPLY_ACK
             | VhostUserProtocolFeatures::CONFIG
-            | VhostUserProtocolFeatures::CONFIGURE_MEM_SLOTS
     }
 
     fn set_event_idx(&self, _enabled: bool) {

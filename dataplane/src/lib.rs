@@ -9,6 +9,8 @@
 //!   TX: guest -> XSK), owned by one worker thread.
 //! - [`backend`]: the vhost-user-net device for one frontend connection;
 //!   routes each worker's events to its queue pair.
+//! - [`relay`]: passes vhost-user messages between the frontend and the
+//!   request handler, holding SET_VRING_ENABLE that QEMU sends early.
 //! - [`server`]: the listening socket, one connection at a time, the
 //!   worker lifecycle and reconnects.
 //! - [`handoff`]: frames passed by message from a pair whose RX vring the
@@ -24,6 +26,7 @@ pub mod chain;
 pub mod counters;
 pub mod handoff;
 pub mod queue_pair;
+pub mod relay;
 pub mod server;
 pub mod virtio_net;
 pub mod xsk;

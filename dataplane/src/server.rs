@@ -8,7 +8,8 @@
 //! 2. register each pair's XSK fd, timer fd and doorbell (handoff eventfd)
 //!    with its own worker, before the frontend is even accepted, so no
 //!    traffic reaches a worker that is not ready;
-//! 3. accept the frontend and serve it until it disconnects (cleanly or
+//! 3. accept the frontend, put the relay (`relay`) between it and the
+//!    library's request handler, and serve it until it disconnects (cleanly or
 //!    killed), [`ServerHandle::stop`] is called, or a worker fails;
 //! 4. drop the daemon: every worker gets its exit event and is joined; the
 //!    exit fds vhost-user-backend leaks are closed; the queue pairs (with
@@ -118,6 +119,11 @@ impl ServerHandle {
     /// Counters of every queue pair, in order.
     pub fn all_counters(&self) -> Vec<CounterSnapshot> {
         self.counters.iter().map(|c| c.snapshot()).collect()
+    }
+
+    /// Whether a frontend is connected right now.
+    pub fn connected(&self) -> bool {
+        self.conn.is_running()
     }
 
     /// Frontend connections served so far (including the current one).
@@ -410,9 +416,40 @@ impl Server {
                     .map_err(io_err("registering a worker fd"))?;
             }
         }
-        daemon
-            .start(&mut self.listener)
-            .map_err(|e| ServerError::Daemon(e.to_string()))?;
+        // Accept the frontend here and put the relay (see `relay`) between
+        // it and the library's request handler, which connects as a client
+        // to a private socket.
+        let Some(front) = self
+            .listener
+            .accept()
+            .map_err(|e| ServerError::Daemon(e.to_string()))?
+        else {
+            return Ok(()); // the frontend went away before it was accepted
+        };
+        let private = std::env::temp_dir().join(format!(
+            "xdpath-relay-{}-{}.sock",
+            std::process::id(),
+            self.handle.connections.load(Ordering::Acquire)
+        ));
+        let _ = std::fs::remove_file(&private);
+        let inner = std::os::unix::net::UnixListener::bind(&private)
+            .map_err(io_err("binding the relay socket"))?;
+        let started = daemon.start_client(&private.to_string_lossy());
+        let back = started
+            .map_err(|e| ServerError::Daemon(e.to_string()))
+            .and_then(|()| {
+                inner
+                    .accept()
+                    .map(|(s, _)| s)
+                    .map_err(io_err("accepting the relay connection"))
+            });
+        drop(inner);
+        let _ = std::fs::remove_file(&private);
+        let back = back?;
+        let relay = std::thread::Builder::new()
+            .name("vhost-user-relay".into())
+            .spawn(move || crate::relay::run(front, back))
+            .map_err(io_err("starting the relay thread"))?;
         self.handle.connections.fetch_add(1, Ordering::AcqRel);
         self.handle.conn.set(daemon.shutdown_handle(), handlers);
         // A stop that raced with the accept.
@@ -424,6 +461,8 @@ impl Server {
             Ok(()) => tracing::info!("vhost-user frontend disconnected"),
             Err(e) => tracing::info!("vhost-user connection ended: {e}"),
         }
+        // The handler closed its end, so the relay ends too.
+        let _ = relay.join();
         Ok(())
     }
 }

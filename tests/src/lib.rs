@@ -8,12 +8,17 @@
 //!   backend without a VM.
 //! - [`bridge`]: topology + classifier + vhost-user server + wire sockets,
 //!   the fixture of the dataplane tests.
+//! - [`daemon`]: a real `xdpathd` process in a topology, and `xdpctl` runs
+//!   against it.
 //! - [`frames`]: builders for the Ethernet frames the tests send, well
 //!   formed and deliberately malformed.
 //! - [`packet`]: an AF_PACKET sender in the peer namespace that picks the
 //!   tx queue (and so the rx queue on the other end) through XPS.
 //! - [`xsk`]: a minimal AF_XDP receiver (xsk-rs) that reads frames and the
 //!   classifier's metadata block.
+//! - [`qemu`]: a real QEMU guest (TCG, the image `cargo xtask guest-image`
+//!   builds) on a vhost-user socket, driven through its serial console, in a
+//!   guard that kills and reaps QEMU on drop.
 //! - [`testpmd`]: DPDK's `dpdk-testpmd` (virtio_user PMD) as a third-party
 //!   vhost-user frontend, in a guard that kills and reaps it on drop.
 //!
@@ -21,9 +26,11 @@
 //! and return, so a plain `cargo test` passes.
 
 pub mod bridge;
+pub mod daemon;
 pub mod frames;
 pub mod frontend;
 pub mod packet;
+pub mod qemu;
 pub mod testpmd;
 pub mod topology;
 pub mod xsk;

@@ -1,15 +1,27 @@
-//! `cargo xtask demo`: the embedded default topology.
+//! `cargo xtask demo`: the embedded default topology with a QEMU guest.
+//!
+//! Builds the release binaries (xdpathd, xdpctl, the demo driver) and the
+//! guest image (cached), then runs the demo driver
+//! (`tests/src/bin/xdpath-demo.rs`), which sets up the namespaces, the
+//! daemon and the guest, shows the traffic and tears it all down.
 
-use crate::run::cargo;
+use crate::run::{cargo, status, workspace_root};
 use anyhow::Result;
+use std::process::Command;
 
 pub fn run() -> Result<()> {
     cargo(&[
-        "run",
+        "build",
         "--release",
         "-p",
+        "xdpath-control",
+        "-p",
         "xdpath-tests",
-        "--bin",
-        "xdpath-demo",
-    ])
+        "--bins",
+    ])?;
+    crate::guest::run()?;
+    status(
+        Command::new(workspace_root().join("target/release/xdpath-demo"))
+            .current_dir(workspace_root()),
+    )
 }

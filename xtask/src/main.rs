@@ -5,6 +5,8 @@
 //! install what they need first ([`setup`]). Each submodule owns one command.
 
 mod demo;
+mod deploy;
+mod guest;
 mod run;
 mod setup;
 mod test;
@@ -36,6 +38,25 @@ enum Cmd {
     },
     /// Set up, then run the embedded demo topology (no NIC needed).
     Demo,
+    /// Build the QEMU test guest (Debian kernel + busybox initramfs) into
+    /// target/guest/ from Debian packages; cached, a second run does nothing.
+    GuestImage,
+    /// Build, preflight-check and install xdpath on a host NIC, print the
+    /// QEMU and libvirt settings for the guest, and start xdpathd
+    /// (foreground, or a systemd unit with --systemd).
+    Deploy(deploy::DeployArgs),
+    /// Reverse `deploy`: stop and remove the unit, binaries, config,
+    /// sockets and leftover pins (the flow table is kept unless --purge).
+    Undeploy(deploy::UndeployArgs),
+}
+
+/// Whether `name` can be a Linux interface name (1 to 15 bytes, no '/',
+/// no whitespace, no NUL). xtask does not depend on the control crate.
+fn config_valid_ifname(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 15
+        && !name.contains(['/', '\0'])
+        && !name.contains(char::is_whitespace)
 }
 
 fn main() -> Result<()> {
@@ -53,5 +74,11 @@ fn main() -> Result<()> {
             setup::run()?;
             demo::run()
         }
+        Cmd::GuestImage => guest::run(),
+        Cmd::Deploy(a) => {
+            setup::run()?;
+            deploy::deploy(&a)
+        }
+        Cmd::Undeploy(a) => deploy::undeploy(&a),
     }
 }

@@ -45,6 +45,14 @@ const PACKAGES: &[&str] = &[
     "librte-net-vhost23",
     "librte-net-af-xdp23",
     "librte-mempool-ring23",
+    // The QEMU test guest (`cargo xtask guest-image`, tests/tests/vm.rs):
+    // QEMU itself, and xz/zstd to take the kernel out of Debian's bzImage and
+    // to unpack compressed modules. The image's packages (linux-image-*,
+    // busybox-static) are fetched with `apt-get download`, never installed;
+    // the helper is built with gcc from build-essential.
+    "qemu-system-x86",
+    "xz-utils",
+    "zstd",
 ];
 
 /// Hugepages (2 MiB each) DPDK gets; testpmd runs with `--in-memory`.

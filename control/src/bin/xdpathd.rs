@@ -1,0 +1,373 @@
+//! `xdpathd`: one daemon per host NIC.
+//!
+//! Start-up, in order: configuration (file, then flags) -> preflight (every
+//! problem printed with its fix, nothing touched) -> XDP classifier
+//! attached, maps pinned -> guest MAC/IP entries -> flow table loaded from
+//! its state file and projected into the maps -> AF_XDP socket pool -> the
+//! vhost-user server and its workers -> the API socket.
+//!
+//! SIGTERM/SIGINT, or the dataplane ending on its own, shut down in the
+//! DESIGN.md order: XSKMAP entries out (traffic fails open) -> workers
+//! stopped and joined -> sockets closed -> XDP detached and maps unpinned.
+//! The flow table's state file stays for the next start.
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use xdpath_common::{Action, AddrKey, RuleValue, FAMILY_V4, FAMILY_V6};
+use xdpath_control::api::{router, ControlState, Tables};
+use xdpath_control::config::{DaemonConfig, DefaultAction, XdpModeSetting};
+use xdpath_control::flow_table::FlowTable;
+use xdpath_control::socket_pool::SocketPool;
+use xdpath_control::{preflight, Classifier, ClassifierConfig, XdpAttachMode};
+use xdpath_dataplane::{NetConfig, Server};
+
+/// Guest port id of the (one) guest.
+const GUEST_PORT: u32 = 1;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "xdpathd",
+    version,
+    about = "xdpath daemon: XDP classifier, AF_XDP socket pool and vhost-user backend for one host NIC"
+)]
+struct Flags {
+    /// TOML config file; flags given here override its settings.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Host NIC to attach to.
+    #[arg(long)]
+    iface: Option<String>,
+    /// Queue pairs (NIC queues used = guest queue pairs offered), 1 to 16.
+    #[arg(long)]
+    queues: Option<u16>,
+    /// vhost-user socket for the guest [default: /run/xdpath/<iface>.vhost.sock].
+    #[arg(long)]
+    vhost_socket: Option<PathBuf>,
+    /// The guest's MAC address, e.g. 52:54:00:12:34:56.
+    #[arg(long)]
+    guest_mac: Option<String>,
+    /// A guest IP address for ARP/ND steering (repeatable).
+    #[arg(long)]
+    guest_ip: Vec<String>,
+    /// API socket [default: /run/xdpath/<iface>.api.sock].
+    #[arg(long)]
+    api_socket: Option<PathBuf>,
+    /// Group that may use the API socket besides root.
+    #[arg(long)]
+    api_group: Option<String>,
+    /// Action for frames no rule matches: host, drop or guest.
+    #[arg(long, value_parser = ["host", "drop", "guest"])]
+    default_action: Option<String>,
+    /// XDP attach mode: native, or generic (slower, works on any driver).
+    #[arg(long, value_parser = ["native", "generic"])]
+    xdp_mode: Option<String>,
+    /// Replace an XDP program already attached to the interface.
+    #[arg(long)]
+    force: bool,
+    /// Busy-poll sockets under load (a core per queue pair).
+    #[arg(long)]
+    busy_poll: bool,
+    /// Guest MTU offered and enforced.
+    #[arg(long)]
+    mtu: Option<u16>,
+    /// Directory for the flow table's state file [default: /var/lib/xdpath].
+    #[arg(long)]
+    state_dir: Option<PathBuf>,
+    /// Run the preflight checks, print them and exit (0 if all pass).
+    #[arg(long)]
+    check: bool,
+    /// Enter this network namespace (as named by `ip netns`) first. Only the
+    /// network namespace changes, so pins stay on the host's bpffs; `ip
+    /// netns exec` would hide /sys/fs/bpf behind a fresh sysfs.
+    #[arg(long)]
+    netns: Option<String>,
+}
+
+/// Moves this (still single-threaded) process into network namespace `ns`;
+/// every thread started later inherits it.
+fn enter_netns(ns: &str) -> Result<()> {
+    use std::os::fd::AsRawFd;
+    if ns.is_empty() || ns.contains('/') {
+        bail!("--netns {ns:?} is not a namespace name as `ip netns list` shows them");
+    }
+    let path = std::path::Path::new("/run/netns").join(ns);
+    let f = std::fs::File::open(&path).with_context(|| {
+        format!(
+            "--netns {ns}: cannot open {} (see `ip netns list`)",
+            path.display()
+        )
+    })?;
+    // SAFETY: setns with a valid namespace fd; the process has no other
+    // threads yet.
+    if unsafe { libc::setns(f.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(std::io::Error::last_os_error())
+            .with_context(|| format!("entering network namespace {ns}"));
+    }
+    Ok(())
+}
+
+fn config(f: &Flags) -> Result<DaemonConfig> {
+    let mut c = match &f.config {
+        Some(p) => DaemonConfig::from_file(p)?,
+        None => {
+            let Some(iface) = &f.iface else {
+                bail!("--iface is required (or a --config file that sets iface)");
+            };
+            toml::from_str(&format!("iface = {}", toml::Value::String(iface.clone())))?
+        }
+    };
+    if let Some(v) = &f.iface {
+        c.iface = v.clone();
+    }
+    if let Some(v) = f.queues {
+        c.queues = v;
+    }
+    if f.vhost_socket.is_some() {
+        c.vhost_socket = f.vhost_socket.clone();
+    }
+    if f.guest_mac.is_some() {
+        c.guest_mac = f.guest_mac.clone();
+    }
+    if !f.guest_ip.is_empty() {
+        c.guest_ip = f.guest_ip.clone();
+    }
+    if f.api_socket.is_some() {
+        c.api_socket = f.api_socket.clone();
+    }
+    if f.api_group.is_some() {
+        c.api_group = f.api_group.clone();
+    }
+    if let Some(v) = &f.default_action {
+        c.default_action = match v.as_str() {
+            "drop" => DefaultAction::Drop,
+            "guest" => DefaultAction::Guest,
+            _ => DefaultAction::Host,
+        };
+    }
+    if let Some(v) = &f.xdp_mode {
+        c.xdp_mode = if v == "generic" {
+            XdpModeSetting::Generic
+        } else {
+            XdpModeSetting::Native
+        };
+    }
+    c.force |= f.force;
+    c.busy_poll |= f.busy_poll;
+    if let Some(v) = f.mtu {
+        c.mtu = v;
+    }
+    if f.state_dir.is_some() {
+        c.state_dir = f.state_dir.clone();
+    }
+    c.validate()?;
+    Ok(c)
+}
+
+fn main() {
+    let flags = Flags::parse();
+    if let Some(ns) = &flags.netns {
+        if let Err(e) = enter_netns(ns) {
+            eprintln!("xdpathd: {e:#}");
+            std::process::exit(1);
+        }
+    }
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let code = match run(&flags) {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("xdpathd: {e:#}");
+            1
+        }
+    };
+    std::process::exit(code);
+}
+
+fn run(flags: &Flags) -> Result<()> {
+    let cfg = config(flags)?;
+    let issues = preflight::check(&cfg);
+    if flags.check || !issues.is_empty() {
+        for i in &issues {
+            eprintln!("{i}");
+        }
+        if issues.is_empty() {
+            println!("preflight: all checks passed for {}", cfg.iface);
+            return Ok(());
+        }
+        bail!(
+            "{} preflight check(s) failed; nothing was changed",
+            issues.len()
+        );
+    }
+
+    // The classifier: attach, pin, configure.
+    let mut ccfg = ClassifierConfig::new(&cfg.iface);
+    ccfg.mode = match cfg.xdp_mode {
+        XdpModeSetting::Native => XdpAttachMode::Native,
+        XdpModeSetting::Generic => XdpAttachMode::Generic,
+    };
+    ccfg.force = cfg.force;
+    ccfg.default_action = cfg.default_action.action();
+    ccfg.default_port = GUEST_PORT;
+    let mut classifier = Classifier::attach(&ccfg)?;
+    let prog_id = classifier.prog_id()?;
+    let guest = RuleValue {
+        action: Action::Guest as u32,
+        port: GUEST_PORT,
+        rule_id: 0,
+        _pad: 0,
+    };
+    if let Some(mac) = cfg.guest_mac() {
+        classifier.insert_mac(mac, &guest)?;
+    }
+    for ip in cfg.guest_ips() {
+        let mut key = AddrKey::default();
+        match ip {
+            std::net::IpAddr::V4(a) => {
+                key.family = FAMILY_V4;
+                key.addr[..4].copy_from_slice(&a.octets());
+            }
+            std::net::IpAddr::V6(a) => {
+                key.family = FAMILY_V6;
+                key.addr = a.octets();
+            }
+        }
+        classifier.insert_neigh(&key, &guest)?;
+    }
+
+    // The flow table: the state file is the source of truth.
+    let state_file = cfg.state_file();
+    if let Some(dir) = state_file.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let mut flows = FlowTable::load(&state_file)?;
+    flows.sync(&mut classifier)?;
+
+    // Sockets, then the dataplane.
+    let (pool, ports) = SocketPool::create(&cfg.iface, u32::from(cfg.queues), &mut classifier)?;
+    let vhost = cfg.vhost_socket();
+    if let Some(dir) = vhost.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let net = NetConfig {
+        queue_pairs: cfg.queues,
+        mac: cfg.guest_mac(),
+        mtu: cfg.mtu,
+        max_queue_size: 1024,
+    };
+    let server = Server::new(&vhost, net, ports)?;
+    let handle = server.handle();
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
+    let dataplane = std::thread::Builder::new()
+        .name("vhost-user".into())
+        .spawn(move || {
+            let r = server.run();
+            let _ = done_tx.send(());
+            r
+        })?;
+
+    let state = Arc::new(ControlState {
+        tables: Mutex::new(Tables { classifier, flows }),
+        pool,
+        server: handle.clone(),
+        cfg: cfg.clone(),
+        started: Instant::now(),
+        prog_id,
+    });
+    tracing::info!(
+        iface = %cfg.iface, queues = cfg.queues, vhost = %vhost.display(), api = %cfg.api_socket().display(),
+        "xdpathd ready: start the guest on the vhost-user socket"
+    );
+    let served = serve_api(&cfg, state.clone(), done_rx);
+
+    // Teardown, in order, whatever ended the run.
+    tracing::info!(
+        "shutting down: XSKMAP entries out, workers stopped, sockets closed, XDP detached"
+    );
+    {
+        let mut t = state
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        state.pool.unregister_all(&mut t.classifier);
+    }
+    handle.stop();
+    let dataplane_result = dataplane
+        .join()
+        .map_err(|_| anyhow::anyhow!("the vhost-user thread panicked"))?;
+    let _ = std::fs::remove_file(cfg.api_socket());
+    let state = Arc::try_unwrap(state)
+        .map_err(|_| anyhow::anyhow!("API state still in use at shutdown"))?;
+    let tables = state
+        .tables
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    tables.classifier.shutdown()?;
+    served?;
+    dataplane_result.context("the dataplane stopped")?;
+    Ok(())
+}
+
+/// Serves the API until SIGTERM/SIGINT or until the dataplane ends.
+fn serve_api(
+    cfg: &DaemonConfig,
+    state: Arc<ControlState>,
+    dataplane_done: tokio::sync::oneshot::Receiver<()>,
+) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let path = cfg.api_socket();
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+        }
+        let _ = std::fs::remove_file(&path);
+        let listener = tokio::net::UnixListener::bind(&path)
+            .with_context(|| format!("binding the API socket {}", path.display()))?;
+        secure_socket(&path, cfg.api_group.as_deref())?;
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        let shutdown = async move {
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
+                _ = term.recv() => tracing::info!("SIGTERM"),
+                _ = dataplane_done => tracing::error!("the dataplane ended"),
+            }
+        };
+        axum::serve(listener, router(state))
+            .with_graceful_shutdown(shutdown)
+            .await
+            .context("serving the API")
+    })
+}
+
+/// Mode 0660, owner root, group `group` (or root's).
+fn secure_socket(path: &std::path::Path, group: Option<&str>) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let gid = match group {
+        None => 0,
+        Some(g) => {
+            let c = std::ffi::CString::new(g).context("group name")?;
+            // SAFETY: getgrnam with a valid C string; the result is only
+            // read before any other call that could reuse its storage.
+            let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+            if gr.is_null() {
+                bail!("setting `api_group`: group {g:?} does not exist");
+            }
+            // SAFETY: gr is a valid pointer returned by getgrnam.
+            unsafe { (*gr).gr_gid }
+        }
+    };
+    std::os::unix::fs::chown(path, Some(0), Some(gid))
+        .with_context(|| format!("chown {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .with_context(|| format!("chmod {}", path.display()))?;
+    Ok(())
+}

@@ -1,0 +1,235 @@
+//! The AF_XDP socket pool: one socket per NIC queue, created up front and
+//! registered in the XSKMAP, replaced on request or failure.
+//!
+//! Ownership (DESIGN.md rule 2): the sockets themselves belong to the
+//! dataplane's workers once handed over; the pool keeps only what the
+//! control plane needs to know about each queue, in one mutex that is never
+//! held across a blocking call (binding a socket, waiting for a worker).
+//! A replacement is a sequence of messages, in the DESIGN.md teardown
+//! order: XSKMAP entry out (the queue fails open to the host) -> the worker
+//! releases its socket -> bind a new one -> XSKMAP entry in -> the worker
+//! installs it.
+//!
+//! If the daemon dies, the kernel closes its sockets and drops them from
+//! the XSKMAP by itself: traffic fails open to the host.
+
+use crate::classifier::Classifier;
+use serde::Serialize;
+use std::sync::{Mutex, PoisonError};
+use std::time::Duration;
+use xdpath_dataplane::{ServerHandle, XskConfig, XskPort};
+
+/// How long a worker may take to apply a socket change.
+const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// What the pool knows about one queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SocketState {
+    /// A socket is bound, registered and owned by the worker.
+    Bound,
+    /// Being replaced right now.
+    Replacing,
+    /// No socket: the queue fails open to the host.
+    Released,
+    /// The last replacement failed; the message says why.
+    Failed(String),
+}
+
+/// One queue as the API shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct QueueInfo {
+    /// Queue index (= queue pair index).
+    pub queue: u32,
+    /// Socket state.
+    pub state: SocketState,
+    /// Sockets created for this queue so far (1 + replacements).
+    pub generation: u32,
+}
+
+/// Errors of the pool.
+#[derive(Debug, thiserror::Error)]
+pub enum PoolError {
+    /// No such queue.
+    #[error("Queue {0} does not exist.")]
+    NoSuchQueue(u32),
+    /// A replacement of this queue is already running.
+    #[error("Queue {0} is being replaced already.")]
+    Busy(u32),
+    /// Creating a socket failed.
+    #[error("Creating the AF_XDP socket of queue {queue} failed: {detail}")]
+    Socket {
+        /// Queue.
+        queue: u32,
+        /// Why.
+        detail: String,
+    },
+    /// The XSKMAP could not be written.
+    #[error("Registering queue {queue} in the XSKMAP failed: {detail}")]
+    Map {
+        /// Queue.
+        queue: u32,
+        /// Why.
+        detail: String,
+    },
+    /// The worker did not take the change.
+    #[error("The worker of queue {queue} did not apply the change: {detail}")]
+    Worker {
+        /// Queue.
+        queue: u32,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The pool for one interface.
+#[derive(Debug)]
+pub struct SocketPool {
+    iface: String,
+    queues: Mutex<Vec<QueueInfo>>,
+}
+
+fn bind(iface: &str, queue: u32) -> Result<XskPort, PoolError> {
+    XskPort::bind(&XskConfig::new(iface, queue)).map_err(|e| PoolError::Socket {
+        queue,
+        detail: e.to_string(),
+    })
+}
+
+impl SocketPool {
+    /// Creates and registers one socket per queue `0..queues`; returns the
+    /// pool and the sockets for the dataplane server (in queue order). On
+    /// error, the registrations made so far are undone.
+    pub fn create(
+        iface: &str,
+        queues: u32,
+        c: &mut Classifier,
+    ) -> Result<(Self, Vec<XskPort>), PoolError> {
+        let mut ports = Vec::with_capacity(queues as usize);
+        for q in 0..queues {
+            let port = match bind(iface, q) {
+                Ok(p) => p,
+                Err(e) => {
+                    (0..q).for_each(|r| drop(c.unregister_socket(r)));
+                    return Err(e);
+                }
+            };
+            if let Err(e) = c.register_socket(q, &port) {
+                (0..q).for_each(|r| drop(c.unregister_socket(r)));
+                return Err(PoolError::Map {
+                    queue: q,
+                    detail: e.to_string(),
+                });
+            }
+            ports.push(port);
+        }
+        let infos = (0..queues)
+            .map(|queue| QueueInfo {
+                queue,
+                state: SocketState::Bound,
+                generation: 1,
+            })
+            .collect();
+        Ok((
+            Self {
+                iface: iface.to_string(),
+                queues: Mutex::new(infos),
+            },
+            ports,
+        ))
+    }
+
+    /// The queues and their sockets.
+    pub fn list(&self) -> Vec<QueueInfo> {
+        self.queues
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, queue: u32, state: SocketState, bump: bool) {
+        let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(info) = q.get_mut(queue as usize) {
+            info.state = state;
+            if bump {
+                info.generation += 1;
+            }
+        }
+    }
+
+    /// Replaces queue `queue`'s socket with a fresh one. `classifier` is
+    /// locked only around the XSKMAP updates.
+    pub fn replace(
+        &self,
+        queue: u32,
+        classifier: &Mutex<impl AsMut<Classifier>>,
+        server: &ServerHandle,
+    ) -> Result<QueueInfo, PoolError> {
+        {
+            let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
+            let info = q
+                .get_mut(queue as usize)
+                .ok_or(PoolError::NoSuchQueue(queue))?;
+            if info.state == SocketState::Replacing {
+                return Err(PoolError::Busy(queue));
+            }
+            info.state = SocketState::Replacing;
+        }
+        let result = self.replace_steps(queue, classifier, server);
+        match &result {
+            Ok(()) => self.set(queue, SocketState::Bound, true),
+            Err(e) => self.set(queue, SocketState::Failed(e.to_string()), false),
+        }
+        result?;
+        Ok(self.list().swap_remove(queue as usize))
+    }
+
+    fn replace_steps(
+        &self,
+        queue: u32,
+        classifier: &Mutex<impl AsMut<Classifier>>,
+        server: &ServerHandle,
+    ) -> Result<(), PoolError> {
+        let map_err = |e: crate::ClassifierError| PoolError::Map {
+            queue,
+            detail: e.to_string(),
+        };
+        // 1. Fail open first.
+        classifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .unregister_socket(queue)
+            .map_err(map_err)?;
+        // 2. The worker lets go of its socket (blocking; no lock held).
+        server
+            .release_socket(queue as usize, WORKER_TIMEOUT)
+            .map_err(|e| PoolError::Worker {
+                queue,
+                detail: e.to_string(),
+            })?;
+        // 3. A new socket on the same queue.
+        let port = bind(&self.iface, queue)?;
+        // 4. Traffic to it again, 5. the worker takes it.
+        classifier
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .register_socket(queue, &port)
+            .map_err(map_err)?;
+        server
+            .install_socket(queue as usize, port, WORKER_TIMEOUT)
+            .map_err(|e| PoolError::Worker {
+                queue,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Teardown step 1: every queue's XSKMAP entry out, so traffic fails
+    /// open to the host while the workers stop.
+    pub fn unregister_all(&self, c: &mut Classifier) {
+        for info in self.list() {
+            let _ = c.unregister_socket(info.queue);
+        }
+    }
+}

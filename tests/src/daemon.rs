@@ -1,0 +1,228 @@
+//! A real `xdpathd` process for tests, and `xdpctl` runs against it.
+//!
+//! [`Daemon::start`] runs the daemon binary in a topology's host namespace
+//! (`--netns`) on the host end of the veth pair, with its
+//! sockets and state file in a private temporary directory, and waits until
+//! the API answers. Dropping it sends SIGTERM (the orderly teardown), waits
+//! (bounded), then SIGKILLs if needed; it only ever signals the pid it
+//! started. The binaries are the ones cargo built next to the test.
+
+use crate::topology::Topology;
+use crate::wait_until;
+use anyhow::{anyhow, bail, Context, Result};
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+static NEXT: AtomicU32 = AtomicU32::new(0);
+
+/// Path of a binary of this workspace built by cargo: next to the caller
+/// (`target/<profile>/`, e.g. the demo) or one level up (tests live in
+/// `target/<profile>/deps/`).
+pub fn workspace_bin(name: &str) -> Result<PathBuf> {
+    let exe = std::env::current_exe()?;
+    let here = exe
+        .parent()
+        .ok_or_else(|| anyhow!("unexpected binary location {}", exe.display()))?
+        .to_path_buf();
+    let up = here.parent().map(Path::to_path_buf);
+    [Some(here), up]
+        .into_iter()
+        .flatten()
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+        .ok_or_else(|| anyhow!("{name} is not built next to {}; run `cargo build -p xdpath-control` (cargo xtask test does)", exe.display()))
+}
+
+/// A running daemon.
+pub struct Daemon {
+    child: Option<Child>,
+    /// Its private directory (sockets, state, log).
+    pub dir: PathBuf,
+    /// The API socket.
+    pub api: PathBuf,
+    /// The vhost-user socket.
+    pub vhost: PathBuf,
+    /// The state directory (flow table file).
+    pub state_dir: PathBuf,
+    /// stderr of the daemon goes here.
+    pub log: PathBuf,
+    args: Vec<String>,
+    ns: String,
+}
+
+impl std::fmt::Debug for Daemon {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Daemon")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Daemon {
+    /// Starts `xdpathd --iface <host_if> <extra...>` in the host namespace
+    /// of `t`, with fresh sockets and state, and waits for its API.
+    pub fn start(t: &Topology, extra: &[&str]) -> Result<Self> {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("xdpathd-test-{}-{n}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let mut args: Vec<String> = vec!["--iface".into(), t.host_if.clone()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let mut d = Self {
+            child: None,
+            api: dir.join("api.sock"),
+            vhost: dir.join("vhost.sock"),
+            state_dir: dir.join("state"),
+            log: dir.join("xdpathd.log"),
+            dir,
+            args,
+            ns: t.host_ns.clone(),
+        };
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// Starts the daemon again with the same arguments and directories
+    /// (after [`Daemon::kill9`] or [`Daemon::stop`]).
+    pub fn spawn(&mut self) -> Result<()> {
+        let bin = workspace_bin("xdpathd")?;
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)?;
+        let child = Command::new(&bin)
+            .args(["--netns", &self.ns])
+            .args(&self.args)
+            .arg("--api-socket")
+            .arg(&self.api)
+            .arg("--vhost-socket")
+            .arg(&self.vhost)
+            .arg("--state-dir")
+            .arg(&self.state_dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting xdpathd")?;
+        self.child = Some(child);
+        let up = wait_until(Duration::from_secs(15), || {
+            self.exited().is_none() && self.call("GET", "/v1/health", None).is_ok()
+        });
+        if !up {
+            let status = self.exited();
+            bail!(
+                "xdpathd did not come up (exit {status:?}); log:\n{}",
+                self.log_text()
+            );
+        }
+        Ok(())
+    }
+
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+    }
+
+    /// The daemon's stderr so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// The daemon's pid.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Calls the API.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<Value, xdpath_control::client::ClientError> {
+        xdpath_control::client::call(&self.api, method, path, body)
+    }
+
+    /// Runs `xdpctl --socket <api> <args>` (as root unless `as_user`).
+    pub fn xdpctl(&self, args: &[&str]) -> Result<Output> {
+        self.xdpctl_as(None, args)
+    }
+
+    /// Runs xdpctl as user/group `ids` (uid, gid) if given.
+    pub fn xdpctl_as(&self, ids: Option<(u32, u32)>, args: &[&str]) -> Result<Output> {
+        let bin = workspace_bin("xdpctl")?;
+        let mut cmd = match ids {
+            None => Command::new(&bin),
+            Some((uid, gid)) => {
+                let mut c = Command::new("setpriv");
+                c.args([
+                    format!("--reuid={uid}"),
+                    format!("--regid={gid}"),
+                    "--clear-groups".into(),
+                ])
+                .arg(&bin);
+                c
+            }
+        };
+        cmd.arg("--socket")
+            .arg(&self.api)
+            .args(args)
+            .stdin(Stdio::null());
+        Ok(cmd.output()?)
+    }
+
+    /// SIGTERM and wait (bounded): the orderly shutdown. Returns the exit
+    /// status.
+    pub fn stop(&mut self) -> Option<std::process::ExitStatus> {
+        self.signal_and_wait(libc::SIGTERM, Duration::from_secs(15))
+    }
+
+    /// SIGKILL: the daemon dies without any teardown.
+    pub fn kill9(&mut self) {
+        self.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));
+    }
+
+    fn signal_and_wait(&mut self, sig: i32, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        // SAFETY: kill(2) on the pid of a child we spawned and have not
+        // reaped yet (so the pid cannot have been reused).
+        unsafe { libc::kill(child.id() as i32, sig) };
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            status = child.wait().ok();
+        }
+        status
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if self.child.is_some() && self.stop().is_none() {
+            eprintln!("xdpathd did not stop; log:\n{}", self.log_text());
+        }
+        // A killed daemon leaves its pins: the topology's drop removes the
+        // interface; remove the pins too (only our interface's directory).
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Stdout of an xdpctl run as text, failing with stderr if it failed.
+pub fn ok_stdout(o: &Output) -> Result<String> {
+    if !o.status.success() {
+        bail!(
+            "xdpctl failed ({}): {}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}

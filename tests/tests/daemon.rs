@@ -1,0 +1,674 @@
+//! `xdpathd` and `xdpctl` as a user runs them: a real daemon process in a
+//! private namespace on the host end of a veth pair, rules added with the
+//! CLI or raw HTTP, traffic sent from the peer namespace, a guest played by
+//! the in-repo vhost-user frontend on the daemon's socket.
+//!
+//! As non-root every test prints why it skips and passes.
+
+use serde_json::{json, Value};
+use std::time::Duration;
+use xdpath_control::client::ClientError;
+use xdpath_tests::daemon::{ok_stdout, workspace_bin, Daemon};
+use xdpath_tests::frames::*;
+use xdpath_tests::frontend::{FrontendOptions, TestFrontend};
+use xdpath_tests::packet::Sender;
+use xdpath_tests::topology::{run, Topology, HOST_IP, HOST_MAC, PEER_IP, PEER_MAC};
+use xdpath_tests::{require_root, wait_until};
+
+const GUEST_MAC: &str = "52:54:00:ab:cd:02";
+const WAIT: Duration = Duration::from_secs(5);
+
+fn udp_to_host(dport: u16, i: u32) -> Vec<u8> {
+    eth(
+        HOST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(PEER_IP, HOST_IP, 17, &udp(1000, dport, &tagged(i, 32))),
+    )
+}
+
+fn stats(d: &Daemon) -> Value {
+    d.call("GET", "/v1/stats", None).expect("stats")
+}
+
+fn classifier(d: &Daemon, key: &str) -> u64 {
+    stats(d)["classifier"][key].as_u64().unwrap_or(0)
+}
+
+fn sender(t: &Topology) -> Sender {
+    let p = t.peer_if.clone();
+    t.in_peer(move || Sender::new(&p).expect("AF_PACKET sender"))
+}
+
+fn start(t: &Topology, extra: &[&str]) -> Daemon {
+    let mut args = vec!["--guest-mac", GUEST_MAC];
+    args.extend_from_slice(extra);
+    Daemon::start(t, &args).unwrap_or_else(|e| panic!("{e:#}"))
+}
+
+#[test]
+fn rules_added_with_xdpctl_steer_traffic_and_deleting_them_gives_it_back() {
+    if !require_root("rules_added_with_xdpctl_steer_traffic_and_deleting_them_gives_it_back") {
+        return;
+    }
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    let tx = sender(&t);
+    let mut fe =
+        TestFrontend::connect(&d.vhost, FrontendOptions::default()).expect("guest connects");
+    fe.post_rx_buffers(0, 64, 2048);
+    assert!(wait_until(WAIT, || d
+        .call("GET", "/v1/health", None)
+        .is_ok_and(|h| h["guest_connected"] == json!(true))));
+
+    // No rule: the host gets it.
+    let host0 = classifier(&d, "action_host");
+    tx.send_on_queue(0, &[udp_to_host(5353, 0)]).unwrap();
+    assert!(wait_until(WAIT, || classifier(&d, "action_host") > host0));
+
+    let out = ok_stdout(
+        &d.xdpctl(&[
+            "flow",
+            "add",
+            "--src",
+            "10.77.0.2",
+            "--dst",
+            "10.77.0.1",
+            "--proto",
+            "udp",
+            "--sport",
+            "1000",
+            "--dport",
+            "5353",
+            "--action",
+            "guest",
+        ])
+        .unwrap(),
+    )
+    .unwrap();
+    assert!(out.contains("10.77.0.1") && out.contains("guest"), "{out}");
+    let flows = d.call("GET", "/v1/flows", None).unwrap();
+    let id = flows[0]["id"].as_u64().expect("an id was assigned");
+    let frames: Vec<Vec<u8>> = (1..=5).map(|i| udp_to_host(5353, i)).collect();
+    tx.send_on_queue(0, &frames).unwrap();
+    let got = fe.recv(0, 5, WAIT);
+    assert_eq!(
+        got.iter().map(|g| g.data.clone()).collect::<Vec<_>>(),
+        frames,
+        "the rule steers the flow to the guest"
+    );
+    let list = ok_stdout(&d.xdpctl(&["flow", "list"]).unwrap()).unwrap();
+    assert!(list.lines().count() == 2 && list.contains("5353"), "{list}");
+
+    ok_stdout(&d.xdpctl(&["flow", "del", &id.to_string()]).unwrap()).unwrap();
+    let host1 = classifier(&d, "action_host");
+    tx.send_on_queue(0, &frames).unwrap();
+    assert!(
+        wait_until(WAIT, || classifier(&d, "action_host") >= host1 + 5),
+        "back to the host"
+    );
+    assert!(fe.recv(0, 1, Duration::from_millis(300)).is_empty());
+
+    // A prefix rule that drops, through the CLI too.
+    ok_stdout(
+        &d.xdpctl(&["prefix", "add", "10.99.0.0/16", "--action", "drop"])
+            .unwrap(),
+    )
+    .unwrap();
+    let dropped = classifier(&d, "action_drop");
+    let f = eth(
+        HOST_MAC,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(PEER_IP, [10, 99, 1, 1], 17, &udp(1, 2, &[0; 8])),
+    );
+    tx.send_on_queue(0, &[f.clone(), f]).unwrap();
+    assert!(wait_until(WAIT, || classifier(&d, "action_drop") == dropped + 2));
+    let json_list: Value = serde_json::from_str(
+        &ok_stdout(&d.xdpctl(&["--json", "prefix", "list"]).unwrap()).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json_list[0]["prefix"], json!("10.99.0.0/16"));
+}
+
+/// What must not move when a request is refused: the rule lists, the
+/// pinned maps as bpftool dumps them, the state file.
+fn snapshot(d: &Daemon, t: &Topology) -> (Value, Value, String, String, Vec<u8>) {
+    let pins = std::path::Path::new("/sys/fs/bpf/xdpath").join(&t.host_if);
+    let dump = |m: &str| {
+        run(
+            "bpftool",
+            &["map", "dump", "pinned", &pins.join(m).to_string_lossy()],
+        )
+        .unwrap_or_default()
+    };
+    // The snapshot and its journal, byte for byte (not the lock file).
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(&d.state_dir)
+        .map(|it| it.filter_map(|e| e.ok().map(|e| e.path())).collect())
+        .unwrap_or_default();
+    files.retain(|p| !p.to_string_lossy().ends_with(".lock"));
+    files.sort();
+    let state: Vec<u8> = files
+        .iter()
+        .flat_map(|p| std::fs::read(p).unwrap_or_default())
+        .collect();
+    (
+        d.call("GET", "/v1/flows", None).unwrap(),
+        d.call("GET", "/v1/prefixes", None).unwrap(),
+        dump("FLOWS"),
+        dump("PREFIXES"),
+        state,
+    )
+}
+
+#[test]
+fn bad_input_is_refused_clearly_and_changes_nothing() {
+    if !require_root("bad_input_is_refused_clearly_and_changes_nothing") {
+        return;
+    }
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    d.call("POST", "/v1/flows", Some(&json!({"id": 5, "src": "10.0.0.1", "dst": "10.0.0.2", "proto": "tcp", "dst_port": 80, "action": "drop"})))
+        .unwrap();
+    d.call(
+        "POST",
+        "/v1/prefixes",
+        Some(&json!({"id": 3, "prefix": "fd00::/64", "action": "host"})),
+    )
+    .unwrap();
+    let before = snapshot(&d, &t);
+    assert!(!before.4.is_empty(), "the state file exists");
+
+    // (CLI arguments, the field the error must name)
+    let cli: &[(&[&str], &str)] = &[
+        (
+            &[
+                "flow",
+                "add",
+                "--src",
+                "10.0.0.300",
+                "--dst",
+                "10.0.0.1",
+                "--proto",
+                "udp",
+                "--action",
+                "host",
+            ],
+            "src",
+        ),
+        (
+            &[
+                "flow", "add", "--src", "10.0.0.1", "--dst", "fd00::1", "--proto", "udp",
+                "--action", "host",
+            ],
+            "dst",
+        ),
+        (
+            &[
+                "flow", "add", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "icmp",
+                "--dport", "7", "--action", "host",
+            ],
+            "dst_port",
+        ),
+        (
+            &[
+                "flow", "add", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "300",
+                "--action", "host",
+            ],
+            "proto",
+        ),
+        (
+            &[
+                "flow", "add", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "sctpx",
+                "--action", "host",
+            ],
+            "proto",
+        ),
+        (
+            &[
+                "flow", "add", "--src", "fd00::1", "--dst", "fd00::2", "--proto", "icmp",
+                "--action", "host",
+            ],
+            "proto",
+        ),
+        (
+            &[
+                "flow", "add", "--id", "5", "--src", "10.0.0.9", "--dst", "10.0.0.2", "--proto",
+                "udp", "--action", "host",
+            ],
+            "id",
+        ),
+        (
+            &[
+                "flow", "add", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "tcp",
+                "--dport", "80", "--action", "host",
+            ],
+            "",
+        ),
+        (
+            &[
+                "flow", "add", "--src", "10.0.0.1", "--dst", "10.0.0.2", "--proto", "udp",
+                "--action", "drop", "--guest", "2",
+            ],
+            "guest",
+        ),
+        (&["flow", "del", "999"], "999"),
+        (&["flow", "del", "abc"], "id"),
+        (
+            &["prefix", "add", "10.0.0.1/8", "--action", "drop"],
+            "prefix",
+        ),
+        (
+            &["prefix", "add", "10.0.0.0/33", "--action", "drop"],
+            "prefix",
+        ),
+        (
+            &["prefix", "add", "not-a-prefix", "--action", "drop"],
+            "prefix",
+        ),
+        (&["prefix", "add", "fd00::/64", "--action", "drop"], ""),
+        (&["prefix", "del", "42"], "42"),
+    ];
+    for (args, field) in cli {
+        let o = d.xdpctl(args).unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(
+            o.status.code(),
+            Some(1),
+            "{args:?} must fail with exit 1: {err}"
+        );
+        assert!(
+            err.contains(field),
+            "{args:?}: the error names `{field}`: {err}"
+        );
+    }
+    // Usage errors are exit 2 and reach no daemon.
+    for args in [
+        &["flow", "add", "--src", "10.0.0.1"][..],
+        &["prefix", "add", "10.0.0.0/8"],
+        &["frobnicate"],
+    ] {
+        assert_eq!(d.xdpctl(args).unwrap().status.code(), Some(2), "{args:?}");
+    }
+
+    // Raw HTTP: malformed bodies, unknown fields, wrong types, bad ids, a
+    // bulk replace with one bad entry among good ones.
+    let raw: &[(&str, &str, Option<&str>, u16)] = &[
+        ("POST", "/v1/flows", Some("{"), 400),
+        (
+            "POST",
+            "/v1/flows",
+            Some(
+                r#"{"src":"10.0.0.1","dst":"10.0.0.2","proto":"udp","action":"host","colour":"red"}"#,
+            ),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/flows",
+            Some(r#"{"src":"10.0.0.1","dst":"10.0.0.2","proto":"udp","action":"teleport"}"#),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/flows",
+            Some(
+                r#"{"src":"10.0.0.1","dst":"10.0.0.2","proto":"udp","dst_port":70000,"action":"host"}"#,
+            ),
+            400,
+        ),
+        (
+            "POST",
+            "/v1/prefixes",
+            Some(r#"{"prefix":"10.0.0.0/8"}"#),
+            400,
+        ),
+        ("DELETE", "/v1/flows/0", None, 400),
+        ("DELETE", "/v1/flows/-1", None, 400),
+        ("DELETE", "/v1/flows/77", None, 404),
+        (
+            "PUT",
+            "/v1/flows",
+            Some(
+                r#"[{"src":"10.0.0.1","dst":"10.0.0.2","proto":"udp","action":"host"},{"src":"10.0.0.1","dst":"10.0.0.300","proto":"udp","action":"host"}]"#,
+            ),
+            400,
+        ),
+        (
+            "PUT",
+            "/v1/flows",
+            Some(
+                r#"[{"id":1,"src":"10.0.0.1","dst":"10.0.0.2","proto":"udp","action":"host"},{"id":1,"src":"10.0.0.3","dst":"10.0.0.2","proto":"udp","action":"host"}]"#,
+            ),
+            409,
+        ),
+        (
+            "PUT",
+            "/v1/prefixes",
+            Some(
+                r#"[{"prefix":"10.1.0.0/16","action":"host"},{"prefix":"10.1.0.0/16","action":"drop"}]"#,
+            ),
+            409,
+        ),
+        ("POST", "/v1/queues/9/replace", None, 404),
+    ];
+    for (method, path, body, want) in raw {
+        let (status, text) = match body {
+            Some(b) => raw_request(&d, method, path, b),
+            None => xdpath_control::client::request(&d.api, method, path, None).unwrap(),
+        };
+        assert_eq!(status, *want, "{method} {path} {body:?}: {text}");
+        let v: Value = serde_json::from_str(&text).unwrap_or(Value::Null);
+        assert!(
+            v["error"].as_str().is_some_and(|m| m.len() > 10),
+            "{method} {path}: a readable error: {text}"
+        );
+    }
+    assert_eq!(snapshot(&d, &t), before, "refused requests changed nothing");
+}
+
+/// Sends `body` verbatim (possibly not JSON) with the right length.
+fn raw_request(d: &Daemon, method: &str, path: &str, body: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(&d.api).unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+#[test]
+fn concurrent_writers_end_in_the_serial_result() {
+    if !require_root("concurrent_writers_end_in_the_serial_result") {
+        return;
+    }
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    const THREADS: u32 = 6;
+    const EACH: u32 = 30;
+    std::thread::scope(|s| {
+        for th in 0..THREADS {
+            let d = &d;
+            s.spawn(move || {
+                for k in 0..EACH {
+                    let id = th * 1000 + k + 1;
+                    let rule = json!({"id": id, "src": "10.1.0.1", "dst": format!("10.2.{th}.{k}"), "proto": "udp", "dst_port": 9, "action": "drop"});
+                    d.call("POST", "/v1/flows", Some(&rule)).expect("add");
+                    if k % 2 == 1 {
+                        d.call("DELETE", &format!("/v1/flows/{id}"), None).expect("delete");
+                    }
+                }
+            });
+        }
+    });
+    let mut want: Vec<u64> = (0..THREADS)
+        .flat_map(|th| {
+            (0..EACH)
+                .filter(|k| k % 2 == 0)
+                .map(move |k| u64::from(th * 1000 + k + 1))
+        })
+        .collect();
+    want.sort_unstable();
+    let got: Vec<u64> = d
+        .call("GET", "/v1/flows", None)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|r| r["id"].as_u64())
+        .collect();
+    assert_eq!(got, want, "the table equals the serial result");
+    let pins = std::path::Path::new("/sys/fs/bpf/xdpath")
+        .join(&t.host_if)
+        .join("FLOWS");
+    let dump: Value = serde_json::from_str(
+        &run(
+            "bpftool",
+            &["-j", "map", "dump", "pinned", &pins.to_string_lossy()],
+        )
+        .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(
+        dump.as_array().map(Vec::len),
+        Some(want.len()),
+        "the map holds exactly the table"
+    );
+}
+
+#[test]
+fn kill_9_fails_open_and_a_restart_brings_rules_and_guest_traffic_back() {
+    if !require_root("kill_9_fails_open_and_a_restart_brings_rules_and_guest_traffic_back") {
+        return;
+    }
+    let t = Topology::new(1).expect("topology");
+    let mut d = start(&t, &[]);
+    let tx = sender(&t);
+    d.call(
+        "POST",
+        "/v1/flows",
+        Some(&json!({"src": "10.77.0.2", "dst": "10.77.0.1", "proto": "udp", "src_port": 1000, "dst_port": 7777, "action": "guest"})),
+    )
+    .unwrap();
+    let guest_frames = |fe: &mut TestFrontend, i: u32| {
+        let f = udp_to_host(7777, i);
+        tx.send_on_queue(0, std::slice::from_ref(&f)).unwrap();
+        fe.recv(0, 1, WAIT)
+            .first()
+            .map(|g| g.data == f)
+            .unwrap_or(false)
+    };
+    let mut fe = TestFrontend::connect(&d.vhost, FrontendOptions::default()).unwrap();
+    fe.post_rx_buffers(0, 64, 2048);
+    assert!(guest_frames(&mut fe, 1), "guest traffic before the kill");
+    let ping = || {
+        Topology::exec(
+            &t.peer_ns,
+            &["ping", "-c", "2", "-i", "0.2", "-W", "2", "10.77.0.1"],
+        )
+        .is_ok()
+    };
+    assert!(ping(), "host traffic before the kill");
+
+    d.kill9();
+    drop(fe);
+    assert!(
+        ping(),
+        "host traffic keeps flowing with the daemon dead (fail open)"
+    );
+
+    d.spawn().expect("the daemon starts again");
+    let flows = d.call("GET", "/v1/flows", None).unwrap();
+    assert_eq!(
+        flows.as_array().map(Vec::len),
+        Some(1),
+        "the rule is back: {flows}"
+    );
+    let mut fe = TestFrontend::connect(&d.vhost, FrontendOptions::default()).unwrap();
+    fe.post_rx_buffers(0, 64, 2048);
+    assert!(
+        guest_frames(&mut fe, 2),
+        "guest traffic resumes after the restart"
+    );
+    assert!(ping(), "host traffic after the restart");
+}
+
+#[test]
+fn the_api_socket_is_closed_to_users_outside_its_group() {
+    if !require_root("the_api_socket_is_closed_to_users_outside_its_group") {
+        return;
+    }
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    let m = std::fs::metadata(&d.api).unwrap();
+    assert_eq!(
+        (m.permissions().mode() & 0o777, m.uid(), m.gid()),
+        (0o660, 0, 0)
+    );
+    // The socket's directory must be traversable for the check to be about
+    // the socket itself.
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let nobody = (65534, 65534);
+    let o = d.xdpctl_as(Some(nobody), &["health"]).unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("permission denied"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    drop(d);
+
+    // With api_group = nobody's group, nobody may.
+    let group = run("getent", &["group", "65534"]).unwrap();
+    let name = group.split(':').next().unwrap().to_string();
+    let d = start(&t, &["--api-group", &name]);
+    std::fs::set_permissions(&d.dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let o = d.xdpctl_as(Some(nobody), &["health"]).unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+}
+
+#[test]
+fn the_openapi_document_matches_the_server() {
+    if !require_root("the_openapi_document_matches_the_server") {
+        return;
+    }
+    let doc: Value = serde_json::from_str(include_str!("../../control/openapi.json")).unwrap();
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    let fallback = |text: &str| text.contains("No such API path");
+    for (path, ops) in doc["paths"].as_object().unwrap() {
+        for method in ops.as_object().unwrap().keys() {
+            let concrete = path.replace("{id}", "1").replace("{queue}", "0");
+            let body = match (method.as_str(), path.as_str()) {
+                ("post", "/v1/flows") => Some(
+                    json!({"src": "10.0.0.1", "dst": "10.0.0.2", "proto": "udp", "action": "host"}),
+                ),
+                ("post", "/v1/prefixes") => Some(json!({"prefix": "10.0.0.0/8", "action": "host"})),
+                ("put", _) => Some(json!([])),
+                _ => None,
+            };
+            let (status, text) = xdpath_control::client::request(
+                &d.api,
+                &method.to_uppercase(),
+                &concrete,
+                body.as_ref(),
+            )
+            .unwrap();
+            assert!(
+                status != 405 && !fallback(&text),
+                "{method} {path} is documented but not served: {status} {text}"
+            );
+        }
+    }
+    for (m, p) in [("GET", "/v1/nothing"), ("GET", "/v2/health"), ("GET", "/")] {
+        let (status, text) = xdpath_control::client::request(&d.api, m, p, None).unwrap();
+        assert!(status == 404 && fallback(&text), "{m} {p}: {status} {text}");
+    }
+    let (status, _) = xdpath_control::client::request(&d.api, "PATCH", "/v1/flows", None).unwrap();
+    assert_eq!(status, 405);
+    let metrics = xdpath_control::client::request(&d.api, "GET", "/metrics", None)
+        .unwrap()
+        .1;
+    assert!(
+        metrics.contains("xdpath_classifier_frames_total{")
+            && metrics.contains("xdpath_queue_rx_frames_total{"),
+        "{metrics}"
+    );
+}
+
+#[test]
+fn preflight_failures_name_the_problem_and_the_fix() {
+    if !require_root("preflight_failures_name_the_problem_and_the_fix") {
+        return;
+    }
+    let t = Topology::new(2).expect("topology");
+    let xdpathd = workspace_bin("xdpathd").unwrap();
+    let check = |args: &[&str]| {
+        let o = std::process::Command::new(&xdpathd)
+            .args(["--netns", &t.host_ns])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let (code, out) = check(&["--iface", &t.host_if, "--queues", "2", "--check"]);
+    assert_eq!(code, Some(0), "{out}");
+    assert!(out.contains("all checks passed"), "{out}");
+
+    let (code, out) = check(&["--iface", "nosuch0", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("[interface]") && out.contains("fix:"), "{out}");
+
+    let (code, out) = check(&["--iface", &t.host_if, "--queues", "4"]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("[queues]") && out.contains("ethtool -L"),
+        "{out}"
+    );
+
+    run(
+        "ip",
+        &["-n", &t.host_ns, "link", "set", &t.host_if, "mtu", "3000"],
+    )
+    .unwrap();
+    let (code, out) = check(&["--iface", &t.host_if]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("[mtu]"), "{out}");
+    run(
+        "ip",
+        &["-n", &t.host_ns, "link", "set", &t.host_if, "mtu", "1500"],
+    )
+    .unwrap();
+
+    run("ip", &["-n", &t.host_ns, "link", "set", &t.host_if, "down"]).unwrap();
+    let (code, out) = check(&["--iface", &t.host_if]);
+    assert_eq!(code, Some(1));
+    assert!(
+        out.contains("is down") && out.contains("link set dev"),
+        "{out}"
+    );
+    run("ip", &["-n", &t.host_ns, "link", "set", &t.host_if, "up"]).unwrap();
+
+    // Another XDP program: refused up front, naming --force.
+    let host_if = t.host_if.clone();
+    t.in_host(|| {
+        let c =
+            xdpath_control::Classifier::attach(&xdpath_control::ClassifierConfig::new(&host_if))
+                .unwrap();
+        let (code, out) = check(&["--iface", &host_if]);
+        assert_eq!(code, Some(1));
+        assert!(out.contains("[xdp]") && out.contains("--force"), "{out}");
+        c.shutdown().unwrap();
+    });
+
+    // Bad settings are refused before any check, naming the setting.
+    let (code, out) = check(&["--iface", &t.host_if, "--guest-mac", "52:54:00:zz:00:01"]);
+    assert_eq!(code, Some(1));
+    assert!(out.contains("`guest_mac`"), "{out}");
+    assert!(matches!(
+        xdpath_control::client::call(
+            std::path::Path::new("/nonexistent/api.sock"),
+            "GET",
+            "/v1/health",
+            None
+        ),
+        Err(ClientError::NotRunning(_))
+    ));
+}

@@ -1,0 +1,1172 @@
+//! `cargo xtask guest-image`: the QEMU test guest, built from Debian packages
+//! by the project's own code. Nothing is downloaded from outside the package
+//! registries.
+//!
+//! Output in `target/guest/` of the workspace:
+//! - `vmlinux`: the uncompressed kernel of Debian's `linux-image-<abi>-amd64`
+//!   (the package `linux-image-amd64` depends on, as `apt-cache` resolves it
+//!   at build time), taken out of its bzImage the way the kernel's
+//!   `scripts/extract-vmlinux` does; QEMU boots it through its PVH entry
+//!   (checked here: the ELF must carry the Xen `PHYS32_ENTRY` note), which
+//!   saves the in-guest decompression (about 3 s under TCG);
+//! - `initramfs.cpio.gz`: busybox from `busybox-static`, the virtio-net
+//!   driver stack from the same kernel package (decompressed `.ko`, loaded
+//!   with `insmod` in dependency order, which is checked against each
+//!   module's `.modinfo` `depends=`), the `xg` helper and `/init`;
+//! - `xg`: the guest helper (C, `gcc -static`) for what busybox cannot do:
+//!   `xg channels eth0 N` (ETHTOOL_SCHANNELS, i.e. `ethtool -L eth0 combined
+//!   N`), `xg stats eth0` (ethtool -S), and UDP send/receive with payload
+//!   checks;
+//! - `image.stamp`: the inputs the image was built from (package versions,
+//!   hashes of `/init` and the helper source). A run whose inputs match the
+//!   stamp does nothing; package contents are cached per version under
+//!   `cache/`, so a changed `/init` does not fetch the kernel again.
+//!
+//! The guest's `/init` reads `xdpath.ip=ADDR/LEN`, `xdpath.gw=`,
+//! `xdpath.queues=` and `xdpath.mtu=` from the kernel command line, brings up
+//! eth0, prints `XDPATH-GUEST-READY` (or `XDPATH-GUEST-FAILED: why`) on the
+//! serial console and then serves commands from it: a line `ID TIMEOUT_S
+//! COMMAND` is answered by `XDPATH-BEGIN ID`, the command's output and
+//! `XDPATH-END ID STATUS` (`tests/src/qemu.rs` drives it).
+
+use crate::run::{output, status, workspace_root};
+use anyhow::{bail, ensure, Context, Result};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::Instant;
+
+/// Bump when the build steps change in a way the inputs below do not show.
+const FORMAT: u32 = 1;
+
+/// The metapackage whose dependency names the current kernel package.
+const KERNEL_META: &str = "linux-image-amd64";
+/// Busybox, statically linked.
+const BUSYBOX: &str = "busybox-static";
+
+/// The virtio-net driver stack in load order (each module's `depends=` must
+/// name only modules before it; Debian's .deb has no modules.dep).
+const MODULES: [&str; 8] = [
+    "virtio_ring",
+    "virtio_pci_modern_dev",
+    "virtio_pci_legacy_dev",
+    "virtio",
+    "virtio_pci",
+    "failover",
+    "net_failover",
+    "virtio_net",
+];
+
+/// Busybox applets `/init` and the tests use.
+const APPLETS: &[&str] = &[
+    "sh",
+    "mount",
+    "insmod",
+    "stty",
+    "sysctl",
+    "ip",
+    "usleep",
+    "timeout",
+    "cat",
+    "poweroff",
+    "ping",
+    "nc",
+    "md5sum",
+    "sha256sum",
+    "dd",
+    "wc",
+    "grep",
+];
+
+/// Host tools the build (and, for QEMU, the tests) need, with the Debian
+/// package `cargo xtask setup` installs them from.
+const TOOLS: &[(&str, &str)] = &[
+    ("apt-get", "apt"),
+    ("apt-cache", "apt"),
+    ("dpkg-deb", "dpkg"),
+    ("tar", "tar"),
+    ("xz", "xz-utils"),
+    ("zstd", "zstd"),
+    ("gzip", "gzip"),
+    ("gcc", "build-essential"),
+    ("qemu-system-x86_64", "qemu-system-x86"),
+];
+
+/// Where the image lives: `target/guest/` of the workspace (also when
+/// `CARGO_TARGET_DIR` points elsewhere: the tests look here).
+pub fn dir() -> PathBuf {
+    workspace_root().join("target").join("guest")
+}
+
+/// `cargo xtask guest-image`.
+pub fn run() -> Result<()> {
+    let start = Instant::now();
+    let built = build()?;
+    let dir = dir();
+    println!(
+        "guest image {} in {:.1} s: {} and {}",
+        if built { "built" } else { "up to date" },
+        start.elapsed().as_secs_f64(),
+        dir.join("vmlinux").display(),
+        dir.join("initramfs.cpio.gz").display()
+    );
+    Ok(())
+}
+
+/// Builds the image unless `image.stamp` says it is current. Returns whether
+/// anything was built.
+pub fn build() -> Result<bool> {
+    tools()?;
+    let dir = dir();
+    let cache = dir.join("cache");
+    fs::create_dir_all(&cache).with_context(|| format!("creating {}", cache.display()))?;
+
+    let (kernel, kernel_ver, busybox_ver) = resolve_cached(&cache)?;
+    let init = init_script();
+    let stamp_text = format!(
+        "format {FORMAT}\nkernel {kernel} {kernel_ver}\n{BUSYBOX} {busybox_ver}\n\
+         init {:016x}\nhelper {:016x}\ngcc {}\nmodules {}\n",
+        fnv1a(init.as_bytes()),
+        fnv1a(HELPER_C.as_bytes()),
+        output(Command::new("gcc").arg("--version"))
+            .and_then(|s| s.lines().next().map(str::to_owned))
+            .unwrap_or_default(),
+        MODULES.join(" "),
+    );
+    let stamp = dir.join("image.stamp");
+    let outputs = ["vmlinux", "initramfs.cpio.gz", "xg"].map(|f| dir.join(f));
+    if fs::read_to_string(&stamp).is_ok_and(|s| s == stamp_text)
+        && outputs.iter().all(|p| p.is_file())
+    {
+        return Ok(false);
+    }
+    eprintln!("xtask guest-image: building from {kernel} {kernel_ver} and {BUSYBOX} {busybox_ver}");
+    // The stamp goes last: an interrupted build is redone.
+    let _ = fs::remove_file(&stamp);
+
+    let kdir = cache.join(format!(
+        "kernel-{}",
+        safe(&format!("{kernel}-{kernel_ver}"))
+    ));
+    let bdir = cache.join(format!("busybox-{}", safe(&busybox_ver)));
+    prune(&cache, &[&kdir, &bdir])?;
+    let kernel_done = kdir.join("done");
+    let busybox_bin = bdir.join("busybox");
+    let mut wanted = Vec::new();
+    if !kernel_done.is_file() {
+        wanted.push((kernel.as_str(), kernel_ver.as_str()));
+    }
+    if !busybox_bin.is_file() {
+        wanted.push((BUSYBOX, busybox_ver.as_str()));
+    }
+    let debs = download(&wanted, &cache)?;
+    if let Some(deb) = debs.get(kernel.as_str()) {
+        kernel_parts(deb, &kdir)?;
+        fs::write(&kernel_done, format!("{kernel} {kernel_ver}\n"))?;
+    }
+    if let Some(deb) = debs.get(BUSYBOX) {
+        unpack_busybox(deb, &bdir)?;
+    }
+    let _ = fs::remove_dir_all(cache.join("download"));
+    check_applets(&busybox_bin, &busybox_ver)?;
+    let helper = compile_helper(&cache)?;
+
+    let mut cpio = Cpio::default();
+    for d in [
+        "bin",
+        "dev",
+        "proc",
+        "sys",
+        "tmp",
+        "root",
+        "lib",
+        "lib/modules",
+    ] {
+        cpio.dir(d);
+    }
+    cpio.char_dev("dev/console", 5, 1);
+    cpio.file("bin/busybox", 0o755, &read(&bdir.join("busybox"))?);
+    cpio.symlink("bin/sh", "busybox");
+    cpio.file("bin/xg", 0o755, &helper);
+    for m in MODULES {
+        let ko = read(&kdir.join("modules").join(format!("{m}.ko")))?;
+        cpio.file(&format!("lib/modules/{m}.ko"), 0o644, &ko);
+    }
+    cpio.file("init", 0o755, init.as_bytes());
+    let archive = cpio.finish();
+    write_gzip(&archive, &dir.join("initramfs.cpio.gz"))?;
+    copy_atomic(&kdir.join("vmlinux"), &dir.join("vmlinux"))?;
+    write_atomic(&dir.join("xg"), &helper, 0o755)?;
+    write_atomic(&stamp, stamp_text.as_bytes(), 0o644)?;
+    Ok(true)
+}
+
+/// Installs missing tools through `cargo xtask setup`, then insists.
+fn tools() -> Result<()> {
+    let missing = || -> Vec<(&str, &str)> {
+        TOOLS
+            .iter()
+            .copied()
+            .filter(|(tool, _)| !on_path(tool))
+            .collect()
+    };
+    if missing().is_empty() {
+        return Ok(());
+    }
+    crate::setup::run()?;
+    let still = missing();
+    if !still.is_empty() {
+        let names: Vec<String> = still
+            .iter()
+            .map(|(t, p)| format!("{t} (package {p})"))
+            .collect();
+        bail!(
+            "missing {}: run `cargo xtask setup` as root",
+            names.join(", ")
+        );
+    }
+    Ok(())
+}
+
+/// Whether `tool` is an executable file in a `PATH` directory.
+fn on_path(tool: &str) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::env::var_os("PATH").is_some_and(|path| {
+        std::env::split_paths(&path).any(|d| {
+            fs::metadata(d.join(tool))
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+    })
+}
+
+/// [`resolve`], remembered in `cache/resolved` together with a fingerprint
+/// of apt's package lists and configuration: apt's answer only changes when
+/// they do, and asking costs seconds here (no binary package cache).
+fn resolve_cached(cache: &Path) -> Result<(String, String, String)> {
+    let path = cache.join("resolved");
+    let fp = format!("{:016x}", apt_fingerprint());
+    if let Ok(text) = fs::read_to_string(&path) {
+        let l: Vec<&str> = text.lines().collect();
+        if let [f, k, kv, bv] = l[..] {
+            if f == fp {
+                return Ok((k.to_owned(), kv.to_owned(), bv.to_owned()));
+            }
+        }
+    }
+    let (k, kv, bv) = match resolve() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("xtask guest-image: {e:#}; refreshing the package lists");
+            status(Command::new("apt-get").args(["update", "-q"]))?;
+            resolve()?
+        }
+    };
+    let fp = format!("{:016x}", apt_fingerprint());
+    write_atomic(&path, format!("{fp}\n{k}\n{kv}\n{bv}\n").as_bytes(), 0o644)?;
+    Ok((k, kv, bv))
+}
+
+/// Names, sizes and modification times of apt's package lists and of
+/// everything under /etc/apt (sources, preferences).
+fn apt_fingerprint() -> u64 {
+    let mut files = Vec::new();
+    for root in ["/var/lib/apt/lists", "/etc/apt"] {
+        files.extend(walk(Path::new(root)).unwrap_or_default());
+    }
+    files.sort();
+    let mut text = String::new();
+    for f in files {
+        if let Ok(m) = fs::metadata(&f) {
+            let mtime = m
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .unwrap_or_default();
+            text.push_str(&format!(
+                "{} {} {}\n",
+                f.display(),
+                m.len(),
+                mtime.as_nanos()
+            ));
+        }
+    }
+    fnv1a(text.as_bytes())
+}
+
+/// The kernel package `linux-image-amd64` depends on, its candidate version,
+/// and busybox-static's candidate version, as apt sees them now.
+fn resolve() -> Result<(String, String, String)> {
+    let deps = output(Command::new("apt-cache").args(["depends", KERNEL_META]))
+        .with_context(|| format!("`apt-cache depends {KERNEL_META}` failed"))?;
+    let kernel = deps
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Depends: "))
+        .map(str::trim)
+        .find(|p| p.starts_with("linux-image-") && p.ends_with("-amd64"))
+        .with_context(|| format!("{KERNEL_META} depends on no linux-image-*-amd64 package"))?
+        .to_owned();
+    let kernel_ver = candidate(&kernel)?;
+    let busybox_ver = candidate(BUSYBOX)?;
+    Ok((kernel, kernel_ver, busybox_ver))
+}
+
+/// The version `apt-get` would fetch for `pkg`.
+fn candidate(pkg: &str) -> Result<String> {
+    let policy = output(Command::new("apt-cache").args(["policy", pkg]))
+        .with_context(|| format!("`apt-cache policy {pkg}` failed"))?;
+    policy
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("Candidate: "))
+        .map(str::trim)
+        .find(|v| *v != "(none)")
+        .map(str::to_owned)
+        .with_context(|| format!("apt offers no version of {pkg}"))
+}
+
+/// Downloads each `(package, version)` into a fresh `cache/download/` in
+/// one `apt-get download` and returns the .deb of each package.
+fn download(
+    wanted: &[(&str, &str)],
+    cache: &Path,
+) -> Result<std::collections::HashMap<String, PathBuf>> {
+    let mut debs = std::collections::HashMap::new();
+    if wanted.is_empty() {
+        return Ok(debs);
+    }
+    let dl = cache.join("download");
+    let _ = fs::remove_dir_all(&dl);
+    fs::create_dir_all(&dl)?;
+    let specs: Vec<String> = wanted.iter().map(|(p, v)| format!("{p}={v}")).collect();
+    let fetch = || {
+        status(
+            Command::new("apt-get")
+                // apt's sandbox user cannot write into target/.
+                .args(["download", "-q", "-o", "APT::Sandbox::User=root"])
+                .args(&specs)
+                .current_dir(&dl),
+        )
+    };
+    if fetch().is_err() {
+        eprintln!(
+            "xtask guest-image: refreshing the package lists and retrying {}",
+            specs.join(" ")
+        );
+        status(Command::new("apt-get").args(["update", "-q"]))?;
+        fetch()?;
+    }
+    for (pkg, version) in wanted {
+        // apt names it <package>_<version, ':' escaped>_<arch>.deb.
+        let prefix = format!("{pkg}_{}_", version.replace(':', "%3a"));
+        let deb = walk(&dl)?
+            .into_iter()
+            .find(|p| file_name(p).starts_with(&prefix) && file_name(p).ends_with(".deb"))
+            .with_context(|| {
+                format!(
+                    "apt-get download {pkg}={version} left no {prefix}*.deb in {}",
+                    dl.display()
+                )
+            })?;
+        debs.insert((*pkg).to_owned(), deb);
+    }
+    Ok(debs)
+}
+
+/// Kernel parts for the image, cached in `kdir`: `vmlinux` and
+/// `modules/<name>.ko` (decompressed).
+fn kernel_parts(deb: &Path, kdir: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(kdir);
+    let raw = kdir.join("deb");
+    fs::create_dir_all(&raw)?;
+    // Only the kernel and our modules, straight from the data tarball.
+    let mut patterns = vec!["./boot/vmlinuz-*".to_owned()];
+    patterns.extend(MODULES.iter().map(|m| format!("*/{m}.ko*")));
+    let mut dpkg = Command::new("dpkg-deb")
+        .arg("--fsys-tarfile")
+        .arg(deb)
+        .stdout(Stdio::piped())
+        .spawn()
+        .context("starting dpkg-deb")?;
+    let tar_in = dpkg.stdout.take().context("dpkg-deb stdout")?;
+    let tar = Command::new("tar")
+        .args(["-x", "--wildcards", "-C"])
+        .arg(&raw)
+        .args(&patterns)
+        .stdin(tar_in)
+        .status();
+    let dpkg_status = dpkg.wait()?;
+    let tar = tar.context("starting tar")?;
+    ensure!(
+        tar.success() && dpkg_status.success(),
+        "extracting {} from {} failed (dpkg-deb {dpkg_status}, tar {tar})",
+        patterns.join(" "),
+        deb.display()
+    );
+
+    let files = walk(&raw)?;
+    let vmlinuz = files
+        .iter()
+        .find(|p| file_name(p).starts_with("vmlinuz-"))
+        .with_context(|| format!("no boot/vmlinuz-* in {}", deb.display()))?;
+    let vmlinux = extract_vmlinux(&read(vmlinuz)?, kdir)
+        .with_context(|| format!("extracting vmlinux from {}", vmlinuz.display()))?;
+    write_atomic(&kdir.join("vmlinux"), &vmlinux, 0o644)?;
+
+    let mods = kdir.join("modules");
+    fs::create_dir_all(&mods)?;
+    for (i, m) in MODULES.iter().enumerate() {
+        let found = files
+            .iter()
+            .find(|p| {
+                let n = file_name(p);
+                n.strip_prefix(m)
+                    .and_then(|rest| rest.strip_prefix(".ko"))
+                    .is_some_and(|ext| ["", ".xz", ".zst", ".gz"].contains(&ext))
+            })
+            .with_context(|| format!("module {m} is not in {}", deb.display()))?;
+        let ko = decompress_module(found)?;
+        ensure!(
+            ko.starts_with(b"\x7fELF"),
+            "{} is not an ELF object",
+            found.display()
+        );
+        for dep in modinfo(&ko, "depends").iter().flat_map(|d| d.split(',')) {
+            ensure!(
+                dep.is_empty() || MODULES[..i].contains(&dep),
+                "module {m} depends on {dep}, which is not loaded before it: update MODULES in xtask/src/guest.rs"
+            );
+        }
+        write_atomic(&mods.join(format!("{m}.ko")), &ko, 0o644)?;
+    }
+    fs::remove_dir_all(&raw)?;
+    Ok(())
+}
+
+/// The kernel's `scripts/extract-vmlinux`: find a compressed stream's magic
+/// in the bzImage, decompress from there (trailing data makes the tools
+/// complain; the output counts), and take the first result that is an ELF
+/// image with a PVH entry point.
+fn extract_vmlinux(bz: &[u8], scratch: &Path) -> Result<Vec<u8>> {
+    let methods: [(&[u8], &str, &[&str]); 3] = [
+        (b"\xfd7zXZ\x00", "xz", &["-dc"]),
+        (b"\x28\xb5\x2f\xfd", "zstd", &["-dcq"]),
+        (b"\x1f\x8b\x08", "gzip", &["-dc"]),
+    ];
+    let tail = scratch.join("payload");
+    for (magic, tool, args) in methods {
+        for off in find_all(bz, magic) {
+            fs::write(&tail, &bz[off..])?;
+            let out = Command::new(tool)
+                .args(args)
+                .stdin(fs::File::open(&tail)?)
+                .stderr(Stdio::null())
+                .output()
+                .with_context(|| format!("running {tool}"))?;
+            if out.stdout.starts_with(b"\x7fELF") && has_pvh_note(&out.stdout) {
+                let _ = fs::remove_file(&tail);
+                return Ok(out.stdout);
+            }
+        }
+    }
+    let _ = fs::remove_file(&tail);
+    bail!("no xz, zstd or gzip stream in it decompresses to an ELF kernel with a PVH entry (XEN_ELFNOTE_PHYS32_ENTRY)")
+}
+
+/// Whether a 64-bit little-endian ELF has a `Xen` note of type 18
+/// (XEN_ELFNOTE_PHYS32_ENTRY), which QEMU needs to boot it directly.
+fn has_pvh_note(elf: &[u8]) -> bool {
+    const PT_NOTE: u32 = 4;
+    const PHYS32_ENTRY: u32 = 18;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u32_at = |o: usize| {
+        elf.get(o..o + 4)
+            .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8).map(|b| {
+            let mut a = [0u8; 8];
+            a.copy_from_slice(b);
+            u64::from_le_bytes(a)
+        })
+    };
+    // ELFCLASS64, little endian.
+    if elf.get(4..6) != Some(&[2, 1]) {
+        return false;
+    }
+    let (Some(phoff), Some(phentsize), Some(phnum)) = (u64_at(0x20), u16_at(0x36), u16_at(0x38))
+    else {
+        return false;
+    };
+    let Ok(phoff) = usize::try_from(phoff) else {
+        return false;
+    };
+    for i in 0..usize::from(phnum) {
+        let ph = phoff + i * usize::from(phentsize);
+        if u32_at(ph) != Some(PT_NOTE) {
+            continue;
+        }
+        let (Some(off), Some(size)) = (u64_at(ph + 8), u64_at(ph + 32)) else {
+            return false;
+        };
+        let (Ok(mut o), Ok(size)) = (usize::try_from(off), usize::try_from(size)) else {
+            return false;
+        };
+        let end = o.saturating_add(size).min(elf.len());
+        while o + 12 <= end {
+            let (Some(namesz), Some(descsz), Some(kind)) =
+                (u32_at(o), u32_at(o + 4), u32_at(o + 8))
+            else {
+                break;
+            };
+            let name_at = o + 12;
+            let name_len = namesz as usize;
+            let desc_at = name_at + name_len.next_multiple_of(4);
+            if elf.get(name_at..name_at + name_len) == Some(b"Xen\0") && kind == PHYS32_ENTRY {
+                return true;
+            }
+            o = desc_at + (descsz as usize).next_multiple_of(4);
+        }
+    }
+    false
+}
+
+/// A module file, decompressed by its extension.
+fn decompress_module(path: &Path) -> Result<Vec<u8>> {
+    let name = file_name(path);
+    let tool: Option<(&str, &[&str])> = if name.ends_with(".ko.xz") {
+        Some(("xz", &["-dc"]))
+    } else if name.ends_with(".ko.zst") {
+        Some(("zstd", &["-dcq"]))
+    } else if name.ends_with(".ko.gz") {
+        Some(("gzip", &["-dc"]))
+    } else {
+        None
+    };
+    let Some((tool, args)) = tool else {
+        return read(path);
+    };
+    let out = Command::new(tool)
+        .args(args)
+        .arg(path)
+        .output()
+        .with_context(|| format!("running {tool}"))?;
+    ensure!(
+        out.status.success(),
+        "{tool} {} failed: {}",
+        path.display(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
+    Ok(out.stdout)
+}
+
+/// The value of `key=` in a module's `.modinfo` (NUL-separated strings).
+fn modinfo(ko: &[u8], key: &str) -> Option<String> {
+    let needle = format!("\0{key}=");
+    let at = find_all(ko, needle.as_bytes()).next()? + needle.len();
+    let len = ko[at..].iter().position(|&b| b == 0)?;
+    Some(String::from_utf8_lossy(&ko[at..at + len]).into_owned())
+}
+
+/// `bin/busybox` of the busybox-static .deb into `bdir/busybox`.
+fn unpack_busybox(deb: &Path, bdir: &Path) -> Result<()> {
+    let _ = fs::remove_dir_all(bdir);
+    let raw = bdir.join("deb");
+    fs::create_dir_all(&raw)?;
+    status(Command::new("dpkg-deb").arg("-x").arg(deb).arg(&raw))?;
+    copy_atomic(&raw.join("bin/busybox"), &bdir.join("busybox"))?;
+    fs::remove_dir_all(&raw)?;
+    Ok(())
+}
+
+/// Fails unless busybox has every applet the guest uses.
+fn check_applets(bin: &Path, version: &str) -> Result<()> {
+    let list = output(Command::new(bin).arg("--list"))
+        .with_context(|| format!("{} --list failed", bin.display()))?;
+    let have: Vec<&str> = list.lines().collect();
+    let missing: Vec<&str> = APPLETS
+        .iter()
+        .copied()
+        .filter(|a| !have.contains(a))
+        .collect();
+    ensure!(
+        missing.is_empty(),
+        "{BUSYBOX} {version} lacks the applets {}",
+        missing.join(" ")
+    );
+    Ok(())
+}
+
+/// Compiles the guest helper (static, stripped).
+fn compile_helper(cache: &Path) -> Result<Vec<u8>> {
+    let src = cache.join("xg.c");
+    let bin = cache.join("xg");
+    fs::write(&src, HELPER_C)?;
+    status(
+        Command::new("gcc")
+            .args(["-static", "-Os", "-s", "-Wall", "-Wextra", "-Werror", "-o"])
+            .arg(&bin)
+            .arg(&src),
+    )
+    .context("compiling the guest helper")?;
+    read(&bin)
+}
+
+/// `/init` with the module list filled in.
+fn init_script() -> String {
+    INIT.replace("@MODULES@", &MODULES.join(" "))
+}
+
+/// Removes cache entries other than `keep` (older package versions).
+fn prune(cache: &Path, keep: &[&Path]) -> Result<()> {
+    for entry in fs::read_dir(cache)? {
+        let path = entry?.path();
+        let name = file_name(&path);
+        if (name.starts_with("kernel-") || name.starts_with("busybox-"))
+            && !keep.contains(&path.as_path())
+        {
+            fs::remove_dir_all(&path).with_context(|| format!("removing {}", path.display()))?;
+        }
+    }
+    Ok(())
+}
+
+/// gzip (`-n`: no name or time stamp, so the same input gives the same
+/// bytes) into `dest`, atomically.
+fn write_gzip(data: &[u8], dest: &Path) -> Result<()> {
+    let tmp = tmp_path(dest);
+    let out = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    let mut gz = Command::new("gzip")
+        .args(["-6", "-n", "-c"])
+        .stdin(Stdio::piped())
+        .stdout(out)
+        .spawn()
+        .context("starting gzip")?;
+    let mut stdin = gz.stdin.take().context("gzip stdin")?;
+    stdin.write_all(data)?;
+    drop(stdin);
+    let st = gz.wait()?;
+    ensure!(st.success(), "gzip failed ({st})");
+    fs::rename(&tmp, dest)?;
+    Ok(())
+}
+
+fn tmp_path(dest: &Path) -> PathBuf {
+    let mut name = dest.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".tmp{}", std::process::id()));
+    dest.with_file_name(name)
+}
+
+fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tmp_path(dest);
+    fs::write(&tmp, data).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::set_permissions(&tmp, fs::Permissions::from_mode(mode))?;
+    fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
+    Ok(())
+}
+
+fn copy_atomic(src: &Path, dest: &Path) -> Result<()> {
+    let tmp = tmp_path(dest);
+    fs::copy(src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+    fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
+    Ok(())
+}
+
+fn read(path: &Path) -> Result<Vec<u8>> {
+    fs::read(path).with_context(|| format!("reading {}", path.display()))
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Every regular file below `dir`.
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut files = Vec::new();
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for entry in fs::read_dir(&d).with_context(|| format!("reading {}", d.display()))? {
+            let entry = entry?;
+            let ty = entry.file_type()?;
+            if ty.is_dir() {
+                todo.push(entry.path());
+            } else if ty.is_file() {
+                files.push(entry.path());
+            }
+        }
+    }
+    Ok(files)
+}
+
+/// Offsets of every occurrence of `needle` in `hay`.
+fn find_all<'a>(hay: &'a [u8], needle: &'a [u8]) -> impl Iterator<Item = usize> + 'a {
+    hay.windows(needle.len())
+        .enumerate()
+        .filter(move |(_, w)| *w == needle)
+        .map(|(i, _)| i)
+}
+
+/// A version string as a directory name.
+fn safe(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || ".-+".contains(c) {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect()
+}
+
+/// FNV-1a, 64 bit: a stable fingerprint for the stamp.
+fn fnv1a(data: &[u8]) -> u64 {
+    data.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    })
+}
+
+/// A `newc` cpio archive in memory: every entry owned by root, time stamp
+/// zero, so the same inputs give the same archive and no privileges are
+/// needed (device nodes included).
+#[derive(Default)]
+struct Cpio {
+    buf: Vec<u8>,
+    ino: u32,
+}
+
+impl Cpio {
+    fn entry(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) {
+        self.ino += 1;
+        let fields = [
+            self.ino,
+            mode,
+            0,
+            0,
+            nlink,
+            0,
+            u32::try_from(data.len()).unwrap_or(u32::MAX),
+            0,
+            0,
+            rdev.0,
+            rdev.1,
+            u32::try_from(name.len() + 1).unwrap_or(u32::MAX),
+            0,
+        ];
+        self.buf.extend_from_slice(b"070701");
+        for f in fields {
+            self.buf.extend_from_slice(format!("{f:08x}").as_bytes());
+        }
+        self.buf.extend_from_slice(name.as_bytes());
+        self.buf.push(0);
+        self.pad();
+        self.buf.extend_from_slice(data);
+        self.pad();
+    }
+
+    fn pad(&mut self) {
+        self.buf.resize(self.buf.len().next_multiple_of(4), 0);
+    }
+
+    fn dir(&mut self, name: &str) {
+        self.entry(name, 0o040_755, 2, (0, 0), &[]);
+    }
+
+    fn file(&mut self, name: &str, perm: u32, data: &[u8]) {
+        self.entry(name, 0o100_000 | perm, 1, (0, 0), data);
+    }
+
+    fn symlink(&mut self, name: &str, target: &str) {
+        self.entry(name, 0o120_777, 1, (0, 0), target.as_bytes());
+    }
+
+    fn char_dev(&mut self, name: &str, major: u32, minor: u32) {
+        self.entry(name, 0o020_600, 1, (major, minor), &[]);
+    }
+
+    fn finish(mut self) -> Vec<u8> {
+        self.entry("TRAILER!!!", 0, 1, (0, 0), &[]);
+        self.buf
+    }
+}
+
+/// The guest's `/init` (busybox sh); `@MODULES@` is the module list.
+const INIT: &str = r#"#!/bin/sh
+# /init of the xdpath test guest (generated by `cargo xtask guest-image`).
+#
+# Kernel command line: xdpath.ip=ADDR/LEN (required) xdpath.gw=ADDR
+# xdpath.queues=N (combined channels to enable) xdpath.mtu=N.
+# Prints XDPATH-GUEST-READY (or XDPATH-GUEST-FAILED: why) on the console,
+# then serves commands, one per line: "ID TIMEOUT_S COMMAND...", answered by
+# "XDPATH-BEGIN ID", the output (stdout and stderr), "XDPATH-END ID STATUS".
+/bin/busybox --install -s /bin
+export PATH=/bin
+mount -t proc proc /proc
+mount -t sysfs sysfs /sys
+mount -t devtmpfs devtmpfs /dev
+stty -echo 2>/dev/null
+
+failed=""
+fail() {
+	[ -n "$failed" ] || failed="$*"
+}
+
+ip=""
+gw=""
+queues=""
+mtu=""
+for arg in $(cat /proc/cmdline); do
+	case "$arg" in
+	xdpath.ip=*) ip="${arg#xdpath.ip=}" ;;
+	xdpath.gw=*) gw="${arg#xdpath.gw=}" ;;
+	xdpath.queues=*) queues="${arg#xdpath.queues=}" ;;
+	xdpath.mtu=*) mtu="${arg#xdpath.mtu=}" ;;
+	esac
+done
+
+for m in @MODULES@; do
+	insmod "/lib/modules/$m.ko" || fail "insmod $m"
+done
+sysctl -qw net.ipv6.conf.all.disable_ipv6=1 net.ipv6.conf.default.disable_ipv6=1
+ip link set lo up
+
+# Bounded waits (10 s each): TCG on a loaded host is slow.
+n=0
+while [ ! -e /sys/class/net/eth0 ] && [ $n -lt 200 ]; do
+	usleep 50000
+	n=$((n + 1))
+done
+if [ ! -e /sys/class/net/eth0 ]; then
+	fail "no eth0 after 10 s"
+else
+	[ -z "$mtu" ] || ip link set eth0 mtu "$mtu" || fail "mtu $mtu"
+	if [ -n "$ip" ]; then
+		ip addr add "$ip" dev eth0 || fail "address $ip"
+	else
+		fail "no xdpath.ip= on the kernel command line"
+	fi
+	ip link set eth0 up || fail "eth0 up"
+	[ -z "$gw" ] || ip route add default via "$gw" || fail "route via $gw"
+	[ -z "$queues" ] || xg channels eth0 "$queues" >/dev/null || fail "channels $queues"
+	n=0
+	while [ "$(cat /sys/class/net/eth0/carrier)" != 1 ] && [ $n -lt 200 ]; do
+		usleep 50000
+		n=$((n + 1))
+	done
+	[ "$(cat /sys/class/net/eth0/carrier)" = 1 ] || fail "eth0 has no carrier after 10 s (is the vhost-user backend up?)"
+fi
+# Kernel messages would interleave with command output from here on.
+echo 1 >/proc/sys/kernel/printk
+
+if [ -n "$failed" ]; then
+	echo "XDPATH-GUEST-FAILED: $failed"
+else
+	echo "XDPATH-GUEST-READY $(xg channels eth0)"
+fi
+
+while IFS= read -r line; do
+	id="${line%% *}"
+	rest="${line#* }"
+	t="${rest%% *}"
+	cmd="${rest#* }"
+	echo "XDPATH-BEGIN $id"
+	timeout "$t" sh -c "$cmd" </dev/null 2>&1
+	echo "XDPATH-END $id $?"
+done
+echo "XDPATH-GUEST-EOF"
+poweroff -f
+"#;
+
+/// The guest helper `xg`, C for `gcc -static`.
+const HELPER_C: &str = r#"/* xg: the xdpath guest helper, for what busybox cannot do.
+ * Built by `cargo xtask guest-image` with gcc -static.
+ *
+ *   xg channels IF [N]               show (or set to N) combined channels
+ *                                     (ETHTOOL_GCHANNELS/SCHANNELS)
+ *   xg stats IF [SUBSTRING]          ethtool -S: per-queue statistics
+ *   xg udp-send IP PORT COUNT SIZE [FLOWS]
+ *                                     COUNT datagrams of SIZE bytes, round
+ *                                     robin over FLOWS sockets (distinct
+ *                                     source ports, so distinct flows)
+ *   xg udp-recv [-b] PORT COUNT IDLE_MS
+ *                                     receive until COUNT datagrams or
+ *                                     IDLE_MS without one (30 s before the
+ *                                     first); checks every payload; -b:
+ *                                     return once bound, receive in the
+ *                                     background
+ *
+ * Payload of datagram number s: 4 bytes s (big endian), then byte i
+ * (i >= 4) is (s + i) & 0xff.
+ */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <errno.h>
+#include <linux/ethtool.h>
+#include <linux/sockios.h>
+#include <net/if.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAX_FLOWS 256
+#define MAX_SIZE 65507
+
+static int fail(const char *what)
+{
+	fprintf(stderr, "xg: %s: %s\n", what, strerror(errno));
+	return 1;
+}
+
+static int usage(void)
+{
+	fprintf(stderr, "usage: xg channels IF [N] | stats IF [SUBSTRING] | "
+			"udp-send IP PORT COUNT SIZE [FLOWS] | "
+			"udp-recv [-b] PORT COUNT IDLE_MS\n");
+	return 2;
+}
+
+static long num(const char *s, long lo, long hi)
+{
+	char *end;
+	long v;
+
+	errno = 0;
+	v = strtol(s, &end, 10);
+	if (errno || *s == '\0' || *end != '\0' || v < lo || v > hi) {
+		fprintf(stderr, "xg: '%s' is not a number in %ld..%ld\n", s, lo, hi);
+		exit(2);
+	}
+	return v;
+}
+
+static int ethtool(const char *ifname, void *data)
+{
+	struct ifreq ifr;
+	int fd, r, e;
+
+	memset(&ifr, 0, sizeof(ifr));
+	if (strlen(ifname) >= IFNAMSIZ) {
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	strcpy(ifr.ifr_name, ifname);
+	ifr.ifr_data = data;
+	fd = socket(AF_INET, SOCK_DGRAM, 0);
+	if (fd < 0)
+		return -1;
+	r = ioctl(fd, SIOCETHTOOL, &ifr);
+	e = errno;
+	close(fd);
+	errno = e;
+	return r;
+}
+
+static int channels(int argc, char **argv)
+{
+	struct ethtool_channels ch = { .cmd = ETHTOOL_GCHANNELS };
+
+	if (argc < 3 || argc > 4)
+		return usage();
+	if (ethtool(argv[2], &ch))
+		return fail("ETHTOOL_GCHANNELS");
+	if (argc == 4) {
+		ch.combined_count = num(argv[3], 1, ch.max_combined);
+		ch.cmd = ETHTOOL_SCHANNELS;
+		if (ethtool(argv[2], &ch))
+			return fail("ETHTOOL_SCHANNELS");
+		ch.cmd = ETHTOOL_GCHANNELS;
+		if (ethtool(argv[2], &ch))
+			return fail("ETHTOOL_GCHANNELS");
+	}
+	printf("combined %u max %u\n", ch.combined_count, ch.max_combined);
+	return 0;
+}
+
+static int stats(int argc, char **argv)
+{
+	struct ethtool_sset_info *si;
+	struct ethtool_gstrings *names;
+	struct ethtool_stats *vals;
+	uint32_t n, i;
+
+	if (argc < 3 || argc > 4)
+		return usage();
+	si = calloc(1, sizeof(*si) + sizeof(uint32_t));
+	if (!si)
+		return fail("calloc");
+	si->cmd = ETHTOOL_GSSET_INFO;
+	si->sset_mask = 1ULL << ETH_SS_STATS;
+	if (ethtool(argv[2], si))
+		return fail("ETHTOOL_GSSET_INFO");
+	n = si->sset_mask ? si->data[0] : 0;
+	names = calloc(1, sizeof(*names) + (size_t)n * ETH_GSTRING_LEN);
+	vals = calloc(1, sizeof(*vals) + (size_t)n * sizeof(uint64_t));
+	if (!names || !vals)
+		return fail("calloc");
+	names->cmd = ETHTOOL_GSTRINGS;
+	names->string_set = ETH_SS_STATS;
+	names->len = n;
+	if (ethtool(argv[2], names))
+		return fail("ETHTOOL_GSTRINGS");
+	vals->cmd = ETHTOOL_GSTATS;
+	vals->n_stats = n;
+	if (ethtool(argv[2], vals))
+		return fail("ETHTOOL_GSTATS");
+	for (i = 0; i < n && i < names->len && i < vals->n_stats; i++) {
+		char name[ETH_GSTRING_LEN + 1];
+
+		memcpy(name, names->data + (size_t)i * ETH_GSTRING_LEN, ETH_GSTRING_LEN);
+		name[ETH_GSTRING_LEN] = '\0';
+		if (argc == 4 && !strstr(name, argv[3]))
+			continue;
+		printf("%s %llu\n", name, (unsigned long long)vals->data[i]);
+	}
+	return 0;
+}
+
+static void fill(unsigned char *buf, size_t size, uint32_t seq)
+{
+	size_t i;
+
+	buf[0] = seq >> 24;
+	buf[1] = seq >> 16;
+	buf[2] = seq >> 8;
+	buf[3] = seq;
+	for (i = 4; i < size; i++)
+		buf[i] = (unsigned char)(seq + i);
+}
+
+static int udp_send(int argc, char **argv)
+{
+	static unsigned char buf[MAX_SIZE];
+	int fds[MAX_FLOWS];
+	struct sockaddr_in dst = { .sin_family = AF_INET };
+	long count, size, flows, i;
+	unsigned long long retries = 0;
+
+	if (argc < 6 || argc > 7)
+		return usage();
+	if (inet_pton(AF_INET, argv[2], &dst.sin_addr) != 1) {
+		fprintf(stderr, "xg: bad IPv4 address '%s'\n", argv[2]);
+		return 2;
+	}
+	dst.sin_port = htons(num(argv[3], 1, 65535));
+	count = num(argv[4], 0, 100000000);
+	size = num(argv[5], 4, MAX_SIZE);
+	flows = argc == 7 ? num(argv[6], 1, MAX_FLOWS) : 1;
+	for (i = 0; i < flows; i++) {
+		fds[i] = socket(AF_INET, SOCK_DGRAM, 0);
+		if (fds[i] < 0)
+			return fail("socket");
+		if (connect(fds[i], (struct sockaddr *)&dst, sizeof(dst)))
+			return fail("connect");
+	}
+	for (i = 0; i < count; i++) {
+		fill(buf, size, i);
+		while (send(fds[i % flows], buf, size, 0) < 0) {
+			if (errno != ENOBUFS && errno != EAGAIN && errno != EINTR)
+				return fail("send");
+			retries++;
+			usleep(1000);
+		}
+	}
+	printf("sent %ld bytes %lld retries %llu\n", count, (long long)count * size, retries);
+	return 0;
+}
+
+static int udp_recv(int argc, char **argv)
+{
+	static unsigned char buf[MAX_SIZE + 1], want[MAX_SIZE + 1];
+	struct sockaddr_in addr = { .sin_family = AF_INET };
+	int background = 0, fd, rcvbuf = 8 << 20;
+	long count, idle, got = 0, bad = 0;
+	long long bytes = 0;
+	uint32_t max_seq = 0;
+
+	if (argc > 2 && !strcmp(argv[2], "-b")) {
+		background = 1;
+		argv++;
+		argc--;
+	}
+	if (argc != 5)
+		return usage();
+	addr.sin_port = htons(num(argv[2], 1, 65535));
+	count = num(argv[3], 1, 100000000);
+	idle = num(argv[4], 1, 3600000);
+	fd = socket(AF_INET, SOCK_DGRAM, 0);
+	if (fd < 0)
+		return fail("socket");
+	/* Root may exceed rmem_max: a TCG guest reads slowly. */
+	if (setsockopt(fd, SOL_SOCKET, SO_RCVBUFFORCE, &rcvbuf, sizeof(rcvbuf)))
+		setsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rcvbuf, sizeof(rcvbuf));
+	if (bind(fd, (struct sockaddr *)&addr, sizeof(addr)))
+		return fail("bind");
+	if (background) {
+		pid_t pid;
+
+		fflush(stdout);
+		pid = fork();
+		if (pid < 0)
+			return fail("fork");
+		if (pid > 0)
+			return 0;
+		setsid();
+	}
+	while (got < count) {
+		struct pollfd p = { .fd = fd, .events = POLLIN };
+		int r = poll(&p, 1, got ? idle : 30000);
+		ssize_t n;
+		uint32_t seq;
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0)
+			return fail("poll");
+		if (r == 0)
+			break;
+		n = recv(fd, buf, sizeof(buf), 0);
+		if (n < 0)
+			return fail("recv");
+		got++;
+		bytes += n;
+		if (n < 4) {
+			bad++;
+			continue;
+		}
+		seq = (uint32_t)buf[0] << 24 | buf[1] << 16 | buf[2] << 8 | buf[3];
+		fill(want, n, seq);
+		if (memcmp(buf, want, n))
+			bad++;
+		if (seq > max_seq)
+			max_seq = seq;
+	}
+	printf("received %ld bytes %lld bad %ld maxseq %u\n", got, bytes, bad, max_seq);
+	fflush(stdout);
+	return 0;
+}
+
+int main(int argc, char **argv)
+{
+	setvbuf(stdout, NULL, _IOLBF, 0);
+	if (argc < 2)
+		return usage();
+	if (!strcmp(argv[1], "channels"))
+		return channels(argc, argv);
+	if (!strcmp(argv[1], "stats"))
+		return stats(argc, argv);
+	if (!strcmp(argv[1], "udp-send"))
+		return udp_send(argc, argv);
+	if (!strcmp(argv[1], "udp-recv"))
+		return udp_recv(argc, argv);
+	return usage();
+}
+"#;
