@@ -1,7 +1,9 @@
 //! `cargo xtask test`: the command CI and the README run.
 //!
-//! fmt --check, clippy with warnings denied, then every test in the
-//! workspace. Privileged tests skip themselves with a message when not root.
+//! fmt --check, clippy with warnings denied, the QEMU guest image (cached;
+//! only as root, the VM tests skip otherwise), then every test in the
+//! workspace. Privileged tests skip themselves with a message when not
+//! root.
 
 use crate::run::cargo;
 use anyhow::Result;
@@ -18,6 +20,9 @@ pub fn run(extra: &[String]) -> Result<()> {
         "-D",
         "warnings",
     ])?;
+    if crate::setup::is_root() {
+        crate::guest::run()?;
+    }
     let mut args = vec!["test", "--workspace", "--exclude", "xdpath-ebpf"];
     if !extra.is_empty() {
         args.push("--");
