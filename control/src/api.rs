@@ -165,8 +165,14 @@ pub fn router(state: Arc<ControlState>) -> Router {
                 "No such API path; see control/openapi.json.",
             )
         })
+        // Bulk replaces of up to the table's capacity (a million exact
+        // rules are about 110 MB of JSON) must fit; axum's default is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
         .with_state(state)
 }
+
+/// Largest request body the API accepts.
+pub const MAX_BODY: usize = 256 << 20;
 
 fn mac_text(m: [u8; 6]) -> String {
     m.iter()

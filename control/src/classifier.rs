@@ -270,6 +270,19 @@ fn map_err(map: &'static str) -> impl Fn(aya::maps::MapError) -> ClassifierError
     }
 }
 
+/// An error and all its sources, "outer: inner: innermost" (aya keeps the
+/// errno of a failed syscall in the source).
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cur = e.source();
+    while let Some(s) = cur {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        cur = s.source();
+    }
+    out
+}
+
 /// Raises RLIMIT_MEMLOCK to infinity for this process (older kernels
 /// charge BPF maps and UMEM against it). Best effort: returns the error.
 pub fn raise_memlock() -> std::io::Result<()> {
@@ -375,7 +388,7 @@ impl Classifier {
         }
         let ebpf = loader
             .load(EBPF_OBJECT)
-            .map_err(|e| ClassifierError::Load(format!("{e:#}")))?;
+            .map_err(|e| ClassifierError::Load(chain(&e)))?;
         me.ebpf = Some(ebpf);
         me.set_config(&Config {
             active_gen: me.config()?.active_gen,
@@ -399,14 +412,13 @@ impl Classifier {
             })?
             .try_into()
             .map_err(|e| ClassifierError::Load(format!("{e}")))?;
-        prog.load()
-            .map_err(|e| ClassifierError::Load(format!("{e:#}")))?;
+        prog.load().map_err(|e| ClassifierError::Load(chain(&e)))?;
         let mode = match cfg.mode {
             XdpAttachMode::Native => XdpMode::Driver,
             XdpAttachMode::Generic => XdpMode::Skb,
         };
         if let Err(e) = prog.attach_to_if_index(ifindex, mode) {
-            let detail = format!("{e:#}");
+            let detail = chain(&e);
             return Err(match cfg.mode {
                 XdpAttachMode::Native if detail.contains("Operation not supported") => {
                     ClassifierError::NativeUnsupported {

@@ -177,7 +177,11 @@ impl Guest {
             .args(["-append", &append])
             .args([
                 "-chardev",
-                &format!("socket,id=c,path={},reconnect=1", cfg.sock.display()),
+                // QEMU option values escape a comma by doubling it.
+                &format!(
+                    "socket,id=c,path={},reconnect=1",
+                    cfg.sock.display().to_string().replace(',', ",,")
+                ),
                 "-netdev",
                 &format!("vhost-user,id=n,chardev=c,queues={}", cfg.queues),
                 "-device",

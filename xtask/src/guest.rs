@@ -665,9 +665,14 @@ fn write_atomic(dest: &Path, data: &[u8], mode: u32) -> Result<()> {
     Ok(())
 }
 
+/// `src` at `dest`, atomically: a hard link when both are on one file
+/// system (the 65 MB vmlinux is not stored twice), else a copy.
 fn copy_atomic(src: &Path, dest: &Path) -> Result<()> {
     let tmp = tmp_path(dest);
-    fs::copy(src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+    let _ = fs::remove_file(&tmp);
+    if fs::hard_link(src, &tmp).is_err() {
+        fs::copy(src, &tmp).with_context(|| format!("copying {}", src.display()))?;
+    }
     fs::rename(&tmp, dest).with_context(|| format!("renaming to {}", dest.display()))?;
     Ok(())
 }
@@ -1170,3 +1175,88 @@ int main(int argc, char **argv)
 	return usage();
 }
 "#;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpio_newc_layout() {
+        let mut c = Cpio::default();
+        c.dir("bin");
+        c.file("bin/x", 0o755, b"abcde");
+        c.char_dev("dev/console", 5, 1);
+        let a = c.finish();
+        assert_eq!(a.len() % 4, 0);
+        assert!(a.starts_with(b"070701"));
+        // First entry: ino 1, a directory, name "bin\0" padded to 4.
+        assert_eq!(&a[6..14], b"00000001");
+        assert_eq!(&a[14..22], b"000041ed");
+        let trailer = find_all(&a, b"TRAILER!!!").count();
+        assert_eq!(trailer, 1);
+        // The device's rdev major/minor fields.
+        let dev = find_all(&a, b"dev/console").next().expect("device entry");
+        let hdr = &a[dev - 110..dev];
+        assert_eq!(&hdr[6 + 9 * 8..6 + 10 * 8], b"00000005");
+        assert_eq!(&hdr[6 + 10 * 8..6 + 11 * 8], b"00000001");
+        // File data follows its padded header + name.
+        let x = find_all(&a, b"bin/x\0").next().expect("file entry");
+        let data = (x + 6).next_multiple_of(4);
+        assert_eq!(&a[data..data + 5], b"abcde");
+    }
+
+    #[test]
+    fn modinfo_reads_depends() {
+        let ko = b"\x7fELF....\0license=GPL\0depends=virtio_ring,virtio\0name=x\0";
+        assert_eq!(
+            modinfo(ko, "depends").as_deref(),
+            Some("virtio_ring,virtio")
+        );
+        assert_eq!(modinfo(ko, "vermagic"), None);
+    }
+
+    #[test]
+    fn pvh_note_needs_an_elf() {
+        assert!(!has_pvh_note(b"not an elf at all"));
+        assert!(!has_pvh_note(&[0x7f, b'E', b'L', b'F', 2, 1, 0, 0]));
+    }
+
+    #[test]
+    fn init_names_every_module_in_order() {
+        let init = init_script();
+        assert!(init.contains(&MODULES.join(" ")));
+        assert!(!init.contains("@MODULES@"));
+    }
+
+    #[test]
+    fn compressed_modules_are_unpacked() {
+        let dir = std::env::temp_dir().join(format!("xdpath-guest-test-{}", std::process::id()));
+        fs::create_dir_all(&dir).expect("temp dir");
+        let plain = dir.join("m.ko");
+        fs::write(&plain, b"\x7fELF module").expect("write");
+        assert_eq!(decompress_module(&plain).expect("plain"), b"\x7fELF module");
+        for (tool, ext) in [("xz", "xz"), ("zstd", "zst"), ("gzip", "gz")] {
+            if !on_path(tool) {
+                continue;
+            }
+            let packed = dir.join(format!("m.ko.{ext}"));
+            let out = Command::new(tool)
+                .arg("-c")
+                .arg(&plain)
+                .output()
+                .expect("compress");
+            fs::write(&packed, out.stdout).expect("write");
+            assert_eq!(
+                decompress_module(&packed).expect(tool),
+                b"\x7fELF module",
+                "{tool}"
+            );
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn safe_names() {
+        assert_eq!(safe("1:1.35.0-4+deb12u1+b1"), "1_1.35.0-4+deb12u1+b1");
+    }
+}
