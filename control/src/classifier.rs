@@ -525,21 +525,23 @@ impl Classifier {
         arr.set(0, *cfg, 0).map_err(map_err(common::MAP_CONFIG))
     }
 
+    /// One of the hash maps whose values are [`RuleValue`]s.
+    fn hash<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+    ) -> Result<HashMap<&mut MapData, K, RuleValue>> {
+        self.map_mut(name)?.try_into().map_err(map_err(name))
+    }
+
     /// Inserts or replaces an exact rule.
     pub fn insert_flow(&mut self, key: &FlowKey, value: &RuleValue) -> Result<()> {
-        let mut m: HashMap<&mut MapData, FlowKey, RuleValue> = self
-            .map_mut(common::MAP_FLOWS)?
-            .try_into()
-            .map_err(map_err(common::MAP_FLOWS))?;
+        let mut m = self.hash::<FlowKey>(common::MAP_FLOWS)?;
         m.insert(key, value, 0).map_err(map_err(common::MAP_FLOWS))
     }
 
     /// Removes an exact rule.
     pub fn remove_flow(&mut self, key: &FlowKey) -> Result<()> {
-        let mut m: HashMap<&mut MapData, FlowKey, RuleValue> = self
-            .map_mut(common::MAP_FLOWS)?
-            .try_into()
-            .map_err(map_err(common::MAP_FLOWS))?;
+        let mut m = self.hash::<FlowKey>(common::MAP_FLOWS)?;
         m.remove(key).map_err(map_err(common::MAP_FLOWS))
     }
 
@@ -571,39 +573,27 @@ impl Classifier {
 
     /// Inserts or replaces a guest MAC entry.
     pub fn insert_mac(&mut self, mac: [u8; 6], value: &RuleValue) -> Result<()> {
-        let mut m: HashMap<&mut MapData, MacKey, RuleValue> = self
-            .map_mut(common::MAP_MACS)?
-            .try_into()
-            .map_err(map_err(common::MAP_MACS))?;
+        let mut m = self.hash::<MacKey>(common::MAP_MACS)?;
         m.insert(MacKey { mac, _pad: [0; 2] }, value, 0)
             .map_err(map_err(common::MAP_MACS))
     }
 
     /// Removes a guest MAC entry.
     pub fn remove_mac(&mut self, mac: [u8; 6]) -> Result<()> {
-        let mut m: HashMap<&mut MapData, MacKey, RuleValue> = self
-            .map_mut(common::MAP_MACS)?
-            .try_into()
-            .map_err(map_err(common::MAP_MACS))?;
+        let mut m = self.hash::<MacKey>(common::MAP_MACS)?;
         m.remove(&MacKey { mac, _pad: [0; 2] })
             .map_err(map_err(common::MAP_MACS))
     }
 
     /// Inserts or replaces a guest address for ARP/ND steering.
     pub fn insert_neigh(&mut self, key: &AddrKey, value: &RuleValue) -> Result<()> {
-        let mut m: HashMap<&mut MapData, AddrKey, RuleValue> = self
-            .map_mut(common::MAP_NEIGH)?
-            .try_into()
-            .map_err(map_err(common::MAP_NEIGH))?;
+        let mut m = self.hash::<AddrKey>(common::MAP_NEIGH)?;
         m.insert(key, value, 0).map_err(map_err(common::MAP_NEIGH))
     }
 
     /// Removes a guest address.
     pub fn remove_neigh(&mut self, key: &AddrKey) -> Result<()> {
-        let mut m: HashMap<&mut MapData, AddrKey, RuleValue> = self
-            .map_mut(common::MAP_NEIGH)?
-            .try_into()
-            .map_err(map_err(common::MAP_NEIGH))?;
+        let mut m = self.hash::<AddrKey>(common::MAP_NEIGH)?;
         m.remove(key).map_err(map_err(common::MAP_NEIGH))
     }
 

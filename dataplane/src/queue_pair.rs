@@ -332,7 +332,7 @@ impl QueuePair {
                 let Some(data) = self.port.as_ref().map(|p| p.rx_data(&self.rx_descs[i])) else {
                     break;
                 };
-                match rx_one(
+                let outcome = rx_one(
                     queue,
                     &mem,
                     data,
@@ -340,22 +340,10 @@ impl QueuePair {
                     &mut self.segs,
                     &mut self.rx_segs,
                     &mut self.rx_chains,
-                ) {
-                    Ok(RxOne::Delivered) => {
-                        delivered += 1;
-                        self.tally.rx_frames += 1;
-                        self.tally.rx_bytes += data.len() as u64;
-                    }
-                    Ok(RxOne::NoBuffer) => {
-                        out_of_buffers = true;
-                        self.tally.rx_drop_no_guest_buffer += 1;
-                    }
-                    Ok(RxOne::Oversize) => self.tally.rx_drop_oversize += 1,
-                    Err(e) => {
-                        self.tally.rx_drop_no_guest_buffer += 1;
-                        stop = Some(e);
-                    }
-                }
+                );
+                let len = data.len();
+                out_of_buffers = matches!(outcome, Ok(RxOne::NoBuffer));
+                stop = account(&mut self.tally, outcome, len, &mut delivered);
             }
         }
         self.release_rx(n);
@@ -421,7 +409,7 @@ impl QueuePair {
             } else if self.rx_broken || stop.is_some() {
                 self.tally.rx_bad_chain += 1;
             } else {
-                match rx_one(
+                let outcome = rx_one(
                     state.get_queue_mut(),
                     &mem,
                     frame,
@@ -429,19 +417,8 @@ impl QueuePair {
                     &mut self.segs,
                     &mut self.rx_segs,
                     &mut self.rx_chains,
-                ) {
-                    Ok(RxOne::Delivered) => {
-                        delivered += 1;
-                        self.tally.rx_frames += 1;
-                        self.tally.rx_bytes += len as u64;
-                    }
-                    Ok(RxOne::NoBuffer) => self.tally.rx_drop_no_guest_buffer += 1,
-                    Ok(RxOne::Oversize) => self.tally.rx_drop_oversize += 1,
-                    Err(e) => {
-                        self.tally.rx_drop_no_guest_buffer += 1;
-                        stop = Some(e);
-                    }
-                }
+                );
+                stop = account(&mut self.tally, outcome, len, &mut delivered);
             }
             h.give_back(buf);
         }
@@ -685,6 +662,36 @@ enum RxOne {
     Delivered,
     NoBuffer,
     Oversize,
+}
+
+/// Counts the outcome of delivering one frame of `len` bytes; returns the
+/// reason to stop the vring, if any.
+fn account(
+    tally: &mut Tally,
+    outcome: Result<RxOne, VringStop>,
+    len: usize,
+    delivered: &mut u64,
+) -> Option<VringStop> {
+    match outcome {
+        Ok(RxOne::Delivered) => {
+            *delivered += 1;
+            tally.rx_frames += 1;
+            tally.rx_bytes += len as u64;
+            None
+        }
+        Ok(RxOne::NoBuffer) => {
+            tally.rx_drop_no_guest_buffer += 1;
+            None
+        }
+        Ok(RxOne::Oversize) => {
+            tally.rx_drop_oversize += 1;
+            None
+        }
+        Err(e) => {
+            tally.rx_drop_no_guest_buffer += 1;
+            Some(e)
+        }
+    }
 }
 
 /// Pops the next available chain head; `Err` if the avail index is bogus.

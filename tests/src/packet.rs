@@ -4,6 +4,47 @@
 use anyhow::{Context, Result};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
+/// An AF_PACKET raw socket of protocol `proto` (network order) bound to
+/// `iface`, in the calling thread's namespace.
+fn bound_socket(iface: &str, proto: u16) -> Result<OwnedFd> {
+    let c = std::ffi::CString::new(iface)?;
+    // SAFETY: c is NUL-terminated.
+    let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
+    if ifindex == 0 {
+        return Err(std::io::Error::last_os_error()).context(format!("if_nametoindex({iface})"));
+    }
+    // SAFETY: plain socket(2) call, checked below.
+    let raw = unsafe {
+        libc::socket(
+            libc::AF_PACKET,
+            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
+            i32::from(proto),
+        )
+    };
+    if raw < 0 {
+        return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
+    }
+    // SAFETY: raw is a fresh fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
+    let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
+    sll.sll_family = libc::AF_PACKET as u16;
+    sll.sll_protocol = proto;
+    sll.sll_ifindex = ifindex as i32;
+    // SAFETY: sll is a valid sockaddr_ll of the given size.
+    let rc = unsafe {
+        libc::bind(
+            fd.as_raw_fd(),
+            (&sll as *const libc::sockaddr_ll).cast(),
+            std::mem::size_of::<libc::sockaddr_ll>() as u32,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
+    }
+    Ok(fd)
+}
+
 /// A raw socket that sends whole Ethernet frames out of one interface.
 /// It keeps the namespace it was created in, so it may be used from any
 /// thread afterwards.
@@ -16,36 +57,8 @@ impl Sender {
     /// Opens the socket on `iface`; call from a thread inside the
     /// interface's namespace.
     pub fn new(iface: &str) -> Result<Self> {
-        let c = std::ffi::CString::new(iface)?;
-        // SAFETY: c is NUL-terminated.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if ifindex == 0 {
-            return Err(std::io::Error::last_os_error())
-                .context(format!("if_nametoindex({iface})"));
-        }
         // Protocol 0: this socket receives nothing.
-        // SAFETY: plain socket(2) call, checked below.
-        let raw = unsafe { libc::socket(libc::AF_PACKET, libc::SOCK_RAW | libc::SOCK_CLOEXEC, 0) };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
-        }
-        // SAFETY: raw is a fresh fd owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is a valid sockaddr_ll of the given size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
-        }
+        let fd = bound_socket(iface, 0)?;
         Ok(Self { fd })
     }
 
@@ -93,43 +106,7 @@ impl Receiver {
     /// Opens the capture on `iface`; call from a thread inside the
     /// interface's namespace. Only frames arriving after this call are seen.
     pub fn new(iface: &str) -> Result<Self> {
-        let c = std::ffi::CString::new(iface)?;
-        // SAFETY: c is NUL-terminated.
-        let ifindex = unsafe { libc::if_nametoindex(c.as_ptr()) };
-        if ifindex == 0 {
-            return Err(std::io::Error::last_os_error())
-                .context(format!("if_nametoindex({iface})"));
-        }
-        let proto = (libc::ETH_P_ALL as u16).to_be();
-        // SAFETY: plain socket(2) call, checked below.
-        let raw = unsafe {
-            libc::socket(
-                libc::AF_PACKET,
-                libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-                i32::from(proto),
-            )
-        };
-        if raw < 0 {
-            return Err(std::io::Error::last_os_error()).context("socket(AF_PACKET)");
-        }
-        // SAFETY: raw is a fresh fd owned by nobody else.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        // SAFETY: sockaddr_ll is plain data; zeroed is a valid value.
-        let mut sll: libc::sockaddr_ll = unsafe { std::mem::zeroed() };
-        sll.sll_family = libc::AF_PACKET as u16;
-        sll.sll_protocol = proto;
-        sll.sll_ifindex = ifindex as i32;
-        // SAFETY: sll is a valid sockaddr_ll of the given size.
-        let rc = unsafe {
-            libc::bind(
-                fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
-                std::mem::size_of::<libc::sockaddr_ll>() as u32,
-            )
-        };
-        if rc != 0 {
-            return Err(std::io::Error::last_os_error()).context("bind(AF_PACKET)");
-        }
+        let fd = bound_socket(iface, (libc::ETH_P_ALL as u16).to_be())?;
         // A burst must not overflow the capture: 8 MiB instead of the
         // default ~200 KiB (root may exceed rmem_max with ...FORCE).
         let size: libc::c_int = 8 << 20;
