@@ -86,28 +86,33 @@ pub enum PoolError {
 #[derive(Debug)]
 pub struct SocketPool {
     iface: String,
+    busy_poll: bool,
     queues: Mutex<Vec<QueueInfo>>,
 }
 
-fn bind(iface: &str, queue: u32) -> Result<XskPort, PoolError> {
-    XskPort::bind(&XskConfig::new(iface, queue)).map_err(|e| PoolError::Socket {
+fn bind(iface: &str, queue: u32, busy_poll: bool) -> Result<XskPort, PoolError> {
+    let mut cfg = XskConfig::new(iface, queue);
+    cfg.busy_poll = busy_poll;
+    XskPort::bind(&cfg).map_err(|e| PoolError::Socket {
         queue,
         detail: e.to_string(),
     })
 }
 
 impl SocketPool {
-    /// Creates and registers one socket per queue `0..queues`; returns the
+    /// Creates and registers one socket per queue `0..queues` (with
+    /// preferred busy polling if `busy_poll`); returns the
     /// pool and the sockets for the dataplane server (in queue order). On
     /// error, the registrations made so far are undone.
     pub fn create(
         iface: &str,
         queues: u32,
+        busy_poll: bool,
         c: &mut Classifier,
     ) -> Result<(Self, Vec<XskPort>), PoolError> {
         let mut ports = Vec::with_capacity(queues as usize);
         for q in 0..queues {
-            let port = match bind(iface, q) {
+            let port = match bind(iface, q, busy_poll) {
                 Ok(p) => p,
                 Err(e) => {
                     (0..q).for_each(|r| drop(c.unregister_socket(r)));
@@ -133,6 +138,7 @@ impl SocketPool {
         Ok((
             Self {
                 iface: iface.to_string(),
+                busy_poll,
                 queues: Mutex::new(infos),
             },
             ports,
@@ -208,8 +214,17 @@ impl SocketPool {
                 queue,
                 detail: e.to_string(),
             })?;
-        // 3. A new socket on the same queue.
-        let port = bind(&self.iface, queue)?;
+        // 3. A new socket on the same queue. The kernel frees the queue from
+        //    the old socket asynchronously (its buffer pool is torn down by
+        //    a workqueue after close), so binding may fail for a moment.
+        let deadline = std::time::Instant::now() + WORKER_TIMEOUT;
+        let port = loop {
+            match bind(&self.iface, queue, self.busy_poll) {
+                Ok(p) => break p,
+                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            }
+        };
         // 4. Traffic to it again, 5. the worker takes it.
         classifier
             .lock()

@@ -37,7 +37,16 @@ pub struct XskConfig {
     /// Force copy mode (veth supports only copy mode anyway); otherwise the
     /// kernel picks zero copy when the driver supports it.
     pub force_copy: bool,
+    /// Preferred busy polling: the kernel polls the NIC queue in the
+    /// worker's context when it waits (SO_PREFER_BUSY_POLL, SO_BUSY_POLL,
+    /// SO_BUSY_POLL_BUDGET) instead of waiting for an interrupt. Lower
+    /// latency under load for a core per queue pair; drivers without NAPI
+    /// busy polling ignore it.
+    pub busy_poll: bool,
 }
+
+/// Microseconds the kernel busy-polls per wait when `busy_poll` is set.
+pub const BUSY_POLL_USECS: i32 = 20;
 
 impl XskConfig {
     /// Defaults: 2048-byte frames, 4096 frames, 2048-slot rings, auto mode.
@@ -49,6 +58,7 @@ impl XskConfig {
             frames: 4096,
             ring_size: 2048,
             force_copy: false,
+            busy_poll: false,
         }
     }
 
@@ -77,6 +87,44 @@ pub enum XskError {
         /// What libxdp reported.
         detail: String,
     },
+}
+
+/// `setsockopt(fd, SOL_SOCKET, opt, &val)`.
+fn set_sockopt(fd: RawFd, opt: libc::c_int, val: libc::c_int) -> io::Result<()> {
+    // SAFETY: `val` is a valid int for the option's size.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&val as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// `getsockopt(fd, SOL_SOCKET, opt)` as an int.
+pub fn get_sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut val: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `val` is a writable int of `len` bytes.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            opt,
+            (&mut val as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(val)
 }
 
 /// The kernel's `struct xdp_statistics`.
@@ -172,6 +220,17 @@ impl XskPort {
             .map_err(|e| bind_err(e.to_string()))?;
         let (mut fill, comp) =
             fq_cq.ok_or_else(|| bind_err("no fill/completion ring for a fresh UMEM".into()))?;
+        if cfg.busy_poll {
+            let fd = rx.fd().as_raw_fd();
+            for (opt, val) in [
+                (libc::SO_PREFER_BUSY_POLL, 1),
+                (libc::SO_BUSY_POLL, BUSY_POLL_USECS),
+                (libc::SO_BUSY_POLL_BUDGET, crate::queue_pair::BATCH as i32),
+            ] {
+                set_sockopt(fd, opt, val)
+                    .map_err(|e| bind_err(format!("enabling busy polling: {e}")))?;
+            }
+        }
         let to_fill = (descs.len() / 2).min(cfg.ring_size as usize);
         let mut free = Vec::with_capacity(descs.len());
         free.extend(descs.drain(to_fill..));

@@ -52,7 +52,8 @@ fn rules_added_with_xdpctl_steer_traffic_and_deleting_them_gives_it_back() {
         return;
     }
     let t = Topology::new(1).expect("topology");
-    let d = start(&t, &[]);
+    // With busy polling on, as a latency-minded user would run it.
+    let d = start(&t, &["--busy-poll"]);
     let tx = sender(&t);
     let mut fe =
         TestFrontend::connect(&d.vhost, FrontendOptions::default()).expect("guest connects");

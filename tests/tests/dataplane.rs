@@ -491,8 +491,14 @@ fn a_socket_is_released_and_replaced_while_the_guest_runs() {
     let port = b.in_host(|| {
         let mut cfg = xdpath_dataplane::XskConfig::new(&host_if, 0);
         cfg.force_copy = true;
-        xdpath_dataplane::XskPort::bind(&cfg)
-            .expect("a new socket binds once the old one is closed")
+        // The kernel frees the queue asynchronously after the old socket
+        // closed.
+        let mut port = None;
+        wait_until(WAIT, || {
+            port = xdpath_dataplane::XskPort::bind(&cfg).ok();
+            port.is_some()
+        });
+        port.expect("a new socket binds once the old one is closed")
     });
     b.classifier().register_socket(0, &port).unwrap();
     b.handle
@@ -621,4 +627,41 @@ fn idle_workers_do_not_run() {
     std::thread::sleep(Duration::from_secs(1));
     let after: Vec<u64> = (0..2).map(|q| b.counters(q).batches).collect();
     assert_eq!(after, before, "a worker ran without traffic");
+}
+
+/// `busy_poll` really sets preferred busy polling on the socket.
+#[test]
+fn busy_poll_sets_the_socket_options() {
+    if !require_root("busy_poll_sets_the_socket_options") {
+        return;
+    }
+    let t = xdpath_tests::topology::Topology::new(1).expect("topology");
+    let host_if = t.host_if.clone();
+    t.in_host(|| {
+        let mut cfg = xdpath_dataplane::XskConfig::new(&host_if, 0);
+        cfg.busy_poll = true;
+        let p = xdpath_dataplane::XskPort::bind(&cfg).expect("bind with busy polling");
+        let get = |opt| xdpath_dataplane::xsk::get_sockopt(p.fd(), opt).expect("getsockopt");
+        // SO_PREFER_BUSY_POLL and SO_BUSY_POLL_BUDGET cannot be read back
+        // (ENOPROTOOPT); setting them failed the bind if the kernel refused.
+        assert_eq!(
+            get(libc::SO_BUSY_POLL),
+            xdpath_dataplane::xsk::BUSY_POLL_USECS
+        );
+        let plain = xdpath_dataplane::XskPort::bind(&xdpath_dataplane::XskConfig::new(&host_if, 0));
+        assert!(plain.is_err(), "one socket per queue: the queue is taken");
+        drop(p);
+        // The kernel frees the queue asynchronously after close.
+        let mut plain = None;
+        wait_until(WAIT, || {
+            plain = xdpath_dataplane::XskPort::bind(&xdpath_dataplane::XskConfig::new(&host_if, 0))
+                .ok();
+            plain.is_some()
+        });
+        let plain = plain.expect("the queue is free again after the busy-polling socket closed");
+        assert_eq!(
+            xdpath_dataplane::xsk::get_sockopt(plain.fd(), libc::SO_BUSY_POLL).unwrap(),
+            0
+        );
+    });
 }

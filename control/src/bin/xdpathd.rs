@@ -251,7 +251,12 @@ fn run(flags: &Flags) -> Result<()> {
     flows.sync(&mut classifier)?;
 
     // Sockets, then the dataplane.
-    let (pool, ports) = SocketPool::create(&cfg.iface, u32::from(cfg.queues), &mut classifier)?;
+    let (pool, ports) = SocketPool::create(
+        &cfg.iface,
+        u32::from(cfg.queues),
+        cfg.busy_poll,
+        &mut classifier,
+    )?;
     let vhost = cfg.vhost_socket();
     if let Some(dir) = vhost.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
