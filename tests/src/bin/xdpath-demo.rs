@@ -270,12 +270,13 @@ fn run(t: &Topology) -> Result<()> {
     print!("{}", ok_stdout(&d.xdpctl(&["queue", "list"])?)?);
     print!("{}", ok_stdout(&d.xdpctl(&["stats"])?)?);
     let queues = d.call("GET", "/v1/queues", None)?;
+    let carried = |q: &serde_json::Value, k: &str| q["counters"][k].as_u64().unwrap_or(0) > 0;
     let busy = queues.as_array().map_or(0, |a| {
         a.iter()
-            .filter(|q| q["counters"]["rx_frames"].as_u64().unwrap_or(0) > 0)
+            .filter(|q| carried(q, "rx_frames") || carried(q, "tx_frames"))
             .count()
     });
-    println!("queue pairs that carried guest traffic: {busy} of 2");
+    println!("queue pairs that carried traffic (either direction): {busy} of 2");
     drop(g);
     Ok(())
 }
