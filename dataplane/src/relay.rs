@@ -235,3 +235,139 @@ pub fn run(mut front: UnixStream, mut back: UnixStream) {
     let _ = front.shutdown(std::net::Shutdown::Both);
     let _ = back.shutdown(std::net::Shutdown::Both);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    fn msg(request: u32, flags: u32, payload: &[u8], fds: Vec<OwnedFd>) -> Msg {
+        let mut hdr = [0u8; HDR];
+        hdr[0..4].copy_from_slice(&request.to_le_bytes());
+        hdr[4..8].copy_from_slice(&flags.to_le_bytes());
+        hdr[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        Msg {
+            hdr,
+            payload: payload.to_vec(),
+            fds,
+        }
+    }
+
+    fn nothing_pending(s: &UnixStream) -> bool {
+        let mut p = libc::pollfd {
+            fd: s.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, no waiting.
+        unsafe { libc::poll(&mut p, 1, 0) == 0 }
+    }
+
+    #[test]
+    fn early_vring_enable_is_answered_held_and_replayed_after_the_feature_ack() {
+        let (mut qemu, front) = UnixStream::pair().unwrap();
+        let (back, mut backend) = UnixStream::pair().unwrap();
+        for s in [&qemu, &backend] {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        }
+        let relay = std::thread::spawn(move || run(front, back));
+
+        // QEMU 7.2: SET_VRING_ENABLE(vring 2, on) with NEED_REPLY, before
+        // SET_FEATURES. The relay answers it and holds it.
+        let state = [2u8, 0, 0, 0, 1, 0, 0, 0];
+        send(
+            &mut qemu,
+            &msg(
+                SET_VRING_ENABLE,
+                FLAG_VERSION_1 | FLAG_NEED_REPLY,
+                &state,
+                Vec::new(),
+            ),
+        )
+        .unwrap();
+        let reply = recv(&mut qemu).unwrap().expect("a reply");
+        assert_eq!(
+            (reply.request(), reply.flags(), reply.payload.as_slice()),
+            (SET_VRING_ENABLE, FLAG_VERSION_1 | FLAG_REPLY, &[0u8; 8][..])
+        );
+        std::thread::sleep(Duration::from_millis(50));
+        assert!(nothing_pending(&backend), "held, not forwarded yet");
+
+        // Any other request passes through at once, with its fds.
+        let efd = vmm_sys_util::eventfd::EventFd::new(0).unwrap();
+        // SAFETY: dup of a valid fd; the result is owned by `dup`.
+        let dup = unsafe { OwnedFd::from_raw_fd(libc::dup(efd.as_raw_fd())) };
+        send(
+            &mut qemu,
+            &msg(12, FLAG_VERSION_1, &[3, 0, 0, 0, 0, 0, 0, 0], vec![dup]),
+        )
+        .unwrap();
+        let m = recv(&mut backend).unwrap().unwrap();
+        assert_eq!(
+            (m.request(), m.fds.len()),
+            (12, 1),
+            "SET_VRING_KICK with its eventfd"
+        );
+        // The fd is the same eventfd: a write through it is seen by ours.
+        let mut f = std::fs::File::from(m.fds.into_iter().next().unwrap());
+        f.write_all(&1u64.to_ne_bytes()).unwrap();
+        assert_eq!(efd.read().unwrap(), 1);
+
+        // SET_FEATURES acking PROTOCOL_FEATURES: forwarded, then the held
+        // request, without NEED_REPLY (QEMU has its answer already).
+        let features = (PROTOCOL_FEATURES | 1 << 32).to_le_bytes();
+        send(
+            &mut qemu,
+            &msg(SET_FEATURES, FLAG_VERSION_1, &features, Vec::new()),
+        )
+        .unwrap();
+        let m = recv(&mut backend).unwrap().unwrap();
+        assert_eq!(
+            (m.request(), m.payload.as_slice()),
+            (SET_FEATURES, &features[..])
+        );
+        let m = recv(&mut backend).unwrap().unwrap();
+        assert_eq!(
+            (m.request(), m.flags(), m.payload.as_slice()),
+            (SET_VRING_ENABLE, FLAG_VERSION_1, &state[..])
+        );
+
+        // After the ack, SET_VRING_ENABLE passes straight through.
+        send(
+            &mut qemu,
+            &msg(
+                SET_VRING_ENABLE,
+                FLAG_VERSION_1 | FLAG_NEED_REPLY,
+                &state,
+                Vec::new(),
+            ),
+        )
+        .unwrap();
+        let m = recv(&mut backend).unwrap().unwrap();
+        assert_eq!(m.flags(), FLAG_VERSION_1 | FLAG_NEED_REPLY);
+        // Backend replies go back unchanged.
+        send(
+            &mut backend,
+            &msg(
+                SET_VRING_ENABLE,
+                FLAG_VERSION_1 | FLAG_REPLY,
+                &[0; 8],
+                Vec::new(),
+            ),
+        )
+        .unwrap();
+        assert_eq!(
+            recv(&mut qemu).unwrap().unwrap().request(),
+            SET_VRING_ENABLE
+        );
+
+        // The frontend goes away: the relay closes the backend's side and
+        // ends.
+        drop(qemu);
+        assert!(
+            recv(&mut backend).unwrap().is_none(),
+            "the backend sees the disconnect"
+        );
+        relay.join().unwrap();
+    }
+}
