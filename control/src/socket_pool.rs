@@ -1,5 +1,6 @@
-//! The AF_XDP socket pool: one socket per NIC queue, created up front and
-//! registered in the XSKMAP, replaced on request or failure.
+//! The AF_XDP socket pool: one socket per NIC queue, created up front,
+//! registered in the XSKMAP while a guest's workers run (a dead worker's
+//! entry goes: its traffic fails open to the host), replaced on request.
 //!
 //! Ownership (DESIGN.md rule 2): the sockets themselves belong to the
 //! dataplane's workers once handed over; the pool keeps only what the
@@ -100,34 +101,20 @@ fn bind(iface: &str, queue: u32, busy_poll: bool) -> Result<XskPort, PoolError> 
 }
 
 impl SocketPool {
-    /// Creates and registers one socket per queue `0..queues` (with
-    /// preferred busy polling if `busy_poll`); returns the
-    /// pool and the sockets for the dataplane server (in queue order). On
-    /// error, the registrations made so far are undone.
+    /// Creates one socket per queue `0..queues` (with preferred busy
+    /// polling if `busy_poll`); returns the pool and the sockets for the
+    /// dataplane server (in queue order). The sockets are registered in the
+    /// XSKMAP only while a guest's workers run ([`SocketPool::register_all`]
+    /// and [`SocketPool::unregister_all`], driven by the server's connection
+    /// events): without a guest, its traffic fails open to the host.
     pub fn create(
         iface: &str,
         queues: u32,
         busy_poll: bool,
-        c: &mut Classifier,
     ) -> Result<(Self, Vec<XskPort>), PoolError> {
-        let mut ports = Vec::with_capacity(queues as usize);
-        for q in 0..queues {
-            let port = match bind(iface, q, busy_poll) {
-                Ok(p) => p,
-                Err(e) => {
-                    (0..q).for_each(|r| drop(c.unregister_socket(r)));
-                    return Err(e);
-                }
-            };
-            if let Err(e) = c.register_socket(q, &port) {
-                (0..q).for_each(|r| drop(c.unregister_socket(r)));
-                return Err(PoolError::Map {
-                    queue: q,
-                    detail: e.to_string(),
-                });
-            }
-            ports.push(port);
-        }
+        let ports = (0..queues)
+            .map(|q| bind(iface, q, busy_poll))
+            .collect::<Result<Vec<_>, _>>()?;
         let infos = (0..queues)
             .map(|queue| QueueInfo {
                 queue,
@@ -143,6 +130,25 @@ impl SocketPool {
             },
             ports,
         ))
+    }
+
+    /// A guest's workers run: steer each queue to its socket, `fds` being
+    /// (queue, socket fd) as the dataplane reports them.
+    pub fn register_all(
+        &self,
+        c: &mut Classifier,
+        fds: &[(u32, std::os::fd::RawFd)],
+    ) -> Result<(), PoolError> {
+        for &(queue, fd) in fds {
+            // SAFETY: the dataplane reports the fds of sockets it owns and
+            // keeps open for the duration of the connection event.
+            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+            c.register_socket(queue, &fd).map_err(|e| PoolError::Map {
+                queue,
+                detail: e.to_string(),
+            })?;
+        }
+        Ok(())
     }
 
     /// The queues and their sockets.
@@ -225,13 +231,16 @@ impl SocketPool {
                 Err(_) => std::thread::sleep(Duration::from_millis(10)),
             }
         };
-        // 4. Traffic to it again, 5. the worker takes it.
-        classifier
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-            .register_socket(queue, &port)
-            .map_err(map_err)?;
+        // 4. Traffic to it again (only while a guest's workers run: without
+        //    a guest the queue stays failed open), 5. the worker takes it.
+        if server.connected() {
+            classifier
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .as_mut()
+                .register_socket(queue, &port)
+                .map_err(map_err)?;
+        }
         server
             .install_socket(queue as usize, port, WORKER_TIMEOUT)
             .map_err(|e| PoolError::Worker {
@@ -240,8 +249,8 @@ impl SocketPool {
             })
     }
 
-    /// Teardown step 1: every queue's XSKMAP entry out, so traffic fails
-    /// open to the host while the workers stop.
+    /// Every queue's XSKMAP entry out, so traffic fails open to the host:
+    /// when a guest's workers stopped, and as teardown step 1.
     pub fn unregister_all(&self, c: &mut Classifier) {
         for info in self.list() {
             let _ = c.unregister_socket(info.queue);

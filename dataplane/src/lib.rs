@@ -33,5 +33,5 @@ pub mod xsk;
 
 pub use backend::NetConfig;
 pub use counters::CounterSnapshot;
-pub use server::{Server, ServerError, ServerHandle};
+pub use server::{ConnectionEvent, Server, ServerError, ServerHandle};
 pub use xsk::{XskConfig, XskPort};

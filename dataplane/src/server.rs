@@ -222,6 +222,21 @@ pub struct Server {
     pairs: Vec<Arc<Mutex<QueuePair>>>,
     peers: Arc<Peers>,
     handle: ServerHandle,
+    on_connection: Option<ConnectionHook>,
+}
+
+/// What [`Server::on_connection`] stores.
+type ConnectionHook = Box<dyn Fn(ConnectionEvent<'_>) + Send>;
+
+/// What [`Server::on_connection`] is told.
+#[derive(Debug)]
+pub enum ConnectionEvent<'a> {
+    /// A frontend is connected and every worker runs: the sockets
+    /// (queue, fd) may receive guest traffic now.
+    Up(&'a [(u32, RawFd)]),
+    /// The frontend is gone and every worker is joined: nobody reads the
+    /// sockets until the next connection.
+    Down,
 }
 
 impl std::fmt::Debug for Server {
@@ -294,7 +309,17 @@ impl Server {
             pairs,
             peers,
             handle,
+            on_connection: None,
         })
+    }
+
+    /// Calls `f` (on the server's thread, never holding a lock of the
+    /// server) when a frontend's workers start and after they stopped, so
+    /// the caller can steer traffic to the sockets only while someone reads
+    /// them (DESIGN.md: a dead worker's XSKMAP entry goes, traffic fails
+    /// open).
+    pub fn on_connection(&mut self, f: impl Fn(ConnectionEvent<'_>) + Send + 'static) {
+        self.on_connection = Some(Box::new(f));
     }
 
     /// A handle to stop the server, change sockets and read counters from
@@ -392,6 +417,9 @@ impl Server {
         // Joins every worker of this connection (exit events, then join).
         drop(daemon);
         backend.close_exit_fds();
+        if let Some(f) = &self.on_connection {
+            f(ConnectionEvent::Down);
+        }
         result
     }
 
@@ -457,6 +485,20 @@ impl Server {
             daemon.request_shutdown();
         }
         tracing::info!(socket = %self.path.display(), "vhost-user frontend connected");
+        if let Some(f) = &self.on_connection {
+            let fds: Vec<(u32, RawFd)> = self
+                .pairs
+                .iter()
+                .enumerate()
+                .filter_map(|(q, p)| {
+                    p.lock()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .xsk_fd()
+                        .map(|fd| (q as u32, fd))
+                })
+                .collect();
+            f(ConnectionEvent::Up(&fds));
+        }
         match daemon.wait() {
             Ok(()) => tracing::info!("vhost-user frontend disconnected"),
             Err(e) => tracing::info!("vhost-user connection ended: {e}"),

@@ -673,3 +673,58 @@ fn preflight_failures_name_the_problem_and_the_fix() {
         Err(ClientError::NotRunning(_))
     ));
 }
+
+/// Workers exist only while a guest is connected: without one, frames for
+/// the guest fail open to the host instead of waiting unread in a socket;
+/// with one they reach it; after it leaves they fail open again.
+#[test]
+fn guest_traffic_fails_open_while_no_guest_is_connected() {
+    if !require_root("guest_traffic_fails_open_while_no_guest_is_connected") {
+        return;
+    }
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    let tx = sender(&t);
+    let guest_mac = xdpath_control::config::parse_mac(GUEST_MAC).unwrap();
+    let frame = |i: u32| {
+        eth(
+            guest_mac,
+            PEER_MAC,
+            ETH_P_IP,
+            &ipv4(PEER_IP, [10, 77, 0, 50], 17, &udp(1, 2, &tagged(i, 32))),
+        )
+    };
+    let failed_open = || classifier(&d, "redirect_no_socket");
+
+    let before = failed_open();
+    tx.send_on_queue(0, &[frame(1), frame(2)]).unwrap();
+    assert!(
+        wait_until(WAIT, || failed_open() == before + 2),
+        "no guest: the frames go to the host"
+    );
+    assert_eq!(classifier(&d, "redirects"), 0);
+
+    let mut fe = TestFrontend::connect(&d.vhost, FrontendOptions::default()).unwrap();
+    fe.post_rx_buffers(0, 16, 2048);
+    assert!(wait_until(WAIT, || d
+        .call("GET", "/v1/health", None)
+        .is_ok_and(|h| h["guest_connected"] == json!(true))));
+    let f = frame(3);
+    tx.send_on_queue(0, std::slice::from_ref(&f)).unwrap();
+    assert_eq!(
+        fe.recv(0, 1, WAIT).first().map(|g| &g.data),
+        Some(&f),
+        "with a guest: the frame reaches it"
+    );
+
+    drop(fe);
+    assert!(wait_until(WAIT, || d
+        .call("GET", "/v1/health", None)
+        .is_ok_and(|h| h["guest_connected"] == json!(false))));
+    let before = failed_open();
+    tx.send_on_queue(0, &[frame(4)]).unwrap();
+    assert!(
+        wait_until(WAIT, || failed_open() == before + 1),
+        "the guest left: fail open again"
+    );
+}

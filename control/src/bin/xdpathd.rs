@@ -22,7 +22,7 @@ use xdpath_control::config::{DaemonConfig, DefaultAction, XdpModeSetting};
 use xdpath_control::flow_table::FlowTable;
 use xdpath_control::socket_pool::SocketPool;
 use xdpath_control::{preflight, Classifier, ClassifierConfig, XdpAttachMode};
-use xdpath_dataplane::{NetConfig, Server};
+use xdpath_dataplane::{ConnectionEvent, NetConfig, Server};
 
 /// Guest port id of the (one) guest.
 const GUEST_PORT: u32 = 1;
@@ -251,12 +251,7 @@ fn run(flags: &Flags) -> Result<()> {
     flows.sync(&mut classifier)?;
 
     // Sockets, then the dataplane.
-    let (pool, ports) = SocketPool::create(
-        &cfg.iface,
-        u32::from(cfg.queues),
-        cfg.busy_poll,
-        &mut classifier,
-    )?;
+    let (pool, ports) = SocketPool::create(&cfg.iface, u32::from(cfg.queues), cfg.busy_poll)?;
     let vhost = cfg.vhost_socket();
     if let Some(dir) = vhost.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -267,8 +262,32 @@ fn run(flags: &Flags) -> Result<()> {
         mtu: cfg.mtu,
         max_queue_size: 1024,
     };
-    let server = Server::new(&vhost, net, ports)?;
+    let mut server = Server::new(&vhost, net, ports)?;
     let handle = server.handle();
+    let state = Arc::new(ControlState {
+        tables: Mutex::new(Tables { classifier, flows }),
+        pool,
+        server: handle.clone(),
+        cfg: cfg.clone(),
+        started: Instant::now(),
+        prog_id,
+    });
+    // Steer traffic to the sockets only while a guest's workers read them.
+    let events = state.clone();
+    server.on_connection(move |ev| {
+        let mut t = events
+            .tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match ev {
+            ConnectionEvent::Up(fds) => {
+                if let Err(e) = events.pool.register_all(&mut t.classifier, fds) {
+                    tracing::error!("steering the queues to the guest failed: {e}");
+                }
+            }
+            ConnectionEvent::Down => events.pool.unregister_all(&mut t.classifier),
+        }
+    });
     let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
     let dataplane = std::thread::Builder::new()
         .name("vhost-user".into())
@@ -278,14 +297,6 @@ fn run(flags: &Flags) -> Result<()> {
             r
         })?;
 
-    let state = Arc::new(ControlState {
-        tables: Mutex::new(Tables { classifier, flows }),
-        pool,
-        server: handle.clone(),
-        cfg: cfg.clone(),
-        started: Instant::now(),
-        prog_id,
-    });
     tracing::info!(
         iface = %cfg.iface, queues = cfg.queues, vhost = %vhost.display(), api = %cfg.api_socket().display(),
         "xdpathd ready: start the guest on the vhost-user socket"
