@@ -281,6 +281,79 @@ fn print_stats(v: &Value) {
     table(&queues, &cols);
 }
 
+/// One kind of rule: its API path, its name, its table columns.
+struct RuleKind {
+    path: &'static str,
+    noun: &'static str,
+    cols: &'static [&'static str],
+}
+
+const FLOWS: RuleKind = RuleKind {
+    path: "/v1/flows",
+    noun: "flow",
+    cols: &[
+        "id", "src", "dst", "proto", "src_port", "dst_port", "action", "guest",
+    ],
+};
+
+const PREFIXES: RuleKind = RuleKind {
+    path: "/v1/prefixes",
+    noun: "prefix",
+    cols: &["id", "prefix", "action", "guest"],
+};
+
+/// What to do with the rules of one kind.
+enum RuleOp<'a> {
+    Add(Value),
+    Del(&'a str),
+    List,
+    Replace(&'a Path),
+}
+
+/// Runs `op` on the rules of kind `k` and prints the result: the daemon's
+/// JSON with `--json`, else a table (or a line).
+fn rules(cli: &Cli, sock: &Path, k: &RuleKind, op: RuleOp<'_>) -> Result<()> {
+    let print_json =
+        |v: &Value| println!("{}", serde_json::to_string_pretty(v).unwrap_or_default());
+    match op {
+        RuleOp::Add(body) => {
+            let v = call(sock, "POST", k.path, Some(&body))?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                table(&json!([v]), k.cols);
+            }
+        }
+        RuleOp::Del(id) => {
+            call(sock, "DELETE", &format!("{}/{id}", k.path), None)?;
+            if !cli.json {
+                println!("deleted {} {id}", k.noun);
+            }
+        }
+        RuleOp::List => {
+            let v = call(sock, "GET", k.path, None)?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                table(&v, k.cols);
+            }
+        }
+        RuleOp::Replace(file) => {
+            let v = call(sock, "PUT", k.path, Some(&read_json_file(file)?))?;
+            if cli.json {
+                print_json(&v);
+            } else {
+                println!(
+                    "{} {} rules in place",
+                    v.as_array().map_or(0, Vec::len),
+                    k.noun
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
 fn main() {
     let cli = Cli::parse();
     if let Err(e) = run(&cli) {
@@ -307,10 +380,6 @@ fn run(cli: &Cli) -> Result<()> {
             human(v);
         }
     };
-    let flow_cols = [
-        "id", "src", "dst", "proto", "src_port", "dst_port", "action", "guest",
-    ];
-    let prefix_cols = ["id", "prefix", "action", "guest"];
     match &cli.cmd {
         Cmd::Flow { op } => match op {
             FlowOp::Add {
@@ -337,48 +406,22 @@ fn run(cli: &Cli) -> Result<()> {
                     o.insert("dst_port".into(), json!(p));
                 }
                 action_json(action, &mut o);
-                let v = call(&sock, "POST", "/v1/flows", Some(&Value::Object(o)))?;
-                out(&v, &|v| table(&json!([v]), &flow_cols));
+                rules(cli, &sock, &FLOWS, RuleOp::Add(Value::Object(o)))?;
             }
-            FlowOp::Del { id } => {
-                call(&sock, "DELETE", &format!("/v1/flows/{id}"), None)?;
-                if !cli.json {
-                    println!("deleted flow {id}");
-                }
-            }
-            FlowOp::List => out(&call(&sock, "GET", "/v1/flows", None)?, &|v| {
-                table(v, &flow_cols)
-            }),
-            FlowOp::Replace { file } => {
-                let v = call(&sock, "PUT", "/v1/flows", Some(&read_json_file(file)?))?;
-                out(&v, &|v| {
-                    println!("{} flow rules in place", v.as_array().map_or(0, Vec::len))
-                });
-            }
+            FlowOp::Del { id } => rules(cli, &sock, &FLOWS, RuleOp::Del(id))?,
+            FlowOp::List => rules(cli, &sock, &FLOWS, RuleOp::List)?,
+            FlowOp::Replace { file } => rules(cli, &sock, &FLOWS, RuleOp::Replace(file))?,
         },
         Cmd::Prefix { op } => match op {
             PrefixOp::Add { prefix, action } => {
                 let mut o = Map::new();
                 o.insert("prefix".into(), json!(prefix));
                 action_json(action, &mut o);
-                let v = call(&sock, "POST", "/v1/prefixes", Some(&Value::Object(o)))?;
-                out(&v, &|v| table(&json!([v]), &prefix_cols));
+                rules(cli, &sock, &PREFIXES, RuleOp::Add(Value::Object(o)))?;
             }
-            PrefixOp::Del { id } => {
-                call(&sock, "DELETE", &format!("/v1/prefixes/{id}"), None)?;
-                if !cli.json {
-                    println!("deleted prefix {id}");
-                }
-            }
-            PrefixOp::List => out(&call(&sock, "GET", "/v1/prefixes", None)?, &|v| {
-                table(v, &prefix_cols)
-            }),
-            PrefixOp::Replace { file } => {
-                let v = call(&sock, "PUT", "/v1/prefixes", Some(&read_json_file(file)?))?;
-                out(&v, &|v| {
-                    println!("{} prefix rules in place", v.as_array().map_or(0, Vec::len))
-                });
-            }
+            PrefixOp::Del { id } => rules(cli, &sock, &PREFIXES, RuleOp::Del(id))?,
+            PrefixOp::List => rules(cli, &sock, &PREFIXES, RuleOp::List)?,
+            PrefixOp::Replace { file } => rules(cli, &sock, &PREFIXES, RuleOp::Replace(file))?,
         },
         Cmd::Guest { op: ListOnly::List } => out(&call(&sock, "GET", "/v1/guests", None)?, &|v| {
             table(
