@@ -454,10 +454,13 @@ impl Server {
         else {
             return Ok(()); // the frontend went away before it was accepted
         };
+        // Unique per connection in this process (several servers may run in
+        // one process, e.g. tests), so no two handlers can meet.
+        static RELAYS: AtomicU64 = AtomicU64::new(0);
         let private = std::env::temp_dir().join(format!(
             "xdpath-relay-{}-{}.sock",
             std::process::id(),
-            self.handle.connections.load(Ordering::Acquire)
+            RELAYS.fetch_add(1, Ordering::Relaxed)
         ));
         let _ = std::fs::remove_file(&private);
         let inner = std::os::unix::net::UnixListener::bind(&private)
