@@ -1,8 +1,12 @@
 //! xdpath dataplane: a vhost-user-net backend whose queue pairs are fed by
 //! AF_XDP sockets.
 //!
+//! - [`port`]: what a queue pair needs of its wire side ([`port::FramePort`])
+//!   and xdpilone-style TX batches.
 //! - [`xsk`]: one AF_XDP socket with its UMEM, rings and frame lists
-//!   ([`xsk::XskPort`]), and xdpilone-style TX batches.
+//!   ([`xsk::XskPort`]), the real [`port::FramePort`].
+//! - [`mem_port`]: an in-memory [`port::FramePort`] for tests and benchmarks
+//!   (no root, no NIC).
 //! - [`chain`]: walking and copying one virtqueue descriptor chain, with
 //!   every guest-controlled address and length checked.
 //! - [`queue_pair`]: the data path of one queue pair (RX: XSK -> guest,
@@ -22,9 +26,13 @@
 //! There is no global state: everything hangs off a [`server::Server`].
 
 pub mod backend;
+#[doc(hidden)]
+pub mod bench_support;
 pub mod chain;
 pub mod counters;
 pub mod handoff;
+pub mod mem_port;
+pub mod port;
 pub mod queue_pair;
 pub mod relay;
 pub mod server;

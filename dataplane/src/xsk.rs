@@ -9,6 +9,9 @@
 //!
 //! xsk-rs's `produce` calls are all-or-nothing; every call here offers at
 //! most the free slots it just counted.
+//!
+//! `XskPort` implements [`FramePort`], the interface the queue pair uses;
+//! its TX batches are [`crate::port::TxBatch`]es.
 
 use std::io;
 use std::num::NonZeroU32;
@@ -17,6 +20,9 @@ use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
+
+use crate::port::FramePort;
+pub use crate::port::Push;
 
 /// Headroom the kernel keeps in front of every received frame.
 pub const XDP_PACKET_HEADROOM: usize = 256;
@@ -317,8 +323,7 @@ impl XskPort {
     /// Starts a TX batch: frames are taken from the free list as they are
     /// filled and go back to it if the batch is dropped uncommitted.
     pub fn tx_batch(&mut self) -> TxBatch<'_> {
-        debug_assert!(self.staged.is_empty());
-        TxBatch { port: self }
+        FramePort::tx_batch(self)
     }
 
     /// Hands `n` filled frames to the kernel and wakes it when it asks to
@@ -425,87 +430,101 @@ impl AsRawFd for XskPort {
     }
 }
 
-/// Outcome of [`TxBatch::push`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum Push<E> {
-    /// The frame was filled and staged.
-    Staged,
-    /// No free frame: retry after completions.
-    NoFrame,
-    /// `len` exceeds the UMEM frame; nothing was reserved.
-    TooLong,
-    /// The fill closure failed; the frame went back to the free list.
-    Failed(E),
-}
+/// A TX batch of an [`XskPort`] (see [`crate::port::TxBatch`]).
+pub type TxBatch<'a> = crate::port::TxBatch<'a, XskPort>;
 
-/// A TX batch in the xdpilone style: reserve a frame, fill it, and either
-/// `commit` the batch to the TX ring or drop it, which returns every
-/// staged frame to the free list.
-pub struct TxBatch<'a> {
-    port: &'a mut XskPort,
-}
+impl FramePort for XskPort {
+    type Desc = FrameDesc;
 
-impl TxBatch<'_> {
-    /// Reserves one frame of `len` bytes and lets `fill` write all of it.
-    pub fn push<E>(
-        &mut self,
-        len: usize,
-        fill: impl FnOnce(&mut [u8]) -> Result<(), E>,
-    ) -> Push<E> {
-        if len > self.port.max_frame_len {
+    #[inline]
+    fn max_frame_len(&self) -> usize {
+        self.max_frame_len
+    }
+
+    #[inline]
+    fn rx_consume(&mut self, descs: &mut [FrameDesc]) -> usize {
+        XskPort::rx_consume(self, descs)
+    }
+
+    #[inline]
+    fn rx_data(&self, desc: &FrameDesc) -> &[u8] {
+        XskPort::rx_data(self, desc)
+    }
+
+    #[inline]
+    fn rx_release(&mut self, descs: &[FrameDesc]) {
+        XskPort::rx_release(self, descs)
+    }
+
+    #[inline]
+    fn reap_completions(&mut self) -> usize {
+        XskPort::reap_completions(self)
+    }
+
+    #[inline]
+    fn tx_capacity(&mut self) -> usize {
+        XskPort::tx_capacity(self)
+    }
+
+    #[inline]
+    fn tx_push<E>(&mut self, len: usize, fill: impl FnOnce(&mut [u8]) -> Result<(), E>) -> Push<E> {
+        if len > self.max_frame_len {
             return Push::TooLong;
         }
-        let Some(mut desc) = self.port.free.pop() else {
+        let Some(mut desc) = self.free.pop() else {
             return Push::NoFrame;
         };
         // SAFETY: the frame came from our free list: no ring holds it.
-        let mut data = unsafe { self.port.umem.data_mut(&mut desc) };
+        let mut data = unsafe { self.umem.data_mut(&mut desc) };
         data.cursor().set_pos(len);
         let buf = data.contents_mut();
         if buf.len() != len {
-            self.port.free.push(desc);
+            self.free.push(desc);
             return Push::TooLong;
         }
         match fill(buf) {
             Ok(()) => {
-                self.port.staged.push(desc);
+                self.staged.push(desc);
                 Push::Staged
             }
             Err(e) => {
-                self.port.free.push(desc);
+                self.free.push(desc);
                 Push::Failed(e)
             }
         }
     }
 
-    /// Frames staged so far.
-    pub fn len(&self) -> usize {
-        self.port.staged.len()
+    #[inline]
+    fn tx_staged(&self) -> usize {
+        self.staged.len()
     }
 
-    /// True when nothing was staged.
-    pub fn is_empty(&self) -> bool {
-        self.port.staged.is_empty()
-    }
-
-    /// Hands the staged frames to the kernel; returns the wake-ups made,
-    /// or the error of a dead socket.
-    pub fn commit(self) -> io::Result<u64> {
-        if self.port.staged.is_empty() {
+    fn tx_commit(&mut self) -> io::Result<u64> {
+        if self.staged.is_empty() {
             return Ok(0);
         }
-        let mut staged = std::mem::take(&mut self.port.staged);
-        let wakeups = self.port.tx_submit(&staged);
+        let mut staged = std::mem::take(&mut self.staged);
+        let wakeups = self.tx_submit(&staged);
         staged.clear();
-        self.port.staged = staged;
+        self.staged = staged;
         wakeups
     }
-}
 
-impl Drop for TxBatch<'_> {
-    fn drop(&mut self) {
-        // Uncommitted frames go back to the free list (no-op after commit).
-        let port = &mut *self.port;
-        port.free.append(&mut port.staged);
+    #[inline]
+    fn tx_abort(&mut self) {
+        self.free.append(&mut self.staged);
+    }
+
+    fn stats(&self) -> io::Result<XdpStats> {
+        XskPort::stats(self)
+    }
+
+    fn socket_error(&self) -> io::Error {
+        XskPort::socket_error(self)
+    }
+
+    #[inline]
+    fn fd(&self) -> RawFd {
+        XskPort::fd(self)
     }
 }
