@@ -54,33 +54,19 @@ impl Bridge {
     /// Like [`Bridge::new`] with `frames` UMEM frames per socket (half of
     /// them serve TX), to make TX run out of frames quickly.
     pub fn with_frames(queue_pairs: u16, frames: u32) -> Self {
+        Self::build(queue_pairs, frames, true)
+    }
+
+    /// Like [`Bridge::new`] but the peer queues are left free (no wire
+    /// AF_XDP sockets; `wire_tx` is empty) for a benchmark's generator.
+    pub fn without_wire_sockets(queue_pairs: u16) -> Self {
+        Self::build(queue_pairs, XskConfig::new("", 0).frames, false)
+    }
+
+    fn build(queue_pairs: u16, frames: u32, wire_sockets: bool) -> Self {
         let topo = Topology::new(u32::from(queue_pairs)).expect("topology");
-        let host_if = topo.host_if.clone();
-        let (classifier, ports) = topo.in_host(|| {
-            let mut c =
-                Classifier::attach(&ClassifierConfig::new(&host_if)).expect("attach classifier");
-            c.insert_mac(
-                GUEST_MAC,
-                &RuleValue {
-                    action: Action::Guest as u32,
-                    port: 1,
-                    rule_id: 1,
-                    _pad: 0,
-                },
-            )
-            .expect("guest MAC rule");
-            let ports: Vec<XskPort> = (0..u32::from(queue_pairs))
-                .map(|q| {
-                    let mut cfg = XskConfig::new(&host_if, q);
-                    cfg.force_copy = true;
-                    cfg.frames = frames;
-                    let p = XskPort::bind(&cfg).expect("bind dataplane AF_XDP socket");
-                    c.register_socket(q, &p).expect("register in XSKS");
-                    p
-                })
-                .collect();
-            (c, ports)
-        });
+        let (classifier, ports) =
+            guest_sockets(&topo, u32::from(queue_pairs), frames).expect("classifier and sockets");
         let n = SOCKETS.fetch_add(1, Ordering::Relaxed);
         let sock =
             std::env::temp_dir().join(format!("xdpath-test-{}-{n}.sock", std::process::id()));
@@ -96,6 +82,7 @@ impl Bridge {
         let peer_if = topo.peer_if.clone();
         let (wire_tx, wire_rx) = topo.in_peer(|| {
             let tx = (0..u32::from(queue_pairs))
+                .filter(|_| wire_sockets)
                 .map(|q| XskReceiver::bind(&peer_if, q).expect("peer AF_XDP socket"))
                 .collect();
             (tx, Receiver::new(&peer_if).expect("peer capture"))
@@ -110,6 +97,11 @@ impl Bridge {
             queue_pairs,
             topo,
         }
+    }
+
+    /// The namespaces and veth pair.
+    pub fn topology(&self) -> &Topology {
+        &self.topo
     }
 
     /// The host end of the veth pair (the "NIC").
@@ -199,6 +191,39 @@ impl Drop for Bridge {
         let _ = self.queue_pairs;
         let _ = &self.topo;
     }
+}
+
+/// The classifier on `topo`'s host end steering [`GUEST_MAC`] to AF_XDP
+/// sockets, one per queue `0..queues` (copy mode, `frames` UMEM frames
+/// each), registered in its XSKMAP.
+pub fn guest_sockets(
+    topo: &Topology,
+    queues: u32,
+    frames: u32,
+) -> anyhow::Result<(Classifier, Vec<XskPort>)> {
+    let host_if = topo.host_if.clone();
+    topo.in_host(|| {
+        let mut c = Classifier::attach(&ClassifierConfig::new(&host_if))?;
+        c.insert_mac(
+            GUEST_MAC,
+            &RuleValue {
+                action: Action::Guest as u32,
+                port: 1,
+                rule_id: 1,
+                _pad: 0,
+            },
+        )?;
+        let mut ports = Vec::new();
+        for q in 0..queues {
+            let mut cfg = XskConfig::new(&host_if, q);
+            cfg.force_copy = true;
+            cfg.frames = frames;
+            let p = XskPort::bind(&cfg)?;
+            c.register_socket(q, &p)?;
+            ports.push(p);
+        }
+        Ok((c, ports))
+    })
 }
 
 /// A frame for the guest: dst = guest MAC, tagged payload.

@@ -57,6 +57,9 @@ use virtio_bindings::virtio_ring::{
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap, MmapRegion};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
+mod fast;
+pub use fast::Burst;
+
 /// Length of the virtio-net header with VERSION_1 or MRG_RXBUF.
 const NET_HDR_LEN: usize = 12;
 /// Offset of `num_buffers` in the virtio-net header.
@@ -184,6 +187,8 @@ struct Vring {
     bad_idx_seen: Option<u16>,
     /// Kicks sent (eventfd writes).
     kicks: u64,
+    /// Fixed-buffer mode for benchmarks ([`fast`]), once started.
+    fixed: Option<fast::Fixed>,
 }
 
 impl Vring {
@@ -610,6 +615,7 @@ impl TestFrontend {
                 completed: 0,
                 bad_idx_seen: None,
                 kicks: 0,
+                fixed: None,
             });
         }
         // Fresh memfd pages are zero: flags, indices, used_event and

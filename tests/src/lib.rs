@@ -25,6 +25,7 @@
 //! Tests call [`require_root`] first: as non-root they print why they skip
 //! and return, so a plain `cargo test` passes.
 
+pub mod bench;
 pub mod bridge;
 pub mod daemon;
 pub mod frames;
@@ -33,6 +34,7 @@ pub mod packet;
 pub mod qemu;
 pub mod testpmd;
 pub mod topology;
+pub mod traffic;
 pub mod xsk;
 
 /// True when running as root. Otherwise prints a skip message naming the

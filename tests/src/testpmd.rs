@@ -57,6 +57,13 @@ pub struct TestpmdConfig {
     pub eal_extra: Vec<String>,
     /// Extra application arguments (after `--`).
     pub app_extra: Vec<String>,
+    /// Bridge mode: instead of a virtio_user port, testpmd forwards between
+    /// `net_af_xdp` on this interface (queues `0..queue_pairs`) and a
+    /// `net_vhost` server on `socket` that a frontend connects to (the
+    /// established AF_XDP + vhost-user way). Use `--forward-mode=io`.
+    pub bridge_iface: Option<String>,
+    /// Network namespace to run in (`ip netns exec`), for `bridge_iface`.
+    pub netns: Option<String>,
 }
 
 impl TestpmdConfig {
@@ -72,12 +79,30 @@ impl TestpmdConfig {
             mbufs: 8192,
             eal_extra: Vec::new(),
             app_extra: Vec::new(),
+            bridge_iface: None,
+            netns: None,
         }
     }
 
-    /// The command line (without the binary) for EAL file prefix `prefix`.
-    pub fn args(&self, prefix: &str) -> Vec<String> {
-        let q = self.queue_pairs.to_string();
+    /// Bridge mode (see [`TestpmdConfig::bridge_iface`]): `net_af_xdp` on
+    /// `iface` in namespace `netns` <-> `net_vhost` server on `socket`,
+    /// `io` forwarding, `queue_pairs` queues on each side.
+    pub fn bridge(iface: &str, netns: &str, socket: &Path, queue_pairs: u16) -> Self {
+        let mut c = Self::new(socket, queue_pairs, "io");
+        c.bridge_iface = Some(iface.to_string());
+        c.netns = Some(netns.to_string());
+        c
+    }
+
+    /// The `--vdev` arguments.
+    fn vdevs(&self) -> Vec<String> {
+        let q = self.queue_pairs;
+        if let Some(iface) = &self.bridge_iface {
+            return vec![
+                format!("net_af_xdp0,iface={iface},start_queue=0,queue_count={q}"),
+                format!("net_vhost0,iface={},queues={q}", self.socket.display()),
+            ];
+        }
         let mut vdev = format!("net_virtio_user0,path={},queues={q}", self.socket.display());
         if let Some(m) = self.mac {
             vdev.push_str(&format!(
@@ -85,6 +110,12 @@ impl TestpmdConfig {
                 m[0], m[1], m[2], m[3], m[4], m[5]
             ));
         }
+        vec![vdev]
+    }
+
+    /// The command line (without the binary) for EAL file prefix `prefix`.
+    pub fn args(&self, prefix: &str) -> Vec<String> {
+        let q = self.queue_pairs.to_string();
         let mut a: Vec<String> = vec![
             "--lcores".into(),
             self.lcores.clone(),
@@ -93,9 +124,10 @@ impl TestpmdConfig {
             "--single-file-segments".into(),
             "--no-telemetry".into(),
             format!("--file-prefix={prefix}"),
-            "--vdev".into(),
-            vdev,
         ];
+        for v in self.vdevs() {
+            a.extend(["--vdev".to_string(), v]);
+        }
         a.extend(self.eal_extra.iter().cloned());
         a.push("--".into());
         a.extend([
@@ -203,8 +235,24 @@ impl Testpmd {
         let prefix = format!("xdpath-test-{}-{n}", std::process::id());
         let args = cfg.args(&prefix);
         let runtime_dir = runtime_dir(&prefix);
-        let command = format!("{} {}", bin.display(), args.join(" "));
-        let mut cmd = Command::new(&bin);
+        let mut cmd = match &cfg.netns {
+            // `ip netns exec` execs testpmd in place: the child's pid is
+            // testpmd's.
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(&bin);
+                c
+            }
+            None => Command::new(&bin),
+        };
+        let command = format!(
+            "{}{} {}",
+            cfg.netns
+                .as_ref()
+                .map_or(String::new(), |ns| format!("ip netns exec {ns} ")),
+            bin.display(),
+            args.join(" ")
+        );
         cmd.args(&args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -316,6 +364,27 @@ impl Testpmd {
             }
             std::thread::sleep(Duration::from_millis(10));
         }
+    }
+
+    /// Asks testpmd to quit (SIGTERM: it stops forwarding and closes its
+    /// ports, so net_af_xdp removes its XDP program) and reaps it; SIGKILL
+    /// if it is still there after 5 s.
+    pub fn terminate(&mut self) -> Result<ExitStatus> {
+        if let Some(s) = self.exited() {
+            return Ok(s);
+        }
+        let pid = libc::pid_t::try_from(self.child.id()).context("pid out of range")?;
+        // SAFETY: kill has no memory preconditions; the pid is our own
+        // unreaped child, so it cannot have been reused.
+        unsafe { libc::kill(pid, libc::SIGTERM) };
+        let end = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < end {
+            if let Some(s) = self.exited() {
+                return Ok(s);
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.kill()
     }
 
     fn remove_runtime_dir(&self) {

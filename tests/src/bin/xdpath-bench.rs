@@ -1,0 +1,82 @@
+//! `xdpath-bench`: the system benchmark (`cargo xtask bench` runs it as
+//! root, release build). See `xdpath_tests::bench` for what it measures.
+//!
+//! Usage: `xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR]`
+//! - `--quick`: one short run of the 64-byte, one-queue-pair cases (a
+//!   smoke test, seconds instead of minutes);
+//! - `--runs N`: runs per case (default 5; figures are medians);
+//! - `--secs S`: measurement window per case (default 1);
+//! - `--out DIR`: where results.json, results.md and results.svg go
+//!   (default target/bench).
+
+use anyhow::{bail, Context, Result};
+use std::path::PathBuf;
+use xdpath_tests::bench::{self, Options};
+
+fn main() -> Result<()> {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        bail!(
+            "xdpath-bench creates namespaces and attaches XDP: run it as root (cargo xtask bench)"
+        );
+    }
+    let mut args = std::env::args().skip(1);
+    let mut quick = false;
+    let (mut runs, mut secs, mut out) = (None, None, PathBuf::from("target/bench"));
+    while let Some(a) = args.next() {
+        let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
+        match a.as_str() {
+            "--quick" => quick = true,
+            "--runs" => {
+                let v = value("--runs")?;
+                runs = Some(
+                    v.parse::<usize>()
+                        .ok()
+                        .filter(|&n| n >= 1)
+                        .with_context(|| {
+                            format!("--runs {v:?}: expected a whole number of runs, at least 1")
+                        })?,
+                );
+            }
+            "--secs" => {
+                let v = value("--secs")?;
+                secs = Some(
+                    v.parse::<f64>()
+                        .ok()
+                        .filter(|s| (0.05..=60.0).contains(s))
+                        .with_context(|| {
+                            format!("--secs {v:?}: expected seconds between 0.05 and 60")
+                        })?,
+                );
+            }
+            "--out" => out = PathBuf::from(value("--out")?),
+            "-h" | "--help" => {
+                println!("usage: xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR]");
+                return Ok(());
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    let mut opts = if quick {
+        Options::quick(out)
+    } else {
+        Options::full(out)
+    };
+    if let Some(r) = runs {
+        opts.runs = r;
+    }
+    if let Some(s) = secs {
+        opts.secs = s;
+    }
+    let res = bench::run(&opts)?;
+    println!(
+        "\nwrote {}/results.{{json,md,svg}} in {:.0} s\n",
+        opts.out.display(),
+        res.wall_secs
+    );
+    print!(
+        "{}",
+        std::fs::read_to_string(opts.out.join("results.md")).unwrap_or_default()
+    );
+    Ok(())
+}
