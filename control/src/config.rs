@@ -86,6 +86,12 @@ pub struct DaemonConfig {
     /// a core per queue pair).
     #[serde(default)]
     pub busy_poll: bool,
+    /// Adaptive polling: after moving frames, a worker keeps serving its
+    /// queue pair without sleeping until nothing moved for this many
+    /// microseconds (0 = purely event driven; at most 1000). Idle pairs
+    /// never poll.
+    #[serde(default = "poll_idle_us")]
+    pub poll_idle_us: u32,
     /// Guest MTU offered and enforced.
     #[serde(default = "mtu")]
     pub mtu: u16,
@@ -101,6 +107,13 @@ fn one() -> u16 {
 fn mtu() -> u16 {
     1500
 }
+
+fn poll_idle_us() -> u32 {
+    50
+}
+
+/// Largest `poll_idle_us`.
+pub const MAX_POLL_IDLE_US: u32 = 1000;
 
 /// A configuration error: the setting and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -213,6 +226,15 @@ impl DaemonConfig {
                 ),
             )
         })?;
+        if self.poll_idle_us > MAX_POLL_IDLE_US {
+            return Err(invalid(
+                "poll_idle_us",
+                format!(
+                    "{} is more than {MAX_POLL_IDLE_US} microseconds; use 0 to turn polling off.",
+                    self.poll_idle_us
+                ),
+            ));
+        }
         if self.queues == 0 || self.queues > xdpath_dataplane::virtio_net::MAX_QUEUE_PAIRS {
             return Err(invalid(
                 "queues",
@@ -276,6 +298,7 @@ mod tests {
             (c.queues, c.mtu, c.default_action, c.xdp_mode),
             (1, 1500, DefaultAction::Host, XdpModeSetting::Native)
         );
+        assert_eq!(c.poll_idle_us, 50);
         assert_eq!(
             c.vhost_socket(),
             PathBuf::from("/run/xdpath/eth1.vhost.sock")
@@ -288,6 +311,7 @@ mod tests {
         let cases: &[(&str, &str)] = &[
             ("iface = \"a/b\"", "iface"),
             ("iface = \"e\"\nqueues = 0", "queues"),
+            ("iface = \"e\"\npoll_idle_us = 1001", "poll_idle_us"),
             ("iface = \"e\"\nqueues = 17", "queues"),
             (
                 "iface = \"e\"\nguest_mac = \"zz:00:00:00:00:00\"",

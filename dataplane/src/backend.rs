@@ -47,7 +47,17 @@ pub struct NetConfig {
     pub mtu: u16,
     /// Largest vring size accepted.
     pub max_queue_size: u16,
+    /// Adaptive polling ([`QueuePair::poll_while_busy`]): after an event
+    /// that moved frames, a worker keeps serving its pair until nothing has
+    /// moved for this long (0 = purely event driven). Idle pairs never
+    /// poll.
+    pub poll_idle: std::time::Duration,
 }
+
+/// Default of [`NetConfig::poll_idle`].
+pub const DEFAULT_POLL_IDLE: std::time::Duration = std::time::Duration::from_micros(50);
+/// Longest a worker polls before it looks at epoll again.
+const POLL_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
 /// Event id of the XSK fd, relative to `num_queues`.
 pub const XSK_EVENT_OFFSET: u16 = 1;
@@ -337,6 +347,7 @@ impl VhostUserBackend for NetBackend {
             e if e == nq + HANDOFF_EVENT_OFFSET => qp.process_handoff(rx, &self.mem, features),
             other => tracing::debug!(thread_id, event = other, "unexpected event; ignored"),
         }
+        qp.poll_while_busy(rx, tx, &self.mem, features, self.cfg.poll_idle, POLL_MAX);
         qp.flush_counters();
         if let Some(err) = qp.take_failure() {
             drop(qp);

@@ -290,16 +290,16 @@ impl XskPort {
 
     /// Gives consumed RX frames back to the fill ring.
     pub fn rx_release(&mut self, descs: &[FrameDesc]) {
-        // SAFETY: the frames came from our RX ring and are no longer read.
-        // The fill ring has room: at most `ring_size` frames cycle through
-        // fill/RX, and these were just taken out of the RX ring.
-        let n = unsafe { self.fill.produce(descs) };
-        debug_assert_eq!(n, descs.len());
-        if n != descs.len() {
-            // Cannot happen by construction; keep the frames for TX rather
-            // than lose them.
-            self.free.extend_from_slice(descs);
-        }
+        // The fill ring is not always able to take them all: when the RX
+        // ring overflows, copy mode keeps the fill frame of the dropped
+        // packet in the kernel's own cache and later delivers through the
+        // RX ring again, so more frames than the fill ring holds can be
+        // between fill and RX. What does not fit serves TX instead.
+        let room = (self.fill.nb_free(descs.len() as u32) as usize).min(descs.len());
+        // SAFETY: the frames came from our RX ring and are no longer read;
+        // the ring has `room` free slots.
+        let n = unsafe { self.fill.produce(&descs[..room]) };
+        self.free.extend_from_slice(&descs[n..]);
     }
 
     /// Moves finished TX frames from the completion ring to the free list;

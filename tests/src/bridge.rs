@@ -75,6 +75,7 @@ impl Bridge {
             mac: Some(GUEST_MAC),
             mtu: MTU,
             max_queue_size: 1024,
+            poll_idle: xdpath_dataplane::backend::DEFAULT_POLL_IDLE,
         };
         let server = Server::new(&sock, cfg, ports).expect("vhost-user server");
         let handle = server.handle();

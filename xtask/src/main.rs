@@ -2,8 +2,10 @@
 //!
 //! Every command a user or CI runs goes through here so that the README needs
 //! exactly two commands (`cargo xtask demo`, `cargo xtask test`) and both
-//! install what they need first ([`setup`]). Each submodule owns one command.
+//! install what they need first ([`setup`]). Each submodule owns one command;
+//! `cargo xtask bench` ([`bench`]) reproduces the README's Performance table.
 
+mod bench;
 mod demo;
 mod deploy;
 mod guest;
@@ -38,6 +40,10 @@ enum Cmd {
     },
     /// Set up, then run the embedded demo topology (no NIC needed).
     Demo,
+    /// Set up, then benchmark: xdpath against DPDK testpmd and the bare
+    /// AF_XDP limit (root; writes target/bench/results.{json,md,svg}),
+    /// then the criterion micro-benchmarks.
+    Bench(bench::BenchArgs),
     /// Build the QEMU test guest (Debian kernel + busybox initramfs) into
     /// target/guest/ from Debian packages; cached, a second run does nothing.
     GuestImage,
@@ -73,6 +79,12 @@ fn main() -> Result<()> {
         Cmd::Demo => {
             setup::run()?;
             demo::run()
+        }
+        Cmd::Bench(a) => {
+            if !a.micro_only {
+                setup::run()?;
+            }
+            bench::run(&a)
         }
         Cmd::GuestImage => guest::run(),
         Cmd::Deploy(a) => {

@@ -70,6 +70,11 @@ struct Flags {
     /// Busy-poll sockets under load (a core per queue pair).
     #[arg(long)]
     busy_poll: bool,
+    /// Adaptive polling: after moving frames a worker keeps serving its
+    /// queue pair until nothing moved for this many microseconds (0 = off,
+    /// at most 1000) [default: 50].
+    #[arg(long, value_name = "US")]
+    poll_idle_us: Option<u32>,
     /// Guest MTU offered and enforced.
     #[arg(long)]
     mtu: Option<u16>,
@@ -156,6 +161,9 @@ fn config(f: &Flags) -> Result<DaemonConfig> {
     }
     c.force |= f.force;
     c.busy_poll |= f.busy_poll;
+    if let Some(v) = f.poll_idle_us {
+        c.poll_idle_us = v;
+    }
     if let Some(v) = f.mtu {
         c.mtu = v;
     }
@@ -261,6 +269,7 @@ fn run(flags: &Flags) -> Result<()> {
         mac: cfg.guest_mac(),
         mtu: cfg.mtu,
         max_queue_size: 1024,
+        poll_idle: std::time::Duration::from_micros(u64::from(cfg.poll_idle_us)),
     };
     let mut server = Server::new(&vhost, net, ports)?;
     let handle = server.handle();

@@ -370,7 +370,7 @@ pub fn machine() -> Value {
         })
         .unwrap_or(0);
     let dpdk = std::process::Command::new("dpkg-query")
-        .args(["-W", "-f", "${Version}", "dpdk"])
+        .args(["-W", "-f", "${Version}", "dpdk-dev"])
         .output()
         .ok()
         .filter(|o| o.status.success())
