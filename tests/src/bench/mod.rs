@@ -224,6 +224,8 @@ pub struct Results {
     pub latency: Vec<LatencyRun>,
     /// Idle CPU.
     pub idle: Option<Idle>,
+    /// (system, queue pairs, why) of stands that cannot be built.
+    pub skipped: Vec<(System, u16, String)>,
     /// Wall time of the invocation.
     pub wall_secs: f64,
 }
@@ -238,6 +240,13 @@ pub fn run(opts: &Options) -> Result<Results> {
     for run in 0..opts.runs {
         for &qp in &opts.queue_pairs {
             for &system in &opts.systems {
+                if let Some(why) = stand::unsupported(system, qp) {
+                    if run == 0 {
+                        println!("skipping {} with {qp} queue pairs: {why}", system.name());
+                        res.skipped.push((system, qp, why.to_string()));
+                    }
+                    continue;
+                }
                 let mut stand = stand::Stand::new(system, qp).with_context(|| {
                     format!("setting up {} with {qp} queue pairs", system.name())
                 })?;

@@ -261,6 +261,11 @@ pub fn to_json(opts: &Options, res: &Results, machine: Value) -> Value {
         "cases": cases_json,
         "ratios": ratios,
         "latency": latency,
+        "skipped": res.skipped.iter().map(|(s, q, why)| json!({
+            "system": s.name(),
+            "queue_pairs": q,
+            "why": why,
+        })).collect::<Vec<_>>(),
         "idle": res.idle.map(|i| json!({
             "secs": round(i.secs),
             "xdpathd_percent_of_a_core": round(i.xdpathd_percent),
@@ -271,7 +276,7 @@ pub fn to_json(opts: &Options, res: &Results, machine: Value) -> Value {
 }
 
 /// Where things ran.
-pub const PLACEMENT: &str = "generator and pinger pinned to CPU 0; guest (in-repo frontend) pinned to CPU 1; bridge unpinned (xdpath workers, testpmd lcores 0@(0,1),1@(0,1), the limit's loop)";
+pub const PLACEMENT: &str = "generator and pinger pinned to CPU 0; guest (in-repo frontend) pinned to CPU 1; bridge unpinned (xdpath workers, testpmd lcores 0@(0,1),1@(0,1)); the limit (no guest) spins on CPU 1";
 
 /// The Markdown report (the README's Performance table).
 pub fn to_markdown(opts: &Options, res: &Results, machine: &Value) -> String {
@@ -318,6 +323,13 @@ pub fn to_markdown(opts: &Options, res: &Results, machine: &Value) -> String {
             l,
             cpu(System::Xdpath),
             cpu(System::Dpdk),
+        );
+    }
+    for (sys, qp, why) in &res.skipped {
+        let _ = writeln!(
+            md,
+            "\n{} with {qp} queue pairs: not measured: {why}.",
+            sys.name()
         );
     }
     if !res.latency.is_empty() {

@@ -7,11 +7,19 @@
 //! - `--runs N`: runs per case (default 5; figures are medians);
 //! - `--secs S`: measurement window per case (default 1);
 //! - `--out DIR`: where results.json, results.md and results.svg go
-//!   (default target/bench).
+//!   (default target/bench);
+//! - `--frames 64,512`, `--queue-pairs 1,2`, `--systems xdpath,dpdk,limit`:
+//!   a subset of the cases.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use xdpath_tests::bench::{self, Options};
+use xdpath_tests::bench::{self, Options, System};
+
+/// Parses a non-empty comma-separated list, every item through `f`.
+fn list<T>(v: &str, f: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {
+    let items: Option<Vec<T>> = v.split(',').map(|x| f(x.trim())).collect();
+    items.filter(|i| !i.is_empty())
+}
 
 fn main() -> Result<()> {
     // SAFETY: geteuid has no preconditions.
@@ -23,6 +31,7 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut quick = false;
     let (mut runs, mut secs, mut out) = (None, None, PathBuf::from("target/bench"));
+    let (mut frames, mut qps, mut systems) = (None, None, None);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
@@ -50,8 +59,42 @@ fn main() -> Result<()> {
                 );
             }
             "--out" => out = PathBuf::from(value("--out")?),
+            "--frames" => {
+                let v = value("--frames")?;
+                frames = Some(list(&v, |x| {
+                    x.parse::<usize>().ok().filter(|n| (60..=1514).contains(n))
+                }).with_context(|| format!("--frames {v:?}: expected frame sizes between 60 and 1514, comma separated"))?);
+            }
+            "--queue-pairs" => {
+                let v = value("--queue-pairs")?;
+                qps = Some(
+                    list(&v, |x| {
+                        x.parse::<u16>().ok().filter(|n| (1..=4).contains(n))
+                    })
+                    .with_context(|| {
+                        format!(
+                            "--queue-pairs {v:?}: expected counts between 1 and 4, comma separated"
+                        )
+                    })?,
+                );
+            }
+            "--systems" => {
+                let v = value("--systems")?;
+                systems = Some(
+                    list(&v, |x| System::ALL.into_iter().find(|s| s.name() == x)).with_context(
+                        || {
+                            format!(
+                                "--systems {v:?}: expected xdpath, dpdk or limit, comma separated"
+                            )
+                        },
+                    )?,
+                );
+            }
             "-h" | "--help" => {
-                println!("usage: xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR]");
+                println!(
+                    "usage: xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR] \
+                     [--frames 64,512,1500] [--queue-pairs 1,2] [--systems xdpath,dpdk,limit]"
+                );
                 return Ok(());
             }
             other => bail!("unknown argument {other:?} (try --help)"),
@@ -67,6 +110,15 @@ fn main() -> Result<()> {
     }
     if let Some(s) = secs {
         opts.secs = s;
+    }
+    if let Some(f) = frames {
+        opts.frames = f;
+    }
+    if let Some(q) = qps {
+        opts.queue_pairs = q;
+    }
+    if let Some(s) = systems {
+        opts.systems = s;
     }
     let res = bench::run(&opts)?;
     println!(
