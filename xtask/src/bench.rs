@@ -42,15 +42,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                  `cargo xtask bench` as root (or `cargo xtask bench --micro-only`)"
             );
         }
-        cargo(&[
-            "build",
-            "--release",
-            "-p",
-            "xdpath-control",
-            "-p",
-            "xdpath-tests",
-            "--bins",
-        ])?;
+        crate::demo::build_release_bins()?;
         let mut cmd = Command::new(workspace_root().join("target/release/xdpath-bench"));
         cmd.current_dir(workspace_root())
             .args(["--out", "target/bench"]);

@@ -10,6 +10,17 @@ use anyhow::Result;
 use std::process::Command;
 
 pub fn run() -> Result<()> {
+    build_release_bins()?;
+    crate::guest::run()?;
+    status(
+        Command::new(workspace_root().join("target/release/xdpath-demo"))
+            .current_dir(workspace_root()),
+    )
+}
+
+/// The release binaries of the daemon, the CLI and the drivers in
+/// `tests/src/bin` (demo, bench).
+pub fn build_release_bins() -> Result<()> {
     cargo(&[
         "build",
         "--release",
@@ -18,10 +29,5 @@ pub fn run() -> Result<()> {
         "-p",
         "xdpath-tests",
         "--bins",
-    ])?;
-    crate::guest::run()?;
-    status(
-        Command::new(workspace_root().join("target/release/xdpath-demo"))
-            .current_dir(workspace_root()),
-    )
+    ])
 }
