@@ -380,10 +380,12 @@ pub fn to_svg(res: &Results) -> String {
         ("limit", "#9e9e9e"),
     ];
     let group = 3.0 * 12.0 + 14.0;
-    let (left, top, h1) = (60.0, 40.0, 260.0);
-    let width = (left + 20.0 + group * cases.len().max(1) as f64).max(640.0);
+    let (left, top, h1) = (60.0, 56.0, 260.0);
+    let width = (left + 20.0 + group * cases.len().max(1) as f64).max(820.0);
     let h2 = 200.0;
-    let height = top + h1 + 120.0 + h2 + 60.0;
+    // Room under the bars for the rotated case labels.
+    let labels = 190.0;
+    let height = top + h1 + labels + h2 + 60.0;
     let ymax = res
         .samples
         .iter()
@@ -402,10 +404,10 @@ pub fn to_svg(res: &Results) -> String {
         r#"<text x="{left}" y="20" font-size="14">Delivered Mpps per case (median bar, min–max whisker)</text>"#
     );
     for (i, (name, c)) in colors.iter().enumerate() {
-        let x = width - 240.0 + 75.0 * i as f64;
+        let x = left + 75.0 * i as f64;
         let _ = writeln!(
             s,
-            r#"<rect x="{x}" y="10" width="10" height="10" fill="{c}"/><text x="{}" y="19">{name}</text>"#,
+            r#"<rect x="{x}" y="28" width="10" height="10" fill="{c}"/><text x="{}" y="37">{name}</text>"#,
             x + 14.0
         );
     }
@@ -455,7 +457,7 @@ pub fn to_svg(res: &Results) -> String {
         );
     }
     // Latency panel.
-    let t2 = top + h1 + 120.0;
+    let t2 = top + h1 + labels;
     let lat: Vec<(System, [Summary; 3])> = System::ALL
         .iter()
         .filter_map(|&sys| {
@@ -469,20 +471,22 @@ pub fn to_svg(res: &Results) -> String {
             ))
         })
         .collect();
-    let lmax = lat
+    // Log scale from 1 µs up to the next power of ten above the largest.
+    let decades = lat
         .iter()
         .flat_map(|(_, v)| v.iter().map(|x| x.max))
-        .fold(0.0f64, f64::max)
-        .max(1.0)
-        * 1.1;
+        .fold(1.0f64, f64::max)
+        .log10()
+        .ceil()
+        .max(1.0);
     let _ = writeln!(
         s,
-        r#"<text x="{left}" y="{}" font-size="14">Request/response round trip, 64 B, µs (p50 / p99 / p99.9; median bar, min–max whisker)</text>"#,
+        r#"<text x="{left}" y="{}" font-size="14">Request/response round trip, 64 B, µs, log scale (p50 / p99 / p99.9; median bar, min–max whisker)</text>"#,
         t2 - 20.0
     );
-    let ly = |v: f64| t2 + h2 - v / lmax * h2;
-    for k in 0..=4 {
-        let v = lmax * k as f64 / 4.0;
+    let ly = |v: f64| t2 + h2 - v.max(1.0).log10() / decades * h2;
+    for k in 0..=decades as i32 {
+        let v = 10f64.powi(k);
         let _ = writeln!(
             s,
             r##"<line x1="{left}" x2="{x2}" y1="{yv:.1}" y2="{yv:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{v:.0}</text>"##,
