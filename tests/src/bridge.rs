@@ -18,6 +18,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use xdpath_common::{Action, RuleValue};
 use xdpath_control::{Classifier, ClassifierConfig};
+use xdpath_dataplane::backend::DEFAULT_POLL_IDLE;
 use xdpath_dataplane::{CounterSnapshot, NetConfig, Server, ServerHandle, XskConfig, XskPort};
 
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01];
@@ -54,16 +55,17 @@ impl Bridge {
     /// Like [`Bridge::new`] with `frames` UMEM frames per socket (half of
     /// them serve TX), to make TX run out of frames quickly.
     pub fn with_frames(queue_pairs: u16, frames: u32) -> Self {
-        Self::build(queue_pairs, frames, true)
+        Self::build(queue_pairs, frames, true, DEFAULT_POLL_IDLE)
     }
 
     /// Like [`Bridge::new`] but the peer queues are left free (no wire
-    /// AF_XDP sockets; `wire_tx` is empty) for a benchmark's generator.
-    pub fn without_wire_sockets(queue_pairs: u16) -> Self {
-        Self::build(queue_pairs, XskConfig::new("", 0).frames, false)
+    /// AF_XDP sockets; `wire_tx` is empty) for a benchmark's generator, and
+    /// the workers poll for `poll_idle` after moving frames.
+    pub fn without_wire_sockets(queue_pairs: u16, poll_idle: Duration) -> Self {
+        Self::build(queue_pairs, XskConfig::new("", 0).frames, false, poll_idle)
     }
 
-    fn build(queue_pairs: u16, frames: u32, wire_sockets: bool) -> Self {
+    fn build(queue_pairs: u16, frames: u32, wire_sockets: bool, poll_idle: Duration) -> Self {
         let topo = Topology::new(u32::from(queue_pairs)).expect("topology");
         let (classifier, ports) =
             guest_sockets(&topo, u32::from(queue_pairs), frames).expect("classifier and sockets");
@@ -75,7 +77,7 @@ impl Bridge {
             mac: Some(GUEST_MAC),
             mtu: MTU,
             max_queue_size: 1024,
-            poll_idle: xdpath_dataplane::backend::DEFAULT_POLL_IDLE,
+            poll_idle,
         };
         let server = Server::new(&sock, cfg, ports).expect("vhost-user server");
         let handle = server.handle();

@@ -67,3 +67,17 @@ pub fn wait_until(timeout: std::time::Duration, mut f: impl FnMut() -> bool) -> 
         std::thread::sleep(std::time::Duration::from_millis(10));
     }
 }
+
+/// Waits (up to 2 s) until no XDP program is attached to `ifindex` in the
+/// calling thread's namespace; returns what is still attached otherwise.
+/// Closing a bpf_link detaches at once unless another thread of the test
+/// binary forked just then: the child holds a copy of the link's fd until
+/// it execs (CLOEXEC), so a check right after a shutdown can race.
+pub fn wait_detached(ifindex: u32) -> Option<xdpath_control::netlink::Attached> {
+    let mut attached = None;
+    wait_until(std::time::Duration::from_secs(2), || {
+        attached = xdpath_control::netlink::xdp_query(ifindex).ok().flatten();
+        attached.is_none()
+    });
+    attached
+}

@@ -633,7 +633,7 @@ fn refuses_a_foreign_xdp_program_unless_forced() {
         ));
         c.shutdown().unwrap();
         assert_eq!(
-            xdpath_control::netlink::xdp_query(ifindex).unwrap(),
+            xdpath_tests::wait_detached(ifindex),
             None,
             "shutdown detaches"
         );

@@ -158,11 +158,7 @@ fn nothing_is_left_behind() {
         c.shutdown().unwrap();
         assert!(!pins.exists(), "pins removed by shutdown");
         let ifindex = xdpath_control::classifier::ifindex(&t.host_if).unwrap();
-        assert_eq!(
-            xdpath_control::netlink::xdp_query(ifindex).unwrap(),
-            None,
-            "detached"
-        );
+        assert_eq!(xdpath_tests::wait_detached(ifindex), None, "detached");
         id
     });
     drop(t);

@@ -152,6 +152,8 @@ pub struct Options {
     pub latency_samples: usize,
     /// Seconds the idle daemon is watched (0 = skip).
     pub idle_secs: f64,
+    /// xdpath's adaptive polling ([`xdpath_dataplane::NetConfig::poll_idle`]).
+    pub poll_idle: Duration,
     /// Where results go.
     pub out: PathBuf,
 }
@@ -169,6 +171,7 @@ impl Options {
             systems: System::ALL.to_vec(),
             latency_samples: 20_000,
             idle_secs: 10.0,
+            poll_idle: xdpath_dataplane::backend::DEFAULT_POLL_IDLE,
             out,
         }
     }
@@ -186,6 +189,7 @@ impl Options {
             systems: System::ALL.to_vec(),
             latency_samples: 500,
             idle_secs: 1.0,
+            poll_idle: xdpath_dataplane::backend::DEFAULT_POLL_IDLE,
             out,
         }
     }
@@ -247,9 +251,10 @@ pub fn run(opts: &Options) -> Result<Results> {
                     }
                     continue;
                 }
-                let mut stand = stand::Stand::new(system, qp).with_context(|| {
-                    format!("setting up {} with {qp} queue pairs", system.name())
-                })?;
+                let mut stand =
+                    stand::Stand::new(system, qp, opts.poll_idle).with_context(|| {
+                        format!("setting up {} with {qp} queue pairs", system.name())
+                    })?;
                 for direction in [Direction::WireToGuest, Direction::GuestToWire] {
                     for &frame in &opts.frames {
                         for &flows in &opts.flows {

@@ -256,6 +256,7 @@ pub fn to_json(opts: &Options, res: &Results, machine: Value) -> Value {
             "queue_pairs": opts.queue_pairs,
             "flows": opts.flows.iter().map(|f| f.name()).collect::<Vec<_>>(),
             "placement": PLACEMENT,
+            "xdpath_poll_idle_us": opts.poll_idle.as_micros() as u64,
             "offered_load": "as fast as the generator (or guest) can send; delivered counted at the receiver",
         },
         "cases": cases_json,

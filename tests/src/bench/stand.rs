@@ -160,8 +160,9 @@ pub fn unsupported(system: System, queue_pairs: u16) -> Option<&'static str> {
 }
 
 impl Stand {
-    /// Builds the stand for `system` with `queue_pairs` pairs.
-    pub fn new(system: System, queue_pairs: u16) -> Result<Self> {
+    /// Builds the stand for `system` with `queue_pairs` pairs (xdpath's
+    /// workers poll for `poll_idle` after moving frames).
+    pub fn new(system: System, queue_pairs: u16, poll_idle: Duration) -> Result<Self> {
         let opts = FrontendOptions {
             queue_pairs,
             enabled_pairs: queue_pairs,
@@ -170,7 +171,7 @@ impl Stand {
         };
         let (under, guest) = match system {
             System::Xdpath => {
-                let b = Bridge::without_wire_sockets(queue_pairs);
+                let b = Bridge::without_wire_sockets(queue_pairs, poll_idle);
                 let fe = TestFrontend::connect(&b.sock, opts)?;
                 (Under::Xdpath(b), Some(fe))
             }

@@ -9,7 +9,9 @@
 //! - `--out DIR`: where results.json, results.md and results.svg go
 //!   (default target/bench);
 //! - `--frames 64,512`, `--queue-pairs 1,2`, `--systems xdpath,dpdk,limit`:
-//!   a subset of the cases.
+//!   a subset of the cases;
+//! - `--poll-idle-us N`: xdpath's adaptive polling (as `xdpathd
+//!   --poll-idle-us`; default 50, 0 = purely event driven).
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -31,7 +33,7 @@ fn main() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let mut quick = false;
     let (mut runs, mut secs, mut out) = (None, None, PathBuf::from("target/bench"));
-    let (mut frames, mut qps, mut systems) = (None, None, None);
+    let (mut frames, mut qps, mut systems, mut poll) = (None, None, None, None);
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
@@ -78,6 +80,17 @@ fn main() -> Result<()> {
                     })?,
                 );
             }
+            "--poll-idle-us" => {
+                let v = value("--poll-idle-us")?;
+                poll = Some(
+                    v.parse::<u64>()
+                        .ok()
+                        .filter(|&n| n <= 1000)
+                        .with_context(|| {
+                            format!("--poll-idle-us {v:?}: expected microseconds from 0 to 1000")
+                        })?,
+                );
+            }
             "--systems" => {
                 let v = value("--systems")?;
                 systems = Some(
@@ -93,7 +106,8 @@ fn main() -> Result<()> {
             "-h" | "--help" => {
                 println!(
                     "usage: xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR] \
-                     [--frames 64,512,1500] [--queue-pairs 1,2] [--systems xdpath,dpdk,limit]"
+                     [--frames 64,512,1500] [--queue-pairs 1,2] [--systems xdpath,dpdk,limit] \
+                     [--poll-idle-us N]"
                 );
                 return Ok(());
             }
@@ -119,6 +133,9 @@ fn main() -> Result<()> {
     }
     if let Some(s) = systems {
         opts.systems = s;
+    }
+    if let Some(p) = poll {
+        opts.poll_idle = std::time::Duration::from_micros(p);
     }
     let res = bench::run(&opts)?;
     println!(
