@@ -155,7 +155,9 @@ pub fn unsupported(system: System, queue_pairs: u16) -> Option<&'static str> {
         "DPDK 22.11's net_af_xdp takes its queue count from the NIC's combined channels \
          (ETHTOOL_GCHANNELS); veth has separate RX/TX channels and no combined ones, so \
          it refuses queue_count > 1 (\"Specified queue count 2 is larger than combined \
-         queue count 1\") and any start_queue > 0",
+         queue count 1\"); one net_af_xdp port per veth queue (start_queue=i) works, but \
+         testpmd forwards whole ports, so two such ports cannot feed the two queue pairs \
+         of one net_vhost port",
     )
 }
 
