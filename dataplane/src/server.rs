@@ -176,10 +176,7 @@ impl ServerHandle {
             self.conn.remove_fd(qp, fd, xsk_id);
         }
         let before = mailbox.socket_changes_applied.load(Ordering::Acquire);
-        *mailbox
-            .socket
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner) = Some(change);
+        mailbox.post_socket(change);
         // Message first, then the new fd into the worker's epoll, then the
         // doorbell: the worker swaps sockets before it polls the new one.
         let running = match new_fd {
