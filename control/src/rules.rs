@@ -39,7 +39,7 @@
 //! name, and the message is a sentence that names it, e.g.
 //! ``Field `dst`: "10.0.0.300" is not an IPv4 or IPv6 address.``
 
-use serde::de::{self, DeserializeSeed, Error as _, MapAccess, SeqAccess, Visitor};
+use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::cell::RefCell;
@@ -1147,17 +1147,22 @@ impl Serialize for FlowRule {
     }
 }
 
+/// Validates a stored rule (e.g. from the state file), which must carry
+/// its id.
+fn stored<T, E: de::Error>(
+    id: Option<u32>,
+    validate: impl FnOnce(u32) -> Result<T>,
+) -> std::result::Result<T, E> {
+    let id =
+        id.ok_or_else(|| E::custom(RuleError::new("id", "missing; a stored rule has its id.")))?;
+    validate(id).map_err(E::custom)
+}
+
 /// Reads a rule with its id (a stored rule, e.g. from the state file).
 impl<'de> Deserialize<'de> for FlowRule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let spec = FlowRuleSpec::deserialize(d)?;
-        let Some(id) = spec.id else {
-            return Err(D::Error::custom(RuleError::new(
-                "id",
-                "missing; a stored rule has its id.",
-            )));
-        };
-        spec.validate(id).map_err(D::Error::custom)
+        stored(spec.id, |id| spec.validate(id))
     }
 }
 
@@ -1206,13 +1211,7 @@ impl Serialize for PrefixRule {
 impl<'de> Deserialize<'de> for PrefixRule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let spec = PrefixRuleSpec::deserialize(d)?;
-        let Some(id) = spec.id else {
-            return Err(D::Error::custom(RuleError::new(
-                "id",
-                "missing; a stored rule has its id.",
-            )));
-        };
-        spec.validate(id).map_err(D::Error::custom)
+        stored(spec.id, |id| spec.validate(id))
     }
 }
 
@@ -1241,6 +1240,29 @@ mod tests {
         assert_eq!(r.action, RuleAction::Guest { port: 1 });
         let p = prefix(r#"{"id": 8, "prefix": "10.88.0.0/16", "action": "drop"}"#).unwrap();
         assert_eq!((p.id, p.len, p.action), (8, 16, RuleAction::Drop));
+    }
+
+    #[test]
+    fn stored_rules_round_trip_and_need_their_id() {
+        let r = flow(
+            r#"{"id": 7, "src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "action": "drop"}"#,
+        )
+        .unwrap();
+        let back: FlowRule = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let p = prefix(r#"{"id": 8, "prefix": "10.88.0.0/16", "action": "drop"}"#).unwrap();
+        let back: PrefixRule = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        for e in [
+            serde_json::from_str::<FlowRule>(
+                r#"{"src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "action": "drop"}"#,
+            )
+            .unwrap_err(),
+            serde_json::from_str::<PrefixRule>(r#"{"prefix": "10.88.0.0/16", "action": "drop"}"#)
+                .unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("a stored rule has its id"), "{e}");
+        }
     }
 
     #[test]
