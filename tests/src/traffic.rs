@@ -193,9 +193,9 @@ impl Generator {
         let end = Instant::now() + budget;
         let mut seq: u32 = 0x5000_0000;
         let mut got = vec![FrameDesc::default(); 64];
+        let mut req = request.to_vec();
         while r.samples.len() < count && Instant::now() < end {
             seq = seq.wrapping_add(1);
-            let mut req = request.to_vec();
             req[TAG_OFFSET..TAG_OFFSET + 4].copy_from_slice(&seq.to_be_bytes());
             let mut d = s.request;
             {

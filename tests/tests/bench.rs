@@ -19,13 +19,15 @@ fn quick_bench_measures_every_system_and_writes_the_report() {
     if let Err(e) = Testpmd::binary().and_then(|_| Testpmd::check_hugepages()) {
         panic!("DPDK is part of the benchmark: {e:#}");
     }
-    let out = std::env::temp_dir().join(format!("xdpath-bench-test-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&out);
+    let dir =
+        OutDir(std::env::temp_dir().join(format!("xdpath-bench-test-{}", std::process::id())));
+    let _ = std::fs::remove_dir_all(&dir.0);
+    let out = &dir.0;
     let bin = workspace_bin("xdpath-bench").expect("xdpath-bench is built");
     let before = netns_list();
     let run = Command::new(&bin)
         .args(["--quick", "--out"])
-        .arg(&out)
+        .arg(out)
         .output()
         .expect("run xdpath-bench");
     let stdout = String::from_utf8_lossy(&run.stdout);
@@ -86,7 +88,15 @@ fn quick_bench_measures_every_system_and_writes_the_report() {
     let svg = std::fs::read_to_string(out.join("results.svg")).expect("results.svg");
     assert!(svg.starts_with("<svg") && svg.contains("xdpath"));
     assert_eq!(netns_list(), before, "namespaces left behind");
-    let _ = std::fs::remove_dir_all(&out);
+}
+
+/// The results directory, removed when the test ends, passed or failed.
+struct OutDir(std::path::PathBuf);
+
+impl Drop for OutDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 fn netns_list() -> Vec<String> {
