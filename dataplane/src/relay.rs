@@ -14,143 +14,143 @@
 //! and sends them on right after the SET_FEATURES that acks the bit, so the
 //! backend sees what the frontend meant, in an order it accepts.
 //!
+//! Framing: the request codes, header flags, payload types and size limits
+//! are the `vhost` crate's (`FrontendReq`, `VhostUserHeaderFlag`,
+//! `VhostUserU64`, `MAX_MSG_SIZE`, `MAX_ATTACHED_FD_ENTRIES`); descriptors
+//! travel with vmm-sys-util's `ScmSocket`. vhost 0.18 keeps its message
+//! header and socket endpoint private, so the 12-byte header ([`Header`]) is
+//! declared here, in the layout the spec gives.
+//!
 //! One relay thread per connection, owning both sockets; it ends when
 //! either side closes, closing the other.
 
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::net::UnixStream;
+use vhost::vhost_user::message::{
+    FrontendReq, VhostUserHeaderFlag, VhostUserU64, MAX_ATTACHED_FD_ENTRIES, MAX_MSG_SIZE,
+};
+use vm_memory::ByteValued;
+use vmm_sys_util::sock_ctrl_msg::ScmSocket;
 
-const HDR: usize = 12;
-const MAX_FDS: usize = 8;
-const SET_FEATURES: u32 = 2;
-const SET_VRING_ENABLE: u32 = 18;
-const FLAG_VERSION_1: u32 = 0x1;
-const FLAG_REPLY: u32 = 0x4;
-const FLAG_NEED_REPLY: u32 = 0x8;
+/// `VHOST_USER_F_PROTOCOL_FEATURES`, the feature bit whose ack ends the hold.
 const PROTOCOL_FEATURES: u64 = 1 << 30;
-/// Largest payload we accept (the biggest vhost-user message, the memory
-/// table with 8 regions, is far below).
-const MAX_PAYLOAD: usize = 4096;
+/// Protocol version 1, the only one (the low two flag bits).
+const VERSION_1: u32 = 0x1;
+
+/// The vhost-user message header: request code, flags, payload size, in
+/// the platform's byte order (the spec's "native endian").
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+struct Header {
+    request: u32,
+    flags: u32,
+    size: u32,
+}
+
+// SAFETY: three u32 fields, no padding; every bit pattern is a valid value.
+unsafe impl ByteValued for Header {}
+
+const HDR: usize = std::mem::size_of::<Header>();
+
+impl Header {
+    fn is(&self, req: FrontendReq) -> bool {
+        self.request == u32::from(req)
+    }
+
+    fn has(&self, flag: VhostUserHeaderFlag) -> bool {
+        self.flags & flag.bits() != 0
+    }
+}
 
 /// One vhost-user message with its descriptors.
 struct Msg {
-    hdr: [u8; HDR],
+    hdr: Header,
     payload: Vec<u8>,
     fds: Vec<OwnedFd>,
 }
 
 impl Msg {
-    fn request(&self) -> u32 {
-        u32::from_le_bytes([self.hdr[0], self.hdr[1], self.hdr[2], self.hdr[3]])
+    /// The payload read as a `u64` (SET_FEATURES), if it holds one.
+    fn payload_u64(&self) -> Option<u64> {
+        let mut v = VhostUserU64::default();
+        let bytes = self.payload.get(..std::mem::size_of::<VhostUserU64>())?;
+        v.as_mut_slice().copy_from_slice(bytes);
+        Some(v.value)
     }
+}
 
-    fn flags(&self) -> u32 {
-        u32::from_le_bytes([self.hdr[4], self.hdr[5], self.hdr[6], self.hdr[7]])
-    }
-
-    fn set_flags(&mut self, f: u32) {
-        self.hdr[4..8].copy_from_slice(&f.to_le_bytes());
-    }
+fn invalid(what: String) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, what)
 }
 
 /// Reads one message (header with any SCM_RIGHTS fds, then the payload).
 /// `Ok(None)` on a clean end of stream.
 fn recv(s: &mut UnixStream) -> io::Result<Option<Msg>> {
-    let mut hdr = [0u8; HDR];
-    let mut cbuf = [0u64; 8]; // CMSG_SPACE for 8 fds, 8-byte aligned
-    let mut iov = libc::iovec {
-        iov_base: hdr.as_mut_ptr().cast(),
+    let mut hdr = Header::default();
+    let mut raw_fds = [-1 as RawFd; MAX_ATTACHED_FD_ENTRIES];
+    let mut iov = [libc::iovec {
+        iov_base: hdr.as_mut_slice().as_mut_ptr().cast(),
         iov_len: HDR,
-    };
-    // SAFETY: msghdr is plain data; zeroed is a valid start.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    mh.msg_control = cbuf.as_mut_ptr().cast();
-    mh.msg_controllen = std::mem::size_of_val(&cbuf);
-    // SAFETY: mh points at valid buffers that outlive the call.
-    let n = unsafe { libc::recvmsg(s.as_raw_fd(), &mut mh, libc::MSG_CMSG_CLOEXEC) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    if n == 0 {
+    }];
+    // SAFETY: the iovec points at `hdr`, a ByteValued value of HDR bytes
+    // that outlives the call; any bytes written there are a valid Header.
+    let (got, nfds) =
+        unsafe { s.recv_with_fds(&mut iov, &mut raw_fds) }.map_err(io::Error::from)?;
+    let fds: Vec<OwnedFd> = raw_fds[..nfds.min(raw_fds.len())]
+        .iter()
+        // SAFETY: the kernel installed these descriptors in this process
+        // for this message; nothing else owns them.
+        .map(|&fd| unsafe { OwnedFd::from_raw_fd(fd) })
+        .collect();
+    if got == 0 {
         return Ok(None);
     }
-    let mut fds = Vec::new();
-    // SAFETY: walking the control messages the kernel wrote into cbuf,
-    // with the CMSG_* helpers, within msg_controllen.
-    unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&mh);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<RawFd>();
-                let count = ((*c).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<RawFd>();
-                for i in 0..count {
-                    // The kernel installed these fds for us: we own them.
-                    fds.push(OwnedFd::from_raw_fd(data.add(i).read_unaligned()));
-                }
-            }
-            c = libc::CMSG_NXTHDR(&mh, c);
-        }
-    }
-    let got = n as usize;
     if got < HDR {
-        s.read_exact(&mut hdr[got..])?;
+        s.read_exact(&mut hdr.as_mut_slice()[got..])?;
     }
-    let size = u32::from_le_bytes([hdr[8], hdr[9], hdr[10], hdr[11]]) as usize;
-    if size > MAX_PAYLOAD {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("vhost-user payload of {size} bytes"),
-        ));
+    let size = hdr.size as usize;
+    if size > MAX_MSG_SIZE {
+        return Err(invalid(format!(
+            "vhost-user payload of {size} bytes (at most {MAX_MSG_SIZE})"
+        )));
     }
     let mut payload = vec![0u8; size];
     s.read_exact(&mut payload)?;
     Ok(Some(Msg { hdr, payload, fds }))
 }
 
-/// Writes one message, its fds attached to the header.
+/// Writes one message, its fds attached to the first bytes.
 fn send(s: &mut UnixStream, m: &Msg) -> io::Result<()> {
-    if m.fds.len() > MAX_FDS {
-        return Err(io::Error::new(io::ErrorKind::InvalidData, "too many fds"));
+    if m.fds.len() > MAX_ATTACHED_FD_ENTRIES {
+        return Err(invalid(format!("{} fds on one message", m.fds.len())));
     }
-    let mut cbuf = [0u64; 8];
-    let mut iov = libc::iovec {
-        iov_base: m.hdr.as_ptr() as *mut libc::c_void,
-        iov_len: HDR,
-    };
-    // SAFETY: msghdr is plain data; zeroed is a valid start.
-    let mut mh: libc::msghdr = unsafe { std::mem::zeroed() };
-    mh.msg_iov = &mut iov;
-    mh.msg_iovlen = 1;
-    if !m.fds.is_empty() {
-        let bytes = m.fds.len() * std::mem::size_of::<RawFd>();
-        // SAFETY: CMSG_SPACE of at most 8 fds fits cbuf (64 bytes); we
-        // fill one SCM_RIGHTS header and its data inside it.
-        unsafe {
-            mh.msg_control = cbuf.as_mut_ptr().cast();
-            mh.msg_controllen = libc::CMSG_SPACE(bytes as u32) as usize;
-            let c = libc::CMSG_FIRSTHDR(&mh);
-            (*c).cmsg_level = libc::SOL_SOCKET;
-            (*c).cmsg_type = libc::SCM_RIGHTS;
-            (*c).cmsg_len = libc::CMSG_LEN(bytes as u32) as usize;
-            let data = libc::CMSG_DATA(c).cast::<RawFd>();
-            for (i, fd) in m.fds.iter().enumerate() {
-                data.add(i).write_unaligned(fd.as_raw_fd());
-            }
-        }
+    let fds: Vec<RawFd> = m.fds.iter().map(AsRawFd::as_raw_fd).collect();
+    let parts: [&[u8]; 2] = [m.hdr.as_slice(), &m.payload];
+    let sent = s.send_with_fds(&parts, &fds).map_err(io::Error::from)?;
+    // A stream socket may take fewer bytes; the fds went with the first.
+    let mut rest = sent;
+    for part in parts {
+        let skip = rest.min(part.len());
+        rest -= skip;
+        s.write_all(&part[skip..])?;
     }
-    // SAFETY: mh points at valid buffers that outlive the call.
-    let n = unsafe { libc::sendmsg(s.as_raw_fd(), &mh, libc::MSG_NOSIGNAL) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
+    Ok(())
+}
+
+/// The reply a backend gives to a SET_VRING_ENABLE that asked for one:
+/// success (a zero `u64`).
+fn enable_ack() -> Msg {
+    let body = VhostUserU64::new(0);
+    Msg {
+        hdr: Header {
+            request: u32::from(FrontendReq::SET_VRING_ENABLE),
+            flags: VERSION_1 | VhostUserHeaderFlag::REPLY.bits(),
+            size: std::mem::size_of::<VhostUserU64>() as u32,
+        },
+        payload: body.as_slice().to_vec(),
+        fds: Vec::new(),
     }
-    if (n as usize) < HDR {
-        s.write_all(&m.hdr[n as usize..])?;
-    }
-    s.write_all(&m.payload)
 }
 
 /// Relays between `front` (the frontend) and `back` (vhost-user-backend)
@@ -185,40 +185,25 @@ pub fn run(mut front: UnixStream, mut back: UnixStream) {
                 let Some(mut m) = recv(&mut front)? else {
                     return Ok(());
                 };
-                match m.request() {
-                    SET_VRING_ENABLE if !acked => {
-                        if m.flags() & FLAG_NEED_REPLY != 0 {
-                            // Answer "success" ourselves, as the backend will
-                            // once it gets the request.
-                            let mut hdr = [0u8; HDR];
-                            hdr[0..4].copy_from_slice(&SET_VRING_ENABLE.to_le_bytes());
-                            hdr[4..8].copy_from_slice(&(FLAG_VERSION_1 | FLAG_REPLY).to_le_bytes());
-                            hdr[8..12].copy_from_slice(&8u32.to_le_bytes());
-                            send(
-                                &mut front,
-                                &Msg {
-                                    hdr,
-                                    payload: vec![0; 8],
-                                    fds: Vec::new(),
-                                },
-                            )?;
-                            m.set_flags(m.flags() & !FLAG_NEED_REPLY);
-                        }
-                        held.push(m);
+                if m.hdr.is(FrontendReq::SET_VRING_ENABLE) && !acked {
+                    if m.hdr.has(VhostUserHeaderFlag::NEED_REPLY) {
+                        // Answer "success" ourselves, as the backend will
+                        // once it gets the request.
+                        send(&mut front, &enable_ack())?;
+                        m.hdr.flags &= !VhostUserHeaderFlag::NEED_REPLY.bits();
                     }
-                    SET_FEATURES => {
-                        let features = m.payload.get(..8).map_or(0, |b| {
-                            u64::from_le_bytes([b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]])
-                        });
-                        send(&mut back, &m)?;
-                        if features & PROTOCOL_FEATURES != 0 {
-                            acked = true;
-                            for h in held.drain(..) {
-                                send(&mut back, &h)?;
-                            }
+                    held.push(m);
+                } else if m.hdr.is(FrontendReq::SET_FEATURES) {
+                    let features = m.payload_u64().unwrap_or(0);
+                    send(&mut back, &m)?;
+                    if features & PROTOCOL_FEATURES != 0 {
+                        acked = true;
+                        for h in held.drain(..) {
+                            send(&mut back, &h)?;
                         }
                     }
-                    _ => send(&mut back, &m)?,
+                } else {
+                    send(&mut back, &m)?;
                 }
             }
             if fds[1].revents != 0 {
@@ -241,13 +226,19 @@ mod tests {
     use super::*;
     use std::time::Duration;
 
+    const SET_FEATURES: u32 = 2;
+    const SET_VRING_KICK: u32 = 12;
+    const SET_VRING_ENABLE: u32 = 18;
+    const FLAG_REPLY: u32 = 0x4;
+    const FLAG_NEED_REPLY: u32 = 0x8;
+
     fn msg(request: u32, flags: u32, payload: &[u8], fds: Vec<OwnedFd>) -> Msg {
-        let mut hdr = [0u8; HDR];
-        hdr[0..4].copy_from_slice(&request.to_le_bytes());
-        hdr[4..8].copy_from_slice(&flags.to_le_bytes());
-        hdr[8..12].copy_from_slice(&(payload.len() as u32).to_le_bytes());
         Msg {
-            hdr,
+            hdr: Header {
+                request,
+                flags,
+                size: payload.len() as u32,
+            },
             payload: payload.to_vec(),
             fds,
         }
@@ -261,6 +252,21 @@ mod tests {
         };
         // SAFETY: one valid pollfd, no waiting.
         unsafe { libc::poll(&mut p, 1, 0) == 0 }
+    }
+
+    #[test]
+    fn the_header_has_the_spec_layout() {
+        let h = Header {
+            request: SET_VRING_ENABLE,
+            flags: VERSION_1 | FLAG_NEED_REPLY,
+            size: 8,
+        };
+        let mut want = Vec::new();
+        for v in [SET_VRING_ENABLE, VERSION_1 | FLAG_NEED_REPLY, 8] {
+            want.extend_from_slice(&v.to_ne_bytes());
+        }
+        assert_eq!(h.as_slice(), &want[..]);
+        assert_eq!((u32::from(FrontendReq::SET_FEATURES), SET_FEATURES), (2, 2));
     }
 
     #[test]
@@ -279,7 +285,7 @@ mod tests {
             &mut qemu,
             &msg(
                 SET_VRING_ENABLE,
-                FLAG_VERSION_1 | FLAG_NEED_REPLY,
+                VERSION_1 | FLAG_NEED_REPLY,
                 &state,
                 Vec::new(),
             ),
@@ -287,8 +293,8 @@ mod tests {
         .unwrap();
         let reply = recv(&mut qemu).unwrap().expect("a reply");
         assert_eq!(
-            (reply.request(), reply.flags(), reply.payload.as_slice()),
-            (SET_VRING_ENABLE, FLAG_VERSION_1 | FLAG_REPLY, &[0u8; 8][..])
+            (reply.hdr.request, reply.hdr.flags, reply.payload.as_slice()),
+            (SET_VRING_ENABLE, VERSION_1 | FLAG_REPLY, &[0u8; 8][..])
         );
         std::thread::sleep(Duration::from_millis(50));
         assert!(nothing_pending(&backend), "held, not forwarded yet");
@@ -299,13 +305,18 @@ mod tests {
         let dup = unsafe { OwnedFd::from_raw_fd(libc::dup(efd.as_raw_fd())) };
         send(
             &mut qemu,
-            &msg(12, FLAG_VERSION_1, &[3, 0, 0, 0, 0, 0, 0, 0], vec![dup]),
+            &msg(
+                SET_VRING_KICK,
+                VERSION_1,
+                &[3, 0, 0, 0, 0, 0, 0, 0],
+                vec![dup],
+            ),
         )
         .unwrap();
         let m = recv(&mut backend).unwrap().unwrap();
         assert_eq!(
-            (m.request(), m.fds.len()),
-            (12, 1),
+            (m.hdr.request, m.fds.len()),
+            (SET_VRING_KICK, 1),
             "SET_VRING_KICK with its eventfd"
         );
         // The fd is the same eventfd: a write through it is seen by ours.
@@ -318,18 +329,18 @@ mod tests {
         let features = (PROTOCOL_FEATURES | 1 << 32).to_le_bytes();
         send(
             &mut qemu,
-            &msg(SET_FEATURES, FLAG_VERSION_1, &features, Vec::new()),
+            &msg(SET_FEATURES, VERSION_1, &features, Vec::new()),
         )
         .unwrap();
         let m = recv(&mut backend).unwrap().unwrap();
         assert_eq!(
-            (m.request(), m.payload.as_slice()),
+            (m.hdr.request, m.payload.as_slice()),
             (SET_FEATURES, &features[..])
         );
         let m = recv(&mut backend).unwrap().unwrap();
         assert_eq!(
-            (m.request(), m.flags(), m.payload.as_slice()),
-            (SET_VRING_ENABLE, FLAG_VERSION_1, &state[..])
+            (m.hdr.request, m.hdr.flags, m.payload.as_slice()),
+            (SET_VRING_ENABLE, VERSION_1, &state[..])
         );
 
         // After the ack, SET_VRING_ENABLE passes straight through.
@@ -337,27 +348,27 @@ mod tests {
             &mut qemu,
             &msg(
                 SET_VRING_ENABLE,
-                FLAG_VERSION_1 | FLAG_NEED_REPLY,
+                VERSION_1 | FLAG_NEED_REPLY,
                 &state,
                 Vec::new(),
             ),
         )
         .unwrap();
         let m = recv(&mut backend).unwrap().unwrap();
-        assert_eq!(m.flags(), FLAG_VERSION_1 | FLAG_NEED_REPLY);
+        assert_eq!(m.hdr.flags, VERSION_1 | FLAG_NEED_REPLY);
         // Backend replies go back unchanged.
         send(
             &mut backend,
             &msg(
                 SET_VRING_ENABLE,
-                FLAG_VERSION_1 | FLAG_REPLY,
+                VERSION_1 | FLAG_REPLY,
                 &[0; 8],
                 Vec::new(),
             ),
         )
         .unwrap();
         assert_eq!(
-            recv(&mut qemu).unwrap().unwrap().request(),
+            recv(&mut qemu).unwrap().unwrap().hdr.request,
             SET_VRING_ENABLE
         );
 
@@ -369,5 +380,31 @@ mod tests {
             "the backend sees the disconnect"
         );
         relay.join().unwrap();
+    }
+
+    #[test]
+    fn an_oversized_payload_ends_the_relay() {
+        let (mut qemu, front) = UnixStream::pair().unwrap();
+        let (back, mut backend) = UnixStream::pair().unwrap();
+        backend
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let relay = std::thread::spawn(move || run(front, back));
+        let hdr = Header {
+            request: SET_FEATURES,
+            flags: VERSION_1,
+            size: (MAX_MSG_SIZE + 1) as u32,
+        };
+        qemu.write_all(hdr.as_slice()).unwrap();
+        assert!(
+            recv(&mut backend).unwrap().is_none(),
+            "nothing forwarded; the backend sees the end"
+        );
+        relay.join().unwrap();
+        qemu.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        assert!(
+            recv(&mut qemu).unwrap().is_none(),
+            "the frontend sees the end"
+        );
     }
 }
