@@ -1,24 +1,32 @@
-//! Minimal rtnetlink: which XDP program is attached to an interface, and
-//! detaching one (for `--force`).
+//! rtnetlink for XDP: which program is attached to an interface
+//! ([`xdp_query`], RTM_GETLINK) and detaching one ([`xdp_detach`],
+//! RTM_SETLINK, for `--force`).
 //!
 //! aya attaches through bpf_link and has no public query, so this module
-//! speaks RTM_GETLINK / RTM_SETLINK itself. It owns nothing beyond the
-//! socket of one call; every call opens and closes its own socket.
+//! asks the kernel itself, with `netlink-packet-route` building the
+//! requests and parsing the `IFLA_XDP` attribute and `netlink-sys` for the
+//! socket. Of a link reply only `IFLA_XDP` is parsed: an attribute this
+//! module does not read (and the crate may not know) cannot fail a query.
+//! Kernel errors come back as [`io::Error`] with their errno. It owns
+//! nothing beyond the socket of one call; every call opens and closes its
+//! own socket.
 
+use netlink_packet_core::{
+    DecodeError, Emitable, ErrorBuffer, ErrorMessage, NetlinkBuffer, NetlinkHeader, NetlinkMessage,
+    NetlinkPayload, NlasIterator, Parseable, ParseableParametrized, NLMSG_ERROR, NLM_F_ACK,
+    NLM_F_REQUEST,
+};
+use netlink_packet_route::link::{LinkAttribute, LinkHeader, LinkMessage, LinkXdp, XdpAttached};
+use netlink_packet_route::RouteNetlinkMessage;
+use netlink_sys::{protocols::NETLINK_ROUTE, Socket};
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 
-const IFLA_XDP: u16 = 43;
-const IFLA_XDP_FD: u16 = 1;
-const IFLA_XDP_ATTACHED: u16 = 2;
-const IFLA_XDP_FLAGS: u16 = 3;
-const IFLA_XDP_PROG_ID: u16 = 4;
-const NLA_F_NESTED: u16 = 1 << 15;
-const XDP_ATTACHED_NONE: u8 = 0;
-const XDP_ATTACHED_DRV: u8 = 1;
-const XDP_ATTACHED_SKB: u8 = 2;
-const XDP_ATTACHED_HW: u8 = 3;
-const XDP_ATTACHED_MULTI: u8 = 4;
+/// `RTM_NEWLINK`, the kernel's answer to `RTM_GETLINK`.
+const RTM_NEWLINK: u16 = libc::RTM_NEWLINK;
+/// The `IFLA_XDP` attribute of a link message.
+const IFLA_XDP: u16 = libc::IFLA_XDP;
+/// Room for one link reply (a few KiB in practice).
+const REPLY_BUFFER: usize = 32 * 1024;
 
 /// How a program is attached.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,153 +62,208 @@ pub struct Attached {
     pub mode: AttachMode,
 }
 
-/// `struct nlmsghdr`: len u32, type u16, flags u16, seq u32, pid u32.
-const HDR: usize = 16;
-/// `struct ifinfomsg`: family u8, pad u8, type u16, index i32, flags u32,
-/// change u32.
-const IFI: usize = 16;
-
-fn align4(n: usize) -> usize {
-    (n + 3) & !3
-}
-
-fn socket() -> io::Result<OwnedFd> {
-    // SAFETY: plain socket(2) call; the result is checked before use.
-    let fd = unsafe {
-        libc::socket(
-            libc::AF_NETLINK,
-            libc::SOCK_RAW | libc::SOCK_CLOEXEC,
-            libc::NETLINK_ROUTE,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: fd is a fresh descriptor that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
-fn header(buf: &mut Vec<u8>, ty: u16, flags: u16, ifindex: u32) {
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // len, patched in finish()
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(&(flags | libc::NLM_F_REQUEST as u16).to_ne_bytes());
-    buf.extend_from_slice(&1u32.to_ne_bytes()); // seq
-    buf.extend_from_slice(&0u32.to_ne_bytes()); // pid
-    buf.push(libc::AF_UNSPEC as u8);
-    buf.push(0);
-    buf.extend_from_slice(&0u16.to_ne_bytes());
-    buf.extend_from_slice(&(ifindex as i32).to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-    buf.extend_from_slice(&0u32.to_ne_bytes());
-}
-
-fn attr(buf: &mut Vec<u8>, ty: u16, payload: &[u8]) {
-    buf.extend_from_slice(&((4 + payload.len()) as u16).to_ne_bytes());
-    buf.extend_from_slice(&ty.to_ne_bytes());
-    buf.extend_from_slice(payload);
-    buf.resize(align4(buf.len()), 0);
-}
-
-fn finish(buf: &mut [u8]) {
-    let len = (buf.len() as u32).to_ne_bytes();
-    buf[..4].copy_from_slice(&len);
-}
-
-/// Sends `req` and returns the first reply message (header included).
-fn transact(req: &[u8]) -> io::Result<Vec<u8>> {
-    let fd = socket()?;
-    // SAFETY: req is a valid buffer of req.len() bytes.
-    let n = unsafe { libc::send(fd.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    let mut buf = vec![0u8; 32 * 1024];
-    // SAFETY: buf is writable for buf.len() bytes.
-    let n = unsafe { libc::recv(fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0) };
-    if n < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    buf.truncate(n as usize);
-    if buf.len() < HDR {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidData,
-            "short netlink reply",
-        ));
-    }
-    let ty = u16::from_ne_bytes([buf[4], buf[5]]);
-    if ty == libc::NLMSG_ERROR as u16 {
-        let code = buf
-            .get(HDR..HDR + 4)
-            .map(|b| i32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
-            .unwrap_or(-libc::EIO);
-        if code != 0 {
-            return Err(io::Error::from_raw_os_error(-code));
-        }
-    }
-    Ok(buf)
-}
-
-/// Iterates the netlink attributes in `buf`.
-fn attrs(mut buf: &[u8]) -> impl Iterator<Item = (u16, &[u8])> {
-    std::iter::from_fn(move || {
-        if buf.len() < 4 {
-            return None;
-        }
-        let len = u16::from_ne_bytes([buf[0], buf[1]]) as usize;
-        let ty = u16::from_ne_bytes([buf[2], buf[3]]) & !NLA_F_NESTED;
-        if len < 4 || len > buf.len() {
-            return None;
-        }
-        let payload = &buf[4..len];
-        buf = &buf[align4(len).min(buf.len())..];
-        Some((ty, payload))
-    })
-}
-
 /// The XDP program attached to `ifindex`, if any.
 pub fn xdp_query(ifindex: u32) -> io::Result<Option<Attached>> {
-    let mut req = Vec::with_capacity(64);
-    header(&mut req, libc::RTM_GETLINK, 0, ifindex);
-    finish(&mut req);
-    let reply = transact(&req)?;
-    let len =
-        (u32::from_ne_bytes([reply[0], reply[1], reply[2], reply[3]]) as usize).min(reply.len());
-    let Some(body) = reply.get(HDR + IFI..len) else {
-        return Ok(None);
-    };
-    let Some((_, xdp)) = attrs(body).find(|(ty, _)| *ty == IFLA_XDP) else {
-        return Ok(None);
-    };
-    let mut mode = XDP_ATTACHED_NONE;
-    let mut prog_id = 0;
-    for (ty, p) in attrs(xdp) {
-        match ty {
-            IFLA_XDP_ATTACHED if !p.is_empty() => mode = p[0],
-            IFLA_XDP_PROG_ID if p.len() >= 4 => {
-                prog_id = u32::from_ne_bytes([p[0], p[1], p[2], p[3]])
-            }
-            _ => {}
-        }
-    }
-    let mode = match mode {
-        XDP_ATTACHED_DRV => AttachMode::Driver,
-        XDP_ATTACHED_SKB => AttachMode::Generic,
-        XDP_ATTACHED_HW => AttachMode::Hardware,
-        XDP_ATTACHED_MULTI => AttachMode::Multi,
-        _ => return Ok(None),
-    };
-    Ok(Some(Attached { prog_id, mode }))
+    let reply = transact(RouteNetlinkMessage::GetLink(link(ifindex)), 0)?;
+    Ok(parse_xdp(&reply)?.as_deref().and_then(attached))
 }
 
 /// Detaches the netlink-attached XDP program of `ifindex` in `mode`. Fails
 /// with EBUSY when the program is held by a bpf_link of another process.
 pub fn xdp_detach(ifindex: u32, mode: AttachMode) -> io::Result<()> {
-    let mut req = Vec::with_capacity(64);
-    header(&mut req, libc::RTM_SETLINK, libc::NLM_F_ACK as u16, ifindex);
-    let mut nested = Vec::new();
-    attr(&mut nested, IFLA_XDP_FD, &(-1i32).to_ne_bytes());
-    attr(&mut nested, IFLA_XDP_FLAGS, &mode.flags().to_ne_bytes());
-    attr(&mut req, IFLA_XDP | NLA_F_NESTED, &nested);
-    finish(&mut req);
-    transact(&req).map(drop)
+    let mut msg = link(ifindex);
+    msg.attributes.push(LinkAttribute::Xdp(vec![
+        LinkXdp::Fd(-1),
+        LinkXdp::Flags(mode.flags()),
+    ]));
+    let reply = transact(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK)?;
+    parse_xdp(&reply).map(drop)
+}
+
+/// A link message for `ifindex` with no attributes.
+fn link(ifindex: u32) -> LinkMessage {
+    let mut msg = LinkMessage::default();
+    msg.header.index = ifindex;
+    msg
+}
+
+/// One request, as it goes on the wire.
+fn request(msg: RouteNetlinkMessage, flags: u16) -> Vec<u8> {
+    let mut req = NetlinkMessage::new(NetlinkHeader::default(), NetlinkPayload::from(msg));
+    req.header.flags = NLM_F_REQUEST | flags;
+    req.header.sequence_number = 1;
+    req.finalize();
+    let mut buf = vec![0u8; req.buffer_len()];
+    req.serialize(&mut buf);
+    buf
+}
+
+/// Sends one request and returns the kernel's first reply message.
+fn transact(msg: RouteNetlinkMessage, flags: u16) -> io::Result<Vec<u8>> {
+    let socket = Socket::new(NETLINK_ROUTE)?;
+    socket.send(&request(msg, flags), 0)?;
+    let mut reply = Vec::with_capacity(REPLY_BUFFER);
+    socket.recv(&mut reply, 0)?;
+    Ok(reply)
+}
+
+fn invalid(e: DecodeError) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("malformed netlink reply: {e}"),
+    )
+}
+
+/// Reads one reply: a kernel error becomes its errno, an acknowledgement
+/// gives `None`, a link message the content of its `IFLA_XDP` attribute
+/// (`None` without one).
+fn parse_xdp(reply: &[u8]) -> io::Result<Option<Vec<LinkXdp>>> {
+    let msg = NetlinkBuffer::new_checked(reply).map_err(invalid)?;
+    match msg.message_type() {
+        NLMSG_ERROR => {
+            let payload = msg.payload();
+            let err = ErrorBuffer::new_checked(&payload)
+                .and_then(|b| ErrorMessage::parse(&b))
+                .map_err(invalid)?;
+            match err.code {
+                None => Ok(None),
+                Some(_) => Err(err.to_io()),
+            }
+        }
+        RTM_NEWLINK => {
+            let payload = msg.payload();
+            let header = LinkHeader::parse(payload).map_err(invalid)?;
+            let nlas = payload.get(header.buffer_len()..).unwrap_or_default();
+            for nla in NlasIterator::new(nlas) {
+                let nla = nla.map_err(invalid)?;
+                if nla.kind() != IFLA_XDP {
+                    continue;
+                }
+                if let LinkAttribute::Xdp(xdp) =
+                    LinkAttribute::parse_with_param(&nla, header.interface_family)
+                        .map_err(invalid)?
+                {
+                    return Ok(Some(xdp));
+                }
+            }
+            Ok(None)
+        }
+        other => Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected netlink reply of type {other}"),
+        )),
+    }
+}
+
+/// The program an `IFLA_XDP` attribute reports, if one is attached.
+fn attached(xdp: &[LinkXdp]) -> Option<Attached> {
+    let mut mode = None;
+    let mut prog_id = 0;
+    for a in xdp {
+        match a {
+            LinkXdp::Attached(XdpAttached::Driver) => mode = Some(AttachMode::Driver),
+            LinkXdp::Attached(XdpAttached::SocketBuffer) => mode = Some(AttachMode::Generic),
+            LinkXdp::Attached(XdpAttached::Hardware) => mode = Some(AttachMode::Hardware),
+            LinkXdp::Attached(XdpAttached::Multiple) => mode = Some(AttachMode::Multi),
+            LinkXdp::ProgId(id) => prog_id = *id,
+            _ => {}
+        }
+    }
+    mode.map(|mode| Attached { prog_id, mode })
+}
+
+/// Replies captured from a 6.18 kernel (x86_64, so native byte order is
+/// little endian) for a veth in a private namespace: without XDP, with a
+/// program in generic and in driver mode, after a detach, the detach's
+/// acknowledgement, and RTM_GETLINK for an interface index that does not
+/// exist.
+#[cfg(all(test, target_endian = "little"))]
+mod tests {
+    use super::*;
+
+    const NONE: &[u8] = include_bytes!("netlink/getlink-none.bin");
+    const GENERIC: &[u8] = include_bytes!("netlink/getlink-generic.bin");
+    const DRIVER: &[u8] = include_bytes!("netlink/getlink-driver.bin");
+    const AFTER_DETACH: &[u8] = include_bytes!("netlink/getlink-after-detach.bin");
+    const ACK: &[u8] = include_bytes!("netlink/setlink-ack.bin");
+    const ENODEV: &[u8] = include_bytes!("netlink/getlink-enodev.bin");
+
+    fn query(reply: &[u8]) -> io::Result<Option<Attached>> {
+        Ok(parse_xdp(reply)?.as_deref().and_then(attached))
+    }
+
+    #[test]
+    fn programs_are_found_with_their_mode_and_id() {
+        assert_eq!(
+            query(GENERIC).expect("generic"),
+            Some(Attached {
+                prog_id: 293,
+                mode: AttachMode::Generic
+            })
+        );
+        assert_eq!(
+            query(DRIVER).expect("driver"),
+            Some(Attached {
+                prog_id: 298,
+                mode: AttachMode::Driver
+            })
+        );
+    }
+
+    #[test]
+    fn an_interface_without_a_program_has_none() {
+        assert_eq!(query(NONE).expect("none"), None);
+        assert_eq!(query(AFTER_DETACH).expect("after detach"), None);
+    }
+
+    #[test]
+    fn an_acknowledgement_is_success() {
+        assert!(parse_xdp(ACK).expect("ack").is_none());
+    }
+
+    #[test]
+    fn kernel_errors_keep_their_errno() {
+        let e = query(ENODEV).expect_err("no such interface");
+        assert_eq!(e.raw_os_error(), Some(libc::ENODEV), "{e}");
+    }
+
+    #[test]
+    fn truncated_or_foreign_replies_are_invalid_data_never_a_panic() {
+        for n in 0..DRIVER.len() {
+            if let Err(e) = query(&DRIVER[..n]) {
+                assert_eq!(e.kind(), io::ErrorKind::InvalidData, "{n} bytes: {e}");
+            }
+        }
+        let mut done = ACK.to_vec();
+        done[4] = 3; // NLMSG_DONE
+        let e = query(&done).expect_err("not a link reply");
+        assert_eq!(e.kind(), io::ErrorKind::InvalidData);
+        assert!(e.to_string().contains("type 3"), "{e}");
+    }
+
+    #[test]
+    fn requests_are_what_the_kernel_expects() {
+        let get = request(RouteNetlinkMessage::GetLink(link(7)), 0);
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            32, 0, 0, 0, 18, 0, 1, 0, 1, 0, 0, 0, 0, 0, 0, 0, // nlmsghdr: RTM_GETLINK, REQUEST, seq 1
+            0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, // ifinfomsg: AF_UNSPEC, index 7
+        ];
+        assert_eq!(get, want);
+        let mut msg = link(7);
+        msg.attributes.push(LinkAttribute::Xdp(vec![
+            LinkXdp::Fd(-1),
+            LinkXdp::Flags(AttachMode::Driver.flags()),
+        ]));
+        let set = request(RouteNetlinkMessage::SetLink(msg), NLM_F_ACK);
+        #[rustfmt::skip]
+        let want: &[u8] = &[
+            52, 0, 0, 0, 19, 0, 5, 0, 1, 0, 0, 0, 0, 0, 0, 0, // RTM_SETLINK, REQUEST | ACK
+            0, 0, 0, 0, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0,
+            20, 0, 43, 0, // IFLA_XDP
+            8, 0, 1, 0, 0xff, 0xff, 0xff, 0xff, // IFLA_XDP_FD -1
+            8, 0, 3, 0, 4, 0, 0, 0, // IFLA_XDP_FLAGS XDP_FLAGS_DRV_MODE
+        ];
+        assert_eq!(set, want);
+    }
 }
