@@ -21,9 +21,13 @@ use xdpath_control::{Classifier, ClassifierConfig};
 use xdpath_dataplane::backend::DEFAULT_POLL_IDLE;
 use xdpath_dataplane::{CounterSnapshot, NetConfig, Server, ServerHandle, XskConfig, XskPort};
 
+/// The guest's MAC: the classifier steers it to the guest.
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01];
+/// The guest's IPv4 address.
 pub const GUEST_IP: [u8; 4] = [10, 77, 0, 20];
+/// How long the tests wait for frames to arrive.
 pub const WAIT: Duration = Duration::from_secs(5);
+/// The MTU the server offers the guest.
 pub const MTU: u16 = 1500;
 
 static SOCKETS: AtomicU32 = AtomicU32::new(0);
@@ -36,6 +40,7 @@ pub struct Bridge {
     /// The server's handle.
     pub handle: ServerHandle,
     classifier: Option<Classifier>,
+    /// The vhost-user socket the guest connects to.
     pub sock: PathBuf,
     /// One AF_XDP socket per peer queue, to send on that queue.
     pub wire_tx: Vec<XskReceiver>,

@@ -699,9 +699,10 @@ fn bad_input_changes_nothing() {
         };
         type Op<'a> =
             Box<dyn Fn(&mut FlowTable, &mut Classifier) -> Result<(), FlowTableError> + 'a>;
-        let add =
-            |s: FlowRuleSpec| -> Op { Box::new(move |t, c| t.add_flow(c, s.clone()).map(|_| ())) };
-        let addp = |p: &str, a: &str, g: Option<u32>| -> Op {
+        let add = |s: FlowRuleSpec| -> Op<'_> {
+            Box::new(move |t, c| t.add_flow(c, s.clone()).map(|_| ()))
+        };
+        let addp = |p: &str, a: &str, g: Option<u32>| -> Op<'_> {
             let mut s = PrefixRuleSpec::new(p, a);
             s.guest = g;
             Box::new(move |t, c| t.add_prefix(c, s.clone()).map(|_| ()))
@@ -712,7 +713,7 @@ fn bad_input_changes_nothing() {
         let mut bad_bulk = vec![udp_spec(None, 10, 1, "drop"), udp_spec(None, 10, 2, "drop")];
         bad_bulk.push(with(&|s| s.dst = "10.0.0.300".into()));
         // (what, operation, expected status, expected field)
-        let cases: Vec<(&str, Op, u16, Option<&str>)> = vec![
+        let cases: Vec<(&str, Op<'_>, u16, Option<&str>)> = vec![
             (
                 "bad address",
                 add(with(&|s| s.dst = "10.0.0.300".into())),

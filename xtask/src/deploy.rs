@@ -21,6 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 /// What the user asked for.
+// The field docs are clap's help text: `<iface>` there is a placeholder the
+// user reads, not an HTML tag.
+#[allow(rustdoc::invalid_html_tags)]
 #[derive(clap::Args, Debug, Clone)]
 pub struct DeployArgs {
     /// Host NIC to put xdpath on.

@@ -3,7 +3,8 @@
 //! Every command a user or CI runs goes through here so that the README needs
 //! exactly two commands (`cargo xtask demo`, `cargo xtask test`) and both
 //! install what they need first ([`setup`]). Each submodule owns one command;
-//! `cargo xtask bench` ([`bench`]) reproduces the README's Performance table.
+//! `cargo xtask bench` ([`bench`](mod@bench)) reproduces the README's
+//! Performance table.
 
 mod bench;
 mod demo;
