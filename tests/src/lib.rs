@@ -22,8 +22,12 @@
 //! - [`testpmd`]: DPDK's `dpdk-testpmd` (virtio_user PMD) as a third-party
 //!   vhost-user frontend, in a guard that kills and reaps it on drop.
 //!
-//! Tests call [`require_root`] first: as non-root they print why they skip
-//! and return, so a plain `cargo test` passes.
+//! Privileged tests (namespaces, XDP, AF_XDP, QEMU, DPDK) are marked
+//! `#[ignore = "needs root: <what it needs>"]`, so a plain non-root
+//! `cargo test` lists them as ignored instead of passing them unrun, and
+//! call [`require_root`] first, which fails such a test loudly when it is
+//! run without root anyway. `cargo xtask test` as root runs them with
+//! `--include-ignored`.
 
 pub mod bench;
 pub mod bridge;
@@ -37,21 +41,26 @@ pub mod topology;
 pub mod traffic;
 pub mod xsk;
 
-/// True when running as root. Otherwise prints a skip message naming the
-/// test and returns false.
-pub fn require_root(test: &str) -> bool {
+/// Fails the calling test unless the process runs as root.
+///
+/// Call it first in every privileged test, and mark the test
+/// `#[ignore = "needs root: <what it needs>"]`: a non-root run then lists it
+/// as ignored, and one that runs it anyway (`--ignored` or
+/// `--include-ignored` as a user) gets a panic naming the test, never a
+/// pass that ran nothing.
+#[track_caller]
+pub fn require_root() {
     // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        return true;
+    let uid = unsafe { libc::geteuid() };
+    if uid == 0 {
+        return;
     }
-    // Straight to the stderr handle: libtest captures eprintln!, and a
-    // skip nobody sees is indistinguishable from a pass.
-    use std::io::Write;
-    let _ = writeln!(
-        std::io::stderr(),
-        "skipping {test}: needs root (network namespaces, XDP, AF_XDP); run `cargo xtask test` as root"
+    let thread = std::thread::current();
+    let test = thread.name().unwrap_or("this test");
+    panic!(
+        "{test} needs root (network namespaces, XDP, AF_XDP) but runs as uid {uid}: \
+         run `cargo xtask test` as root, or `cargo test -- --include-ignored` as root"
     );
-    false
 }
 
 /// Polls `f` every 10 ms until it returns true or `timeout` passes.

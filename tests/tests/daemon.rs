@@ -3,7 +3,8 @@
 //! CLI or raw HTTP, traffic sent from the peer namespace, a guest played by
 //! the in-repo vhost-user frontend on the daemon's socket.
 //!
-//! As non-root every test prints why it skips and passes.
+//! Every test needs root and is marked ignored: a non-root run lists them
+//! as ignored; `cargo xtask test` as root runs them.
 
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -47,10 +48,9 @@ fn start(t: &Topology, extra: &[&str]) -> Daemon {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn rules_added_with_xdpctl_steer_traffic_and_deleting_them_gives_it_back() {
-    if !require_root("rules_added_with_xdpctl_steer_traffic_and_deleting_them_gives_it_back") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     // With busy polling on, as a latency-minded user would run it.
     let d = start(&t, &["--busy-poll"]);
@@ -163,10 +163,9 @@ fn snapshot(d: &Daemon, t: &Topology) -> (Value, Value, String, String, Vec<u8>)
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn bad_input_is_refused_clearly_and_changes_nothing() {
-    if !require_root("bad_input_is_refused_clearly_and_changes_nothing") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let d = start(&t, &[]);
     d.call("POST", "/v1/flows", Some(&json!({"id": 5, "src": "10.0.0.1", "dst": "10.0.0.2", "proto": "tcp", "dst_port": 80, "action": "drop"})))
@@ -392,10 +391,9 @@ fn raw_request(d: &Daemon, method: &str, path: &str, body: &str) -> (u16, String
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn concurrent_writers_end_in_the_serial_result() {
-    if !require_root("concurrent_writers_end_in_the_serial_result") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let d = start(&t, &[]);
     const THREADS: u32 = 6;
@@ -451,10 +449,9 @@ fn concurrent_writers_end_in_the_serial_result() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn kill_9_fails_open_and_a_restart_brings_rules_and_guest_traffic_back() {
-    if !require_root("kill_9_fails_open_and_a_restart_brings_rules_and_guest_traffic_back") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let mut d = start(&t, &[]);
     let tx = sender(&t);
@@ -508,10 +505,9 @@ fn kill_9_fails_open_and_a_restart_brings_rules_and_guest_traffic_back() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn the_api_socket_is_closed_to_users_outside_its_group() {
-    if !require_root("the_api_socket_is_closed_to_users_outside_its_group") {
-        return;
-    }
+    require_root();
     use std::os::unix::fs::{MetadataExt, PermissionsExt};
     let t = Topology::new(1).expect("topology");
     let d = start(&t, &[]);
@@ -543,10 +539,9 @@ fn the_api_socket_is_closed_to_users_outside_its_group() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn the_openapi_document_matches_the_server() {
-    if !require_root("the_openapi_document_matches_the_server") {
-        return;
-    }
+    require_root();
     let doc: Value = serde_json::from_str(include_str!("../../control/openapi.json")).unwrap();
     let t = Topology::new(1).expect("topology");
     let d = start(&t, &[]);
@@ -592,10 +587,9 @@ fn the_openapi_document_matches_the_server() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn preflight_failures_name_the_problem_and_the_fix() {
-    if !require_root("preflight_failures_name_the_problem_and_the_fix") {
-        return;
-    }
+    require_root();
     let t = Topology::new(2).expect("topology");
     let xdpathd = workspace_bin("xdpathd").unwrap();
     let check = |args: &[&str]| {
@@ -678,10 +672,9 @@ fn preflight_failures_name_the_problem_and_the_fix() {
 /// the guest fail open to the host instead of waiting unread in a socket;
 /// with one they reach it; after it leaves they fail open again.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
 fn guest_traffic_fails_open_while_no_guest_is_connected() {
-    if !require_root("guest_traffic_fails_open_while_no_guest_is_connected") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let d = start(&t, &[]);
     let tx = sender(&t);

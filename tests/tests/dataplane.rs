@@ -5,7 +5,8 @@
 //! the wire: it sends on a chosen queue through its own AF_XDP socket and
 //! captures what the guest transmits with AF_PACKET.
 //!
-//! As non-root every test prints why it skips and passes.
+//! Every test needs root and is marked ignored: a non-root run lists them
+//! as ignored; `cargo xtask test` as root runs them.
 
 use std::time::Duration;
 use xdpath_dataplane::CounterSnapshot;
@@ -107,35 +108,31 @@ fn both_directions(
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn one_queue_pair_both_directions_event_idx_mergeable() {
-    if !require_root("one_queue_pair_both_directions_event_idx_mergeable") {
-        return;
-    }
+    require_root();
     both_directions(1, true, true, 2048, 200);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn four_queue_pairs_both_directions_without_event_idx() {
-    if !require_root("four_queue_pairs_both_directions_without_event_idx") {
-        return;
-    }
+    require_root();
     both_directions(4, false, true, 2048, 100);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn full_size_frames_span_several_mergeable_buffers() {
-    if !require_root("full_size_frames_span_several_mergeable_buffers") {
-        return;
-    }
+    require_root();
     // 1514-byte frames into 512-byte buffers: num_buffers 3 or more.
     both_directions(2, true, true, 512, 1472 - 8);
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn without_mergeable_buffers_each_frame_uses_one_chain() {
-    if !require_root("without_mergeable_buffers_each_frame_uses_one_chain") {
-        return;
-    }
+    require_root();
     both_directions(2, true, false, 2048, 1000);
 }
 
@@ -288,10 +285,9 @@ fn bad_tx_cases() -> Vec<BadTx> {
 /// panic, queue pair 0 keeps forwarding both ways, and a reconnect brings
 /// the broken vring back.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn malformed_guest_chains_break_only_their_own_queue() {
-    if !require_root("malformed_guest_chains_break_only_their_own_queue") {
-        return;
-    }
+    require_root();
     let mut b = Bridge::new(2);
     for (round, case) in bad_tx_cases().into_iter().enumerate() {
         let mut fe = b.connect(FrontendOptions {
@@ -350,10 +346,9 @@ fn malformed_guest_chains_break_only_their_own_queue() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn rx_chain_with_a_readable_buffer_stops_only_that_vring() {
-    if !require_root("rx_chain_with_a_readable_buffer_stops_only_that_vring") {
-        return;
-    }
+    require_root();
     let mut b = Bridge::new(2);
     let mut fe = b.connect(FrontendOptions {
         queue_pairs: 2,
@@ -380,10 +375,9 @@ fn rx_chain_with_a_readable_buffer_stops_only_that_vring() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn a_guest_without_rx_buffers_costs_drops_not_stalls() {
-    if !require_root("a_guest_without_rx_buffers_costs_drops_not_stalls") {
-        return;
-    }
+    require_root();
     let mut b = Bridge::new(1);
     let mut fe = b.connect(FrontendOptions::default());
     let frames: Vec<Vec<u8>> = (0..20).map(|i| to_guest(0, i, 64)).collect();
@@ -397,10 +391,9 @@ fn a_guest_without_rx_buffers_costs_drops_not_stalls() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn a_guest_that_enables_fewer_pairs_still_gets_its_traffic() {
-    if !require_root("a_guest_that_enables_fewer_pairs_still_gets_its_traffic") {
-        return;
-    }
+    require_root();
     // Four pairs offered, one enabled (a one-vCPU guest): frames arriving
     // on every NIC queue reach the guest through pair 0.
     let mut b = Bridge::new(4);
@@ -453,10 +446,9 @@ fn a_guest_that_enables_fewer_pairs_still_gets_its_traffic() {
 /// register it, install it: traffic reaches the guest again without a
 /// reconnect, and the worker never spins meanwhile.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn a_socket_is_released_and_replaced_while_the_guest_runs() {
-    if !require_root("a_socket_is_released_and_replaced_while_the_guest_runs") {
-        return;
-    }
+    require_root();
     let mut b = Bridge::new(1);
     let mut fe = b.connect(FrontendOptions::default());
     fe.post_rx_buffers(0, 64, 2048);
@@ -528,10 +520,9 @@ fn a_socket_is_released_and_replaced_while_the_guest_runs() {
 /// the first worker error is recorded, every worker is stopped and joined,
 /// and the server reports it.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn a_failed_socket_stops_all_workers_and_is_reported() {
-    if !require_root("a_failed_socket_stops_all_workers_and_is_reported") {
-        return;
-    }
+    require_root();
     let mut b = Bridge::new(2);
     let mut fe = b.connect(FrontendOptions {
         queue_pairs: 2,
@@ -563,10 +554,9 @@ fn a_failed_socket_stops_all_workers_and_is_reported() {
 /// ring and are retried after completions; every frame reaches the wire,
 /// none is dropped.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn a_full_xsk_tx_ring_holds_guest_frames_instead_of_dropping_them() {
-    if !require_root("a_full_xsk_tx_ring_holds_guest_frames_instead_of_dropping_them") {
-        return;
-    }
+    require_root();
     let b = Bridge::with_frames(1, 128);
     let mut fe = b.connect(FrontendOptions {
         queue_size: 1024,
@@ -609,10 +599,9 @@ fn a_full_xsk_tx_ring_holds_guest_frames_instead_of_dropping_them() {
 /// Without traffic the workers sleep in epoll: their batch counters stand
 /// still while a guest is connected.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn idle_workers_do_not_run() {
-    if !require_root("idle_workers_do_not_run") {
-        return;
-    }
+    require_root();
     let mut b = Bridge::new(2);
     let mut fe = b.connect(FrontendOptions {
         queue_pairs: 2,
@@ -631,10 +620,9 @@ fn idle_workers_do_not_run() {
 
 /// `busy_poll` really sets preferred busy polling on the socket.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
 fn busy_poll_sets_the_socket_options() {
-    if !require_root("busy_poll_sets_the_socket_options") {
-        return;
-    }
+    require_root();
     let t = xdpath_tests::topology::Topology::new(1).expect("topology");
     let host_if = t.host_if.clone();
     t.in_host(|| {

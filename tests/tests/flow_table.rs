@@ -4,8 +4,8 @@
 //! restart leave the table, the maps and the state file consistent.
 //!
 //! Each test gets its own netns + veth pair and its own state directory,
-//! both removed even when the test fails. As non-root every test prints why
-//! it skips and passes.
+//! both removed even when the test fails. Every test needs root and is
+//! marked ignored: `cargo xtask test` as root runs them.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
@@ -181,10 +181,9 @@ fn assert_maps_hold(c: &Classifier, table: &FlowTable) {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, pinned BPF maps"]
 fn add_and_delete_steer_traffic() {
-    if !require_root("add_and_delete_steer_traffic") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let tx = peer_sender(&t);
     let dir = StateDir::new();
@@ -406,10 +405,9 @@ fn swap_run(
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, pinned BPF maps"]
 fn bulk_replace_under_traffic_is_never_half_applied() {
-    if !require_root("bulk_replace_under_traffic_is_never_half_applied") {
-        return;
-    }
+    require_root();
     let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
     let t = Topology::new(1).expect("topology");
     let tx = peer_sender(&t);
@@ -528,10 +526,9 @@ fn bulk_replace_under_traffic_is_never_half_applied() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, pinned BPF maps"]
 fn concurrent_writers_never_corrupt_the_table() {
-    if !require_root("concurrent_writers_never_corrupt_the_table") {
-        return;
-    }
+    require_root();
     const THREADS: u32 = 4;
     const OPS: u32 = 60;
     let t = Topology::new(1).expect("topology");
@@ -661,10 +658,9 @@ fn everything(table: &FlowTable, c: &Classifier, path: &Path) -> Everything {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, pinned BPF maps"]
 fn bad_input_changes_nothing() {
-    if !require_root("bad_input_changes_nothing") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let dir = StateDir::new();
     let path = dir.file("flows.json");
@@ -928,10 +924,9 @@ fn bad_input_changes_nothing() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, pinned BPF maps"]
 fn state_survives_a_restart() {
-    if !require_root("state_survives_a_restart") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let tx = peer_sender(&t);
     let dir = StateDir::new();

@@ -28,7 +28,7 @@
 //! on itself; before that, frames arriving on the second NIC queue are
 //! handed off to the first worker, after it both workers carry traffic).
 //!
-//! As non-root every test prints why it skips and passes. Without the image
+//! Every test needs root and is marked ignored. Without the image
 //! they fail, telling to run `cargo xtask guest-image`.
 
 use std::fs::File;
@@ -516,10 +516,9 @@ fn tcp_peer_to_guest(g: &mut Guest, peer: &Peer, port: u16, mib: usize) {
 /// One queue pair: ping both ways, 20 MiB of TCP each way with md5 on both
 /// ends, UDP each way with every payload checked.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a QEMU guest"]
 fn vm_one_queue_pair_ping_tcp_udp() {
-    if !require_root("vm_one_queue_pair_ping_tcp_udp") {
-        return;
-    }
+    require_root();
     let start = Instant::now();
     let b = bridge(1);
     let peer = Peer::of(&b);
@@ -595,10 +594,9 @@ fn vm_one_queue_pair_ping_tcp_udp() {
 /// queue each), UDP in 16 flows from the guest (spread over its tx queues
 /// by flow hash), and TCP in several flows with md5 on both ends.
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a QEMU guest"]
 fn vm_two_queue_pairs() {
-    if !require_root("vm_two_queue_pairs") {
-        return;
-    }
+    require_root();
     if std::thread::available_parallelism().map_or(1, |n| n.get()) < 2 {
         // The peer reaches NIC queue 1 only from CPU 1 (XPS).
         let _ = writeln!(

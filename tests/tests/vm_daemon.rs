@@ -3,7 +3,7 @@
 //! reconnects), and a jumbo MTU refused up front.
 //!
 //! Uses the guest image `cargo xtask guest-image` builds (`cargo xtask
-//! test` builds it first). As non-root every test prints why it skips.
+//! test` builds it first). Every test needs root and is marked ignored.
 
 use std::time::Duration;
 use xdpath_tests::daemon::{workspace_bin, Daemon};
@@ -34,10 +34,9 @@ fn peer_neighbour(t: &Topology, ip: &str) -> String {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a QEMU guest, a real xdpathd"]
 fn a_guest_keeps_its_network_across_a_daemon_kill_and_restart() {
-    if !require_root("a_guest_keeps_its_network_across_a_daemon_kill_and_restart") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     let mut d = Daemon::start(&t, &["--guest-mac", &mac(MAC), "--guest-ip", GUEST_IP])
         .unwrap_or_else(|e| panic!("{e:#}"));
@@ -113,10 +112,9 @@ fn a_guest_keeps_its_network_across_a_daemon_kill_and_restart() {
 }
 
 #[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a QEMU guest, a real xdpathd"]
 fn a_jumbo_mtu_is_refused_up_front() {
-    if !require_root("a_jumbo_mtu_is_refused_up_front") {
-        return;
-    }
+    require_root();
     let t = Topology::new(1).expect("topology");
     xdpath_tests::topology::run(
         "ip",

@@ -34,6 +34,16 @@ pub fn output(cmd: &mut Command) -> Option<String> {
 
 /// Runs the cargo that runs us, in the workspace root.
 pub fn cargo(args: &[&str]) -> Result<()> {
+    cargo_env(args, &[])
+}
+
+/// [`cargo`] with extra environment variables.
+pub fn cargo_env(args: &[&str], env: &[(&str, &str)]) -> Result<()> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    status(Command::new(cargo).args(args).current_dir(workspace_root()))
+    let mut cmd = Command::new(cargo);
+    cmd.args(args).current_dir(workspace_root());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    status(&mut cmd)
 }
