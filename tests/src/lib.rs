@@ -28,8 +28,10 @@
 //! call [`require_root`] first, which fails such a test loudly when it is
 //! run without root anyway. `cargo xtask test` as root runs them with
 //! `--include-ignored`.
+//!
+//! The system benchmark and the demo driver that build on this kit live in
+//! `xtask/bench` and `xtask/demo`.
 
-pub mod bench;
 pub mod bridge;
 pub mod daemon;
 pub mod frames;
@@ -38,7 +40,6 @@ pub mod packet;
 pub mod qemu;
 pub mod testpmd;
 pub mod topology;
-pub mod traffic;
 pub mod xsk;
 
 /// Fails the calling test unless the process runs as root.

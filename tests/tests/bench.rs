@@ -22,7 +22,9 @@ fn quick_bench_measures_every_system_and_writes_the_report() {
         OutDir(std::env::temp_dir().join(format!("xdpath-bench-test-{}", std::process::id())));
     let _ = std::fs::remove_dir_all(&dir.0);
     let out = &dir.0;
-    let bin = workspace_bin("xdpath-bench").expect("xdpath-bench is built");
+    let bin = workspace_bin("xdpath-bench").unwrap_or_else(|e| {
+        panic!("build it first with `cargo build -p xdpath-bench` (cargo xtask test does): {e:#}")
+    });
     let before = netns_list();
     let run = Command::new(&bin)
         .args(["--quick", "--out"])

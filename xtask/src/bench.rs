@@ -1,7 +1,7 @@
 //! `cargo xtask bench`: the benchmarks.
 //!
 //! 1. The system benchmark (root): builds the release binaries and runs
-//!    `xdpath-bench` (`tests/src/bin/xdpath-bench.rs`), which compares
+//!    `xdpath-bench` (the package in `xtask/bench`), which compares
 //!    xdpath with DPDK testpmd and the bare AF_XDP limit on private veth
 //!    topologies and writes `target/bench/results.{json,md,svg}`.
 //! 2. The criterion micro-benchmarks (no root needed): the worker's RX and
@@ -42,7 +42,7 @@ pub fn run(a: &BenchArgs) -> Result<()> {
                  `cargo xtask bench` as root (or `cargo xtask bench --micro-only`)"
             );
         }
-        crate::demo::build_release_bins()?;
+        crate::demo::build_release_bins("xdpath-bench")?;
         let mut cmd = Command::new(workspace_root().join("target/release/xdpath-bench"));
         cmd.current_dir(workspace_root())
             .args(["--out", "target/bench"]);

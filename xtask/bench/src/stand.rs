@@ -18,18 +18,18 @@
 //! workers, testpmd's lcores allowed on both CPUs); the limit has no guest
 //! and its spinning loop gets CPU 1 to itself (its best case).
 
-use super::{Direction, Flows, Sample, System};
-use crate::bridge::{guest_sockets, Bridge, GUEST_IP, GUEST_MAC};
-use crate::frontend::{FrontendOptions, TestFrontend};
-use crate::testpmd::{Testpmd, TestpmdConfig};
-use crate::topology::{Topology, PEER_IP, PEER_MAC};
 use crate::traffic::{flow_frames, Generator, Rtts, Sink, SINK_MAC};
+use crate::{Direction, Flows, Sample, System};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use xdpath_control::Classifier;
 use xdpath_dataplane::XskPort;
+use xdpath_tests::bridge::{guest_sockets, Bridge, GUEST_IP, GUEST_MAC};
+use xdpath_tests::frontend::{FrontendOptions, TestFrontend};
+use xdpath_tests::testpmd::{Testpmd, TestpmdConfig};
+use xdpath_tests::topology::{Topology, PEER_IP, PEER_MAC};
 
 /// Name of the limit's loop thread (its CPU time is the bridge's).
 const LIMIT_THREAD: &str = "bench-limit";

@@ -4,7 +4,7 @@
 //! written as `results.json`, `results.md` (the README's table) and
 //! `results.svg` (throughput per case, latency distribution).
 
-use super::{Case, Options, Results, Sample, System};
+use crate::{Case, Options, Results, Sample, System};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -548,7 +548,7 @@ pub fn write(opts: &Options, res: &Results) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::bench::{Direction, Flows, LatencyRun};
+    use crate::{Direction, Flows, LatencyRun};
 
     fn sample(delivered: u64, sent: u64) -> Sample {
         Sample {
@@ -602,7 +602,7 @@ mod tests {
             rtts: (1..=100).map(|x| x * 1000).collect(),
             lost: 0,
         });
-        let opts = crate::bench::Options::quick(std::env::temp_dir());
+        let opts = crate::Options::quick(std::env::temp_dir());
         let j = to_json(
             &opts,
             &res,

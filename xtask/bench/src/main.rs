@@ -1,5 +1,5 @@
 //! `xdpath-bench`: the system benchmark (`cargo xtask bench` runs it as
-//! root, release build). See `xdpath_tests::bench` for what it measures.
+//! root, release build). See the library (`xdpath_bench`) for what it measures.
 //!
 //! Usage: `xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR]`
 //! - `--quick`: one short run of the 64-byte, one-queue-pair cases (a
@@ -15,7 +15,7 @@
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
-use xdpath_tests::bench::{self, Options, System};
+use xdpath_bench::{self as bench, Options, System};
 
 /// Parses a non-empty comma-separated list, every item through `f`.
 fn list<T>(v: &str, f: impl Fn(&str) -> Option<T>) -> Option<Vec<T>> {

@@ -18,8 +18,6 @@
 //!
 //! Frame sizes count the Ethernet header and no FCS (veth has none).
 
-use crate::frames::{eth, ipv4, tagged, udp, ETH_P_IP};
-use crate::topology::PEER_MAC;
 use anyhow::{anyhow, bail, Context, Result};
 use std::io::Write;
 use std::num::NonZeroU32;
@@ -28,6 +26,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use xdpath_common::{Action, RuleValue};
 use xdpath_control::{Classifier, ClassifierConfig};
+use xdpath_tests::frames::{eth, ipv4, tagged, udp, ETH_P_IP};
+use xdpath_tests::topology::PEER_MAC;
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };

@@ -1,10 +1,13 @@
 //! The system benchmark behind `cargo xtask bench`: xdpath against DPDK
 //! testpmd and the bare AF_XDP limit, on the same veth, with the same
 //! wire-side generator and sink and the same guest-side frontend, in one
-//! invocation.
+//! invocation. The binary `xdpath-bench` (`src/main.rs`) is its command
+//! line; the topologies, the frontend and the testpmd wrapper come from the
+//! test kit (`xdpath-tests`).
 //!
 //! - [`stand`]: one topology with one bridge under test, its wire and its
 //!   guest, and how a case is measured on it.
+//! - [`traffic`]: the wire side's traffic: generator, sink and pinger.
 //! - [`report`]: statistics over runs (median, min, max), ratios, and the
 //!   results written as JSON, Markdown and SVG.
 //!
@@ -15,6 +18,7 @@
 
 pub mod report;
 pub mod stand;
+pub mod traffic;
 
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -322,10 +326,10 @@ pub fn run(opts: &Options) -> Result<Results> {
 /// The real `xdpathd` and a testpmd bridge, each with a guest attached and
 /// no traffic, watched side by side for `secs`.
 fn idle(secs: Duration) -> Result<Idle> {
-    use crate::daemon::Daemon;
-    use crate::frontend::{FrontendOptions, TestFrontend};
-    use crate::testpmd::{Testpmd, TestpmdConfig};
-    use crate::topology::Topology;
+    use xdpath_tests::daemon::Daemon;
+    use xdpath_tests::frontend::{FrontendOptions, TestFrontend};
+    use xdpath_tests::testpmd::{Testpmd, TestpmdConfig};
+    use xdpath_tests::topology::Topology;
 
     let t1 = Topology::new(1)?;
     let d = Daemon::start(&t1, &[])?;
