@@ -32,8 +32,10 @@ enum Cmd {
     Setup,
     /// Build the eBPF object (also done by control's build script).
     BuildEbpf,
-    /// Set up, then run fmt --check, clippy -D warnings and the whole test
-    /// suite, privileged tests included when run as root.
+    /// Set up, then run fmt --check, clippy -D warnings, cargo doc with
+    /// rustdoc warnings denied and the whole test suite. The privileged
+    /// tests (marked ignored) run too when run as root; as another user
+    /// they are listed as ignored, and the last line says so.
     Test {
         /// Extra arguments passed to `cargo test` (after `--`).
         #[arg(last = true)]
