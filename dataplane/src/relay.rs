@@ -18,7 +18,7 @@
 //! are the `vhost` crate's (`FrontendReq`, `VhostUserHeaderFlag`,
 //! `VhostUserU64`, `MAX_MSG_SIZE`, `MAX_ATTACHED_FD_ENTRIES`); descriptors
 //! travel with vmm-sys-util's `ScmSocket`. vhost 0.18 keeps its message
-//! header and socket endpoint private, so the 12-byte header ([`Header`]) is
+//! header and socket endpoint private, so the 12-byte header (`Header`) is
 //! declared here, in the layout the spec gives.
 //!
 //! One relay thread per connection, owning both sockets; it ends when
