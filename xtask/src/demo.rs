@@ -27,6 +27,8 @@ pub fn build_release_bins() -> Result<()> {
         "-p",
         "xdpath-control",
         "-p",
+        "xdpath-cli",
+        "-p",
         "xdpath-tests",
         "--bins",
     ])
