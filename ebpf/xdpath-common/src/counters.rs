@@ -82,7 +82,9 @@ macro_rules! counters {
         }
 
         impl QueueCounters {
-            /// Adds a batch's tally (called by the owning worker only).
+            /// Adds a batch's tally (called by the owning worker only, once
+            /// per batch; inlined into the worker as when it lived there).
+            #[inline]
             pub fn add(&self, t: &Tally) {
                 $(if t.$name != 0 { self.$name.fetch_add(t.$name, Relaxed); })*
             }
