@@ -839,6 +839,32 @@ mod tests {
     }
 
     #[test]
+    fn request_examples_fit_their_schemas_and_the_daemon_reads_them() {
+        let doc = document();
+        let mut seen = 0;
+        for e in Endpoint::ALL {
+            let Some(media) = doc["paths"][e.path()][e.method().openapi_key()]
+                .pointer("/requestBody/content/application~1json")
+            else {
+                continue;
+            };
+            let problems = validate(&doc, &media["schema"], &media["example"]);
+            assert!(problems.is_empty(), "{e:?}: {problems:?}");
+            let text = media["example"].to_string();
+            let read = match e {
+                Endpoint::AddFlow => FlowRuleSpec::from_json(text.as_bytes()).map(|_| ()),
+                Endpoint::ReplaceFlows => flow_specs_from_json(text.as_bytes()).map(|_| ()),
+                Endpoint::AddPrefix => PrefixRuleSpec::from_json(text.as_bytes()).map(|_| ()),
+                Endpoint::ReplacePrefixes => prefix_specs_from_json(text.as_bytes()).map(|_| ()),
+                other => panic!("{other:?} has a request body this test does not know"),
+            };
+            assert!(read.is_ok(), "{e:?}: {read:?}");
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+    }
+
+    #[test]
     fn metrics_keep_their_names_and_escape_labels() {
         let text = metrics_text(Scrape {
             iface: "we\"ird\\if\n".into(),
