@@ -1,7 +1,13 @@
 //! The daemon's HTTP/JSON API on a Unix socket.
 //!
-//! Versioned paths under `/v1`, described by `control/openapi.json` (a test
-//! checks that every documented route is served and nothing else is):
+//! The routes are data: [`xdpath_api::Endpoint::ALL`] lists every
+//! operation (method, path, summary). [`build`] makes the router from it,
+//! with one handler per endpoint chosen by an exhaustive match
+//! ([`router`]), and the OpenAPI document (`control/openapi.json`) is
+//! generated from the same list and from the request and response types of
+//! `xdpath-api` (see `xdpath_api::openapi`). [`check_router`] drives a
+//! router with the document's requests and reports where they disagree,
+//! without a socket.
 //!
 //! | method | path                        | what                                  |
 //! |--------|-----------------------------|---------------------------------------|
@@ -18,11 +24,16 @@
 //! | GET    | /v1/queues                  | queues, their sockets and counters    |
 //! | POST   | /v1/queues/{queue}/replace  | replace a queue's AF_XDP socket       |
 //! | GET    | /v1/stats                   | classifier and per-queue counters     |
-//! | GET    | /metrics                    | Prometheus text format                |
+//! | GET    | /metrics                    | OpenMetrics text                      |
 //!
-//! Errors are `{"error": "...", "field": "..."}` with 400 (bad input; the
-//! message names the field), 404 (unknown id or route), 409 (duplicate or
-//! conflict), 413/507 (capacity) or 500. A rejected write changes nothing.
+//! Errors are [`xdpath_api::ErrorBody`] (`{"error": "...", "field": "..."}`)
+//! with 400 (bad input; the message names the field), 404 (unknown id or
+//! route), 409 (duplicate or conflict), 413/507 (capacity) or 500. A
+//! rejected write changes nothing.
+//!
+//! `/metrics` is encoded by `prometheus-client` from the same snapshots
+//! `/v1/stats` reads (a collector, not a second set of counters), so label
+//! values are escaped.
 //!
 //! Shared state ([`ControlState`]): the classifier and the flow table in one
 //! mutex (every map write goes through it; held only for map syscalls, on a
@@ -33,17 +44,27 @@ use crate::classifier::Classifier;
 use crate::config::DaemonConfig;
 use crate::flow_table::{FlowTable, FlowTableError};
 use crate::rules::{flow_specs_from_json, prefix_specs_from_json, FlowRuleSpec, PrefixRuleSpec};
-use crate::socket_pool::{PoolError, SocketPool};
-use axum::body::Bytes;
+use crate::socket_pool::{self, PoolError, SocketPool};
+use axum::body::{Body, Bytes};
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{on, MethodFilter, MethodRouter};
 use axum::{Json, Router};
-use serde_json::{json, Map, Value};
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::counter::ConstCounter;
+use prometheus_client::metrics::gauge::ConstGauge;
+use prometheus_client::metrics::MetricType;
+use serde_json::Value;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
-use xdpath_common::Counters;
+use tower::ServiceExt;
+use xdpath_api::openapi::METRICS_CONTENT_TYPE;
+use xdpath_api::{
+    ClassifierCounters, Endpoint, ErrorBody, Guest, Health, Method, QueueCounterValues,
+    QueueSocket, QueueStats, QueueStatus, SocketState, Stats,
+};
 use xdpath_dataplane::ServerHandle;
 
 /// The maps' source of truth and their projection, behind one mutex.
@@ -80,27 +101,34 @@ pub struct ControlState {
 #[derive(Debug)]
 pub struct ApiError {
     status: StatusCode,
-    message: String,
-    field: Option<String>,
+    body: ErrorBody,
 }
 
 impl ApiError {
     fn new(status: StatusCode, message: impl Into<String>) -> Self {
         Self {
             status,
-            message: message.into(),
-            field: None,
+            body: ErrorBody {
+                error: message.into(),
+                field: None,
+            },
+        }
+    }
+
+    fn bad_field(field: &str, message: String) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            body: ErrorBody {
+                error: message,
+                field: Some(field.to_string()),
+            },
         }
     }
 }
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let mut body = json!({ "error": self.message });
-        if let Some(f) = self.field {
-            body["field"] = json!(f);
-        }
-        (self.status, Json(body)).into_response()
+        (self.status, Json(self.body)).into_response()
     }
 }
 
@@ -109,8 +137,10 @@ impl From<FlowTableError> for ApiError {
         Self {
             status: StatusCode::from_u16(e.http_status())
                 .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
-            field: e.field().map(str::to_string),
-            message: e.to_string(),
+            body: ErrorBody {
+                field: e.field().map(str::to_string),
+                error: e.to_string(),
+            },
         }
     }
 }
@@ -123,6 +153,12 @@ impl From<PoolError> for ApiError {
             _ => StatusCode::INTERNAL_SERVER_ERROR,
         };
         Self::new(status, e.to_string())
+    }
+}
+
+impl From<crate::rules::RuleError> for ApiError {
+    fn from(e: crate::rules::RuleError) -> Self {
+        Self::bad_field(e.field(), e.to_string())
     }
 }
 
@@ -140,80 +176,85 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// The router.
-pub fn router(state: Arc<ControlState>) -> Router {
-    Router::new()
-        .route("/v1/health", get(health))
-        .route(
-            "/v1/flows",
-            get(list_flows).post(add_flow).put(replace_flows),
-        )
-        .route("/v1/flows/{id}", axum::routing::delete(delete_flow))
-        .route(
-            "/v1/prefixes",
-            get(list_prefixes).post(add_prefix).put(replace_prefixes),
-        )
-        .route("/v1/prefixes/{id}", axum::routing::delete(delete_prefix))
-        .route("/v1/guests", get(guests))
-        .route("/v1/queues", get(queues))
-        .route("/v1/queues/{queue}/replace", post(replace_queue))
-        .route("/v1/stats", get(stats))
-        .route("/metrics", get(metrics))
-        .fallback(|| async {
-            ApiError::new(
-                StatusCode::NOT_FOUND,
-                "No such API path; see control/openapi.json.",
-            )
-        })
-        // Bulk replaces of up to the table's capacity (a million exact
-        // rules are about 110 MB of JSON) must fit; axum's default is 2 MB.
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
-        .with_state(state)
-}
-
 /// Largest request body the API accepts.
 pub const MAX_BODY: usize = 256 << 20;
 
-fn mac_text(m: [u8; 6]) -> String {
-    m.iter()
-        .map(|b| format!("{b:02x}"))
-        .collect::<Vec<_>>()
-        .join(":")
+/// What the fallback answers for a path the API does not have.
+pub const NO_SUCH_PATH: &str = "No such API path; see control/openapi.json.";
+
+/// The axum method filter of an API method.
+fn method_filter(m: Method) -> MethodFilter {
+    match m {
+        Method::Get => MethodFilter::GET,
+        Method::Post => MethodFilter::POST,
+        Method::Put => MethodFilter::PUT,
+        Method::Delete => MethodFilter::DELETE,
+    }
 }
 
-async fn health(State(s): State<Arc<ControlState>>) -> Json<Value> {
-    Json(json!({
-        "status": "ok",
-        "version": env!("CARGO_PKG_VERSION"),
-        "iface": s.cfg.iface,
-        "xdp_prog_id": s.prog_id,
-        "xdp_mode": format!("{:?}", s.cfg.xdp_mode).to_lowercase(),
-        "queues": s.cfg.queues,
-        "guest_connected": s.server.connected(),
-        "connections": s.server.connections(),
-        "uptime_s": s.started.elapsed().as_secs(),
-    }))
+/// The router over every endpoint of [`Endpoint::ALL`]: each under its
+/// path and method with the handler `handler` gives it, plus the 404
+/// fallback and the body limit. Generic over the state so a router can be
+/// built with other handlers (tests, a daemon with fake maps).
+pub fn build<S: Clone + Send + Sync + 'static>(
+    handler: impl Fn(Endpoint) -> MethodRouter<S>,
+) -> Router<S> {
+    Endpoint::ALL
+        .into_iter()
+        .fold(Router::new(), |r, e| r.route(e.path(), handler(e)))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, NO_SUCH_PATH) })
+        // Bulk replaces of up to the table's capacity (a million exact
+        // rules are about 110 MB of JSON) must fit; axum's default is 2 MB.
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+}
+
+/// The daemon's handler of each endpoint, under the endpoint's method.
+pub fn handler(e: Endpoint) -> MethodRouter<Arc<ControlState>> {
+    let m = method_filter(e.method());
+    match e {
+        Endpoint::Health => on(m, health),
+        Endpoint::ListFlows => on(m, list_flows),
+        Endpoint::AddFlow => on(m, add_flow),
+        Endpoint::ReplaceFlows => on(m, replace_flows),
+        Endpoint::DeleteFlow => on(m, delete_flow),
+        Endpoint::ListPrefixes => on(m, list_prefixes),
+        Endpoint::AddPrefix => on(m, add_prefix),
+        Endpoint::ReplacePrefixes => on(m, replace_prefixes),
+        Endpoint::DeletePrefix => on(m, delete_prefix),
+        Endpoint::Guests => on(m, guests),
+        Endpoint::Queues => on(m, queues),
+        Endpoint::ReplaceQueue => on(m, replace_queue),
+        Endpoint::Stats => on(m, stats),
+        Endpoint::Metrics => on(m, metrics),
+    }
+}
+
+/// The daemon's router.
+pub fn router(state: Arc<ControlState>) -> Router {
+    build(handler).with_state(state)
+}
+
+async fn health(State(s): State<Arc<ControlState>>) -> Json<Health> {
+    Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        iface: s.cfg.iface.clone(),
+        xdp_prog_id: s.prog_id,
+        xdp_mode: s.cfg.xdp_mode,
+        queues: s.cfg.queues,
+        guest_connected: s.server.connected(),
+        connections: s.server.connections(),
+        uptime_s: s.started.elapsed().as_secs(),
+    })
 }
 
 fn id_param(raw: &str, field: &str) -> Result<u32, ApiError> {
-    raw.parse::<u32>()
-        .ok()
-        .filter(|id| *id > 0)
-        .ok_or_else(|| ApiError {
-            status: StatusCode::BAD_REQUEST,
-            message: format!("Field `{field}`: {raw:?} is not a rule id (1 to 4294967295)."),
-            field: Some(field.to_string()),
-        })
-}
-
-impl From<crate::rules::RuleError> for ApiError {
-    fn from(e: crate::rules::RuleError) -> Self {
-        Self {
-            status: StatusCode::BAD_REQUEST,
-            field: Some(e.field().to_string()),
-            message: e.to_string(),
-        }
-    }
+    raw.parse::<u32>().ok().filter(|id| *id > 0).ok_or_else(|| {
+        ApiError::bad_field(
+            field,
+            format!("Field `{field}`: {raw:?} is not a rule id (1 to 4294967295)."),
+        )
+    })
 }
 
 macro_rules! table_routes {
@@ -290,77 +331,62 @@ table_routes!(
     delete_prefix
 );
 
-async fn guests(State(s): State<Arc<ControlState>>) -> Json<Value> {
-    let ips: Vec<String> = s.cfg.guest_ips().iter().map(ToString::to_string).collect();
-    Json(json!([{
-        "port": 1,
-        "mac": s.cfg.guest_mac().map(mac_text),
-        "ips": ips,
-        "vhost_socket": s.cfg.vhost_socket(),
-        "queue_pairs": s.cfg.queues,
-        "mtu": s.cfg.mtu,
-        "connected": s.server.connected(),
-        "connections": s.server.connections(),
-    }]))
+async fn guests(State(s): State<Arc<ControlState>>) -> Json<Vec<Guest>> {
+    Json(vec![Guest {
+        port: crate::config::GUEST_PORT,
+        mac: s.cfg.guest_mac,
+        ips: s.cfg.guest_ip.clone(),
+        vhost_socket: s.cfg.vhost_socket(),
+        queue_pairs: s.cfg.queues,
+        mtu: s.cfg.mtu,
+        connected: s.server.connected(),
+        connections: s.server.connections(),
+    }])
 }
 
-fn object(fields: Vec<(&'static str, u64)>) -> Map<String, Value> {
-    fields
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), json!(v)))
-        .collect()
+/// The API's form of the pool's socket state.
+fn socket_state(s: socket_pool::SocketState) -> SocketState {
+    match s {
+        socket_pool::SocketState::Bound => SocketState::Bound,
+        socket_pool::SocketState::Replacing => SocketState::Replacing,
+        socket_pool::SocketState::Released => SocketState::Released,
+        socket_pool::SocketState::Failed(why) => SocketState::Failed(why),
+    }
 }
 
-async fn queues(State(s): State<Arc<ControlState>>) -> Json<Value> {
+async fn queues(State(s): State<Arc<ControlState>>) -> Json<Vec<QueueStatus>> {
     let counters = s.server.all_counters();
-    let list: Vec<Value> = s
-        .pool
-        .list()
-        .into_iter()
-        .map(|q| {
-            let mut o = Map::new();
-            o.insert("queue".into(), json!(q.queue));
-            o.insert("socket".into(), json!(q.state));
-            o.insert("socket_generation".into(), json!(q.generation));
-            if let Some(c) = counters.get(q.queue as usize) {
-                o.insert("counters".into(), Value::Object(object(c.fields())));
-            }
-            Value::Object(o)
-        })
-        .collect();
-    Json(Value::Array(list))
+    Json(
+        s.pool
+            .list()
+            .into_iter()
+            .map(|q| QueueStatus {
+                counters: counters.get(q.queue as usize).copied(),
+                queue: q.queue,
+                socket: socket_state(q.state),
+                socket_generation: q.generation,
+            })
+            .collect(),
+    )
 }
 
 async fn replace_queue(State(s): State<Arc<ControlState>>, Path(raw): Path<String>) -> ApiResult {
-    let queue: u32 = raw.parse().map_err(|_| ApiError {
-        status: StatusCode::BAD_REQUEST,
-        message: format!("Field `queue`: {raw:?} is not a queue index."),
-        field: Some("queue".into()),
+    let queue: u32 = raw.parse().map_err(|_| {
+        ApiError::bad_field(
+            "queue",
+            format!("Field `queue`: {raw:?} is not a queue index."),
+        )
     })?;
     let info = blocking(move || s.pool.replace(queue, &s.tables, &s.server)).await??;
-    Ok(Json(info).into_response())
+    Ok(Json(QueueSocket {
+        queue: info.queue,
+        state: socket_state(info.state),
+        generation: info.generation,
+    })
+    .into_response())
 }
 
-/// The classifier's counters as name/value pairs.
-pub fn classifier_fields(c: &Counters) -> Vec<(&'static str, u64)> {
-    vec![
-        ("frames", c.frames),
-        ("action_host", c.action_host),
-        ("action_guest", c.action_guest),
-        ("action_drop", c.action_drop),
-        ("class_exact", c.class_exact),
-        ("class_prefix", c.class_prefix),
-        ("class_mac", c.class_mac),
-        ("class_neigh", c.class_neigh),
-        ("class_default", c.class_default),
-        ("parse_errors", c.parse_errors),
-        ("redirect_no_socket", c.redirect_no_socket),
-        ("redirects", c.redirects),
-        ("meta_errors", c.meta_errors),
-    ]
-}
-
-async fn classifier_counters(s: Arc<ControlState>) -> Result<Counters, ApiError> {
+async fn classifier_counters(s: Arc<ControlState>) -> Result<ClassifierCounters, ApiError> {
     blocking(move || {
         s.tables
             .lock()
@@ -372,56 +398,516 @@ async fn classifier_counters(s: Arc<ControlState>) -> Result<Counters, ApiError>
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
+/// The queue pairs' counters with their indices.
+fn queue_stats(snaps: Vec<QueueCounterValues>) -> Vec<QueueStats> {
+    (0u32..)
+        .zip(snaps)
+        .map(|(queue, counters)| QueueStats { queue, counters })
+        .collect()
+}
+
 async fn stats(State(s): State<Arc<ControlState>>) -> ApiResult {
-    let c = classifier_counters(s.clone()).await?;
-    let queues: Vec<Value> = s
-        .server
-        .all_counters()
-        .iter()
-        .enumerate()
-        .map(|(i, q)| {
-            let mut o = object(q.fields());
-            o.insert("queue".into(), json!(i));
-            Value::Object(o)
-        })
-        .collect();
-    Ok(
-        Json(json!({ "classifier": object(classifier_fields(&c)), "queues": queues }))
-            .into_response(),
-    )
+    let classifier = classifier_counters(s.clone()).await?;
+    Ok(Json(Stats {
+        classifier,
+        queues: queue_stats(s.server.all_counters()),
+    })
+    .into_response())
 }
 
 async fn metrics(State(s): State<Arc<ControlState>>) -> ApiResult {
     let c = classifier_counters(s.clone()).await?;
-    let iface = &s.cfg.iface;
-    let mut out = String::new();
-    for (name, v) in classifier_fields(&c) {
-        out.push_str(&format!(
-            "# TYPE xdpath_classifier_{name}_total counter\nxdpath_classifier_{name}_total{{iface=\"{iface}\"}} {v}\n"
-        ));
+    let text = metrics_text(Scrape {
+        iface: s.cfg.iface.clone(),
+        classifier: c,
+        queues: s.server.all_counters(),
+        guest_connected: s.server.connected(),
+    })
+    .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, METRICS_CONTENT_TYPE)],
+        text,
+    )
+        .into_response())
+}
+
+/// One scrape: the snapshots `/metrics` shows, read once.
+#[derive(Debug)]
+pub struct Scrape {
+    /// The interface (label `iface`).
+    pub iface: String,
+    /// The classifier's counters.
+    pub classifier: ClassifierCounters,
+    /// Each queue pair's counters (label `queue` = index).
+    pub queues: Vec<QueueCounterValues>,
+    /// Whether a guest is connected.
+    pub guest_connected: bool,
+}
+
+/// A `prometheus-client` collector over one [`Scrape`]: every counter of
+/// the snapshot, under the names of its definition.
+#[derive(Debug)]
+struct ScrapeCollector(Scrape);
+
+impl Collector for ScrapeCollector {
+    fn encode(&self, mut enc: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let s = &self.0;
+        let iface = [("iface", s.iface.as_str())];
+        for (name, v) in s.classifier.fields() {
+            let family = format!("xdpath_classifier_{name}");
+            let help = format!("Classifier counter {name} (summed over CPUs).");
+            let mut m = enc.encode_descriptor(&family, &help, None, MetricType::Counter)?;
+            ConstCounter::new(v).encode(m.encode_family(&iface)?)?;
+        }
+        if !s.queues.is_empty() {
+            for (i, name) in QueueCounterValues::NAMES.iter().enumerate() {
+                let family = format!("xdpath_queue_{name}");
+                let help = QueueCounterValues::DOCS.get(i).map(|d| d.join(" "));
+                let help = help.as_deref().unwrap_or(name);
+                let mut m = enc.encode_descriptor(&family, help, None, MetricType::Counter)?;
+                for (q, snap) in s.queues.iter().enumerate() {
+                    let v = snap.fields().get(i).map_or(0, |f| f.1);
+                    let queue = q.to_string();
+                    let labels = [("iface", s.iface.as_str()), ("queue", queue.as_str())];
+                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                }
+            }
+        }
+        let mut m = enc.encode_descriptor(
+            "xdpath_guest_connected",
+            "1 while a vhost-user frontend is connected.",
+            None,
+            MetricType::Gauge,
+        )?;
+        ConstGauge::new(i64::from(s.guest_connected)).encode(m.encode_family(&iface)?)?;
+        Ok(())
     }
-    let queues = s.server.all_counters();
-    if let Some(first) = queues.first() {
-        for (idx, (name, _)) in first.fields().into_iter().enumerate() {
-            out.push_str(&format!("# TYPE xdpath_queue_{name}_total counter\n"));
-            for (q, snap) in queues.iter().enumerate() {
-                let v = snap.fields().get(idx).map_or(0, |f| f.1);
-                out.push_str(&format!(
-                    "xdpath_queue_{name}_total{{iface=\"{iface}\",queue=\"{q}\"}} {v}\n"
+}
+
+/// The OpenMetrics text of one scrape.
+pub fn metrics_text(s: Scrape) -> Result<String, String> {
+    let mut registry = prometheus_client::registry::Registry::default();
+    registry.register_collector(Box::new(ScrapeCollector(s)));
+    let mut out = String::new();
+    prometheus_client::encoding::text::encode(&mut out, &registry)
+        .map_err(|e| format!("Encoding the metrics failed: {e}."))?;
+    Ok(out)
+}
+
+/// The concrete path of a documented path (`{id}` -> 1, `{queue}` -> 0).
+fn concrete(path: &str) -> String {
+    path.replace("{id}", "1").replace("{queue}", "0")
+}
+
+/// One request through `router`: the status and the body as text.
+async fn send(
+    router: &Router,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String), String> {
+    let req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(axum::http::header::CONTENT_TYPE, "application/json")
+        .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+        .map_err(|e| format!("{method} {path}: cannot build the request: {e}"))?;
+    let resp = router
+        .clone()
+        .oneshot(req)
+        .await
+        .map_err(|e| format!("{method} {path}: {e}"))?;
+    let status = resp.status().as_u16();
+    let bytes = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+        .await
+        .map_err(|e| format!("{method} {path}: reading the answer: {e}"))?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Drives `router` with the requests `doc` (an OpenAPI document such as
+/// `control/openapi.json`) describes and returns every disagreement (none:
+/// they agree):
+///
+/// - every documented operation is served: neither 405 nor the fallback's
+///   404; its request body is the documented example (or `{}`);
+/// - a documented success status comes with a body that fits the
+///   documented schema (bodies of other statuses are not checked, so a
+///   router with fake state can be checked too);
+/// - every other method on a documented path answers 405;
+/// - a few undocumented paths reach the fallback.
+pub async fn check_router(router: Router, doc: &Value) -> Vec<String> {
+    let mut problems = Vec::new();
+    let Some(paths) = doc.get("paths").and_then(Value::as_object) else {
+        return vec!["the document has no paths".into()];
+    };
+    let fallback =
+        |text: &str| serde_json::from_str::<ErrorBody>(text).is_ok_and(|b| b.error == NO_SUCH_PATH);
+    for (path, item) in paths {
+        let ops = item.as_object().cloned().unwrap_or_default();
+        let uri = concrete(path);
+        for method in ["get", "post", "put", "delete", "patch"] {
+            let upper = method.to_uppercase();
+            let Some(op) = ops.get(method) else {
+                match send(&router, &upper, &uri, None).await {
+                    Ok((405, _)) => {}
+                    Ok((status, text)) => problems.push(format!(
+                        "{upper} {path} is not documented but answers {status}: {text}"
+                    )),
+                    Err(e) => problems.push(e),
+                }
+                continue;
+            };
+            let body = op.get("requestBody").map(|rb| {
+                rb.pointer("/content/application~1json/example")
+                    .cloned()
+                    .unwrap_or_else(|| serde_json::json!({}))
+            });
+            let (status, text) = match send(&router, &upper, &uri, body.as_ref()).await {
+                Ok(r) => r,
+                Err(e) => {
+                    problems.push(e);
+                    continue;
+                }
+            };
+            if status == 405 || (status == 404 && fallback(&text)) {
+                problems.push(format!(
+                    "{upper} {path} is documented but not served: {status} {text}"
                 ));
+                continue;
+            }
+            let documented = op
+                .get("responses")
+                .and_then(|r| r.get(status.to_string()))
+                .and_then(|r| r.pointer("/content/application~1json/schema"));
+            if let (Some(schema), Ok(v)) = (documented, serde_json::from_str::<Value>(&text)) {
+                for p in xdpath_api::openapi::validate(doc, schema, &v) {
+                    problems.push(format!("{upper} {path} answers {status} with {p}"));
+                }
             }
         }
     }
-    out.push_str(&format!(
-        "# TYPE xdpath_guest_connected gauge\nxdpath_guest_connected{{iface=\"{iface}\"}} {}\n",
-        u8::from(s.server.connected())
-    ));
-    Ok((
-        [(
-            axum::http::header::CONTENT_TYPE,
-            "text/plain; version=0.0.4",
-        )],
-        out,
-    )
-        .into_response())
+    for p in ["/v1/nothing", "/v2/health", "/"] {
+        match send(&router, "GET", p, None).await {
+            Ok((404, text)) if fallback(&text) => {}
+            Ok((status, text)) => problems.push(format!(
+                "GET {p} is not documented but answers {status}: {text}"
+            )),
+            Err(e) => problems.push(e),
+        }
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rules::{FlowRule, PrefixRule};
+    use xdpath_api::openapi::{document, document_text, response_schema, validate};
+    use xdpath_api::{MacAddr, XdpAttachMode};
+
+    const COMMITTED: &str = include_str!("../openapi.json");
+
+    /// The committed document is the generated one. `XDPATH_BLESS=1 cargo
+    /// test -p xdpath-control openapi` rewrites it after a deliberate
+    /// change.
+    #[test]
+    fn the_committed_openapi_document_is_generated_from_the_types() {
+        let generated = document_text();
+        if std::env::var_os("XDPATH_BLESS").is_some() {
+            let path = concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.json");
+            std::fs::write(path, &generated).expect("write control/openapi.json");
+            return;
+        }
+        assert!(
+            COMMITTED == generated,
+            "control/openapi.json is not what the types and the route table generate; \
+             run `XDPATH_BLESS=1 cargo test -p xdpath-control openapi` and review the diff"
+        );
+    }
+
+    #[test]
+    fn every_endpoint_is_documented_and_nothing_else() {
+        let doc = document();
+        let mut documented: Vec<(String, String)> = doc["paths"]
+            .as_object()
+            .unwrap()
+            .iter()
+            .flat_map(|(p, ops)| {
+                ops.as_object()
+                    .unwrap()
+                    .keys()
+                    .map(move |m| (m.clone(), p.clone()))
+            })
+            .collect();
+        let mut routes: Vec<(String, String)> = Endpoint::ALL
+            .iter()
+            .map(|e| (e.method().openapi_key().to_string(), e.path().to_string()))
+            .collect();
+        documented.sort();
+        routes.sort();
+        assert_eq!(documented, routes);
+        // Every route of the old hand-written document is still there.
+        for (m, p) in [
+            ("get", "/v1/health"),
+            ("get", "/v1/flows"),
+            ("post", "/v1/flows"),
+            ("put", "/v1/flows"),
+            ("delete", "/v1/flows/{id}"),
+            ("get", "/v1/prefixes"),
+            ("post", "/v1/prefixes"),
+            ("put", "/v1/prefixes"),
+            ("delete", "/v1/prefixes/{id}"),
+            ("get", "/v1/guests"),
+            ("get", "/v1/queues"),
+            ("post", "/v1/queues/{queue}/replace"),
+            ("get", "/v1/stats"),
+            ("get", "/metrics"),
+        ] {
+            assert!(doc["paths"][p][m].is_object(), "{m} {p}");
+        }
+    }
+
+    /// A router with stand-in handlers (the daemon's need a classifier).
+    fn stand_in(skip: Option<Endpoint>) -> Router {
+        build(move |e| {
+            if Some(e) == skip {
+                MethodRouter::new()
+            } else {
+                on(method_filter(e.method()), || async { StatusCode::OK })
+            }
+        })
+    }
+
+    #[tokio::test]
+    async fn the_route_check_passes_for_the_table_and_fails_for_a_missing_route() {
+        let doc = document();
+        assert_eq!(
+            check_router(stand_in(None), &doc).await,
+            Vec::<String>::new()
+        );
+        let problems = check_router(stand_in(Some(Endpoint::ReplaceQueue)), &doc).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("POST /v1/queues/{queue}/replace is documented but not served")),
+            "{problems:?}"
+        );
+        // An answer that does not fit the documented schema is reported.
+        let wrong = build(|e| {
+            on(method_filter(e.method()), move || async move {
+                match e {
+                    Endpoint::Health => Json(serde_json::json!({"status": "ok"})).into_response(),
+                    _ => StatusCode::OK.into_response(),
+                }
+            })
+        });
+        let problems = check_router(wrong, &doc).await;
+        assert!(
+            problems
+                .iter()
+                .any(|p| p.contains("GET /v1/health") && p.contains("`version` is missing")),
+            "{problems:?}"
+        );
+    }
+
+    fn snapshot(seed: u64) -> QueueCounterValues {
+        let c = xdpath_common::counters::QueueCounters::default();
+        c.add(&xdpath_common::counters::Tally {
+            rx_frames: seed,
+            tx_bytes: seed * 3,
+            xdp_tx_ring_empty: seed + 1,
+            ..Default::default()
+        });
+        c.snapshot()
+    }
+
+    /// Every answer the daemon builds, serialized as it serializes it, fits
+    /// the schema the document gives for it: a field renamed, added or
+    /// dropped on either side fails here.
+    #[test]
+    fn documented_answers_fit_the_types() {
+        let doc = document();
+        let check = |e: Endpoint, v: Value| {
+            let schema = response_schema(&doc, e).unwrap_or_else(|| panic!("{e:?} has a schema"));
+            let problems = validate(&doc, schema, &v);
+            assert!(problems.is_empty(), "{e:?}: {problems:?} in {v}");
+        };
+        let health = Health {
+            status: "ok".into(),
+            version: "0.1.0".into(),
+            iface: "eth1".into(),
+            xdp_prog_id: 42,
+            xdp_mode: XdpAttachMode::Generic,
+            queues: 2,
+            guest_connected: true,
+            connections: 3,
+            uptime_s: 9,
+        };
+        check(Endpoint::Health, serde_json::to_value(&health).unwrap());
+        let flow = FlowRuleSpec {
+            id: None,
+            src: "10.0.0.2".into(),
+            dst: "10.0.0.1".into(),
+            proto: "udp".into(),
+            src_port: 1000,
+            dst_port: 53,
+            action: "guest".into(),
+            guest: Some(2),
+        }
+        .validate(7)
+        .unwrap();
+        let icmp: FlowRule = FlowRuleSpec::new("fd00::2", "fd00::1", 200u8, "drop")
+            .validate(8)
+            .unwrap();
+        check(Endpoint::AddFlow, serde_json::to_value(flow).unwrap());
+        check(
+            Endpoint::ListFlows,
+            serde_json::to_value([flow, icmp]).unwrap(),
+        );
+        let prefix: PrefixRule = PrefixRuleSpec::new("fd00:88::/32", "host")
+            .validate(3)
+            .unwrap();
+        check(
+            Endpoint::ReplacePrefixes,
+            serde_json::to_value([prefix]).unwrap(),
+        );
+        for mac in [None, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 2]))] {
+            let g = Guest {
+                port: 1,
+                mac,
+                ips: vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
+                vhost_socket: "/run/xdpath/eth1.vhost.sock".into(),
+                queue_pairs: 2,
+                mtu: 1500,
+                connected: false,
+                connections: 0,
+            };
+            check(Endpoint::Guests, serde_json::to_value([g]).unwrap());
+        }
+        let queues = [
+            QueueStatus {
+                queue: 0,
+                socket: SocketState::Bound,
+                socket_generation: 1,
+                counters: Some(snapshot(5)),
+            },
+            QueueStatus {
+                queue: 1,
+                socket: SocketState::Failed("binding failed".into()),
+                socket_generation: 2,
+                counters: None,
+            },
+        ];
+        check(Endpoint::Queues, serde_json::to_value(queues).unwrap());
+        check(
+            Endpoint::ReplaceQueue,
+            serde_json::to_value(QueueSocket {
+                queue: 1,
+                state: SocketState::Released,
+                generation: 3,
+            })
+            .unwrap(),
+        );
+        let stats = Stats {
+            classifier: ClassifierCounters {
+                frames: 10,
+                redirects: 4,
+                ..Default::default()
+            },
+            queues: queue_stats(vec![snapshot(1), snapshot(2)]),
+        };
+        let v = serde_json::to_value(&stats).unwrap();
+        assert_eq!(v["queues"][1]["queue"], 1);
+        assert_eq!(v["queues"][1]["tx_bytes"], 6);
+        assert_eq!(v["classifier"]["redirects"], 4);
+        check(Endpoint::Stats, v);
+        // The error body, through the shared response.
+        let err = serde_json::to_value(ErrorBody {
+            error: "Field `dst`: bad.".into(),
+            field: Some("dst".into()),
+        })
+        .unwrap();
+        let schema =
+            &doc["components"]["responses"]["Error"]["content"]["application/json"]["schema"];
+        assert!(validate(&doc, schema, &err).is_empty());
+        // And the check itself can fail.
+        let mut h = serde_json::to_value(&health).unwrap();
+        h["colour"] = "red".into();
+        h["queues"] = "two".into();
+        let problems = validate(&doc, response_schema(&doc, Endpoint::Health).unwrap(), &h);
+        assert_eq!(problems.len(), 2, "{problems:?}");
+    }
+
+    #[test]
+    fn request_examples_fit_their_schemas_and_the_daemon_reads_them() {
+        let doc = document();
+        let mut seen = 0;
+        for e in Endpoint::ALL {
+            let Some(media) = doc["paths"][e.path()][e.method().openapi_key()]
+                .pointer("/requestBody/content/application~1json")
+            else {
+                continue;
+            };
+            let problems = validate(&doc, &media["schema"], &media["example"]);
+            assert!(problems.is_empty(), "{e:?}: {problems:?}");
+            let text = media["example"].to_string();
+            let read = match e {
+                Endpoint::AddFlow => FlowRuleSpec::from_json(text.as_bytes()).map(|_| ()),
+                Endpoint::ReplaceFlows => flow_specs_from_json(text.as_bytes()).map(|_| ()),
+                Endpoint::AddPrefix => PrefixRuleSpec::from_json(text.as_bytes()).map(|_| ()),
+                Endpoint::ReplacePrefixes => prefix_specs_from_json(text.as_bytes()).map(|_| ()),
+                other => panic!("{other:?} has a request body this test does not know"),
+            };
+            assert!(read.is_ok(), "{e:?}: {read:?}");
+            seen += 1;
+        }
+        assert_eq!(seen, 4);
+    }
+
+    #[test]
+    fn metrics_keep_their_names_and_escape_labels() {
+        let text = metrics_text(Scrape {
+            iface: "we\"ird\\if\n".into(),
+            classifier: ClassifierCounters {
+                frames: 7,
+                ..Default::default()
+            },
+            queues: vec![snapshot(3), snapshot(4)],
+            guest_connected: true,
+        })
+        .unwrap();
+        let lab = r#"iface="we\"ird\\if\n""#;
+        for want in [
+            format!("xdpath_classifier_frames_total{{{lab}}} 7\n"),
+            format!("xdpath_classifier_meta_errors_total{{{lab}}} 0\n"),
+            "# TYPE xdpath_classifier_frames counter\n".to_string(),
+            format!("xdpath_queue_rx_frames_total{{{lab},queue=\"0\"}} 3\n"),
+            format!("xdpath_queue_rx_frames_total{{{lab},queue=\"1\"}} 4\n"),
+            format!("xdpath_queue_tx_bytes_total{{{lab},queue=\"1\"}} 12\n"),
+            format!("xdpath_queue_xdp_tx_ring_empty_total{{{lab},queue=\"0\"}} 4\n"),
+            "# HELP xdpath_queue_rx_frames Frames delivered to the guest (wire -> guest).\n"
+                .to_string(),
+            "# TYPE xdpath_guest_connected gauge\n".to_string(),
+            format!("xdpath_guest_connected{{{lab}}} 1\n"),
+        ] {
+            assert!(text.contains(&want), "missing {want:?} in\n{text}");
+        }
+        assert!(text.ends_with("# EOF\n"), "{text}");
+        // Every counter of both definitions is exported, once per queue.
+        let samples = text.lines().filter(|l| !l.starts_with('#')).count();
+        assert_eq!(
+            samples,
+            ClassifierCounters::NAMES.len() + 2 * QueueCounterValues::NAMES.len() + 1
+        );
+        // No queues: no queue families at all.
+        let text = metrics_text(Scrape {
+            iface: "eth1".into(),
+            classifier: ClassifierCounters::default(),
+            queues: vec![],
+            guest_connected: false,
+        })
+        .unwrap();
+        assert!(!text.contains("xdpath_queue_"), "{text}");
+        assert!(text.contains("xdpath_guest_connected{iface=\"eth1\"} 0\n"));
+    }
 }

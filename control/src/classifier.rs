@@ -44,15 +44,9 @@ pub static EBPF_OBJECT: &[u8] =
 /// Default root of the per-interface pin directories.
 pub const DEFAULT_PIN_ROOT: &str = "/sys/fs/bpf/xdpath";
 
-/// How to attach.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub enum XdpAttachMode {
-    /// Native (driver) mode: the fast path; fails if the driver lacks XDP.
-    #[default]
-    Native,
-    /// Generic (skb) mode: works everywhere, slower. Only when asked.
-    Generic,
-}
+/// How to attach: the one attach-mode enum of the config, the flags and
+/// the health answer.
+pub use xdpath_api::XdpAttachMode;
 
 /// What to attach where.
 #[derive(Clone, Debug)]
@@ -255,6 +249,18 @@ fn batch_unsupported(e: &std::io::Error) -> bool {
     )
 }
 
+/// The kernel's errno behind a failed attach (bpf_link_create, or the
+/// netlink fallback aya uses on older kernels).
+fn attach_errno(e: &aya::programs::ProgramError) -> Option<i32> {
+    match e {
+        aya::programs::ProgramError::SyscallError(s) => s.io_error.raw_os_error(),
+        aya::programs::ProgramError::XdpError(aya::programs::xdp::XdpError::NetlinkError(n)) => {
+            n.raw_os_error()
+        }
+        _ => None,
+    }
+}
+
 fn is_not_found(e: &aya::maps::MapError) -> bool {
     match e {
         aya::maps::MapError::KeyNotFound => true,
@@ -420,7 +426,7 @@ impl Classifier {
         if let Err(e) = prog.attach_to_if_index(ifindex, mode) {
             let detail = chain(&e);
             return Err(match cfg.mode {
-                XdpAttachMode::Native if detail.contains("Operation not supported") => {
+                XdpAttachMode::Native if attach_errno(&e) == Some(libc::EOPNOTSUPP) => {
                     ClassifierError::NativeUnsupported {
                         iface: cfg.iface.clone(),
                         detail,

@@ -1,53 +1,25 @@
 //! The daemon's configuration: an optional TOML file, overridden by flags.
 //!
-//! [`DaemonConfig`] is plain data, validated once by [`DaemonConfig::validate`]
-//! (every error names the setting and says how to fix it) before anything is
-//! touched. The same names are used as TOML keys and as `--flags`
-//! (`vhost_socket` / `--vhost-socket`).
+//! [`DaemonConfig`] holds typed values: the guest's MAC and IPs, the
+//! default action and the attach mode are parsed once, when the settings
+//! are read ([`DaemonConfig::from_table`]: the file's table with the flags
+//! merged over it, read by serde through `serde_path_to_error`, so every
+//! error names its setting). [`DaemonConfig::validate`] then checks ranges
+//! and combinations (every error names the setting and says how to fix it)
+//! before anything is touched. The same names are used as TOML keys and as
+//! `--flags` (`vhost_socket` / `--vhost-socket`).
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use xdpath_common::Action;
+use xdpath_api::{Action, MacAddr, XdpAttachMode};
 
 /// Where the daemon puts its files unless told otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/xdpath";
 /// Where the flow table's state file lives unless told otherwise.
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdpath";
-
-/// XDP attach mode setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum XdpModeSetting {
-    /// Native (driver) mode.
-    #[default]
-    Native,
-    /// Generic (skb) mode, slower; only when asked.
-    Generic,
-}
-
-/// Default action setting.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum DefaultAction {
-    /// Pass to the host stack.
-    #[default]
-    Host,
-    /// Drop.
-    Drop,
-    /// Send to the guest.
-    Guest,
-}
-
-impl DefaultAction {
-    /// The map value.
-    pub fn action(self) -> Action {
-        match self {
-            Self::Host => Action::Host,
-            Self::Drop => Action::Drop,
-            Self::Guest => Action::Guest,
-        }
-    }
-}
+/// Guest port id of the (one) guest.
+pub const GUEST_PORT: u32 = 1;
 
 /// Everything `xdpathd` needs to run on one NIC.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -63,10 +35,10 @@ pub struct DaemonConfig {
     pub vhost_socket: Option<PathBuf>,
     /// The guest's MAC address (steered to the guest, told to it).
     #[serde(default)]
-    pub guest_mac: Option<String>,
+    pub guest_mac: Option<MacAddr>,
     /// The guest's IP addresses, for ARP/ND steering.
-    #[serde(default)]
-    pub guest_ip: Vec<String>,
+    #[serde(default, deserialize_with = "ip_list")]
+    pub guest_ip: Vec<IpAddr>,
     /// API socket path.
     #[serde(default)]
     pub api_socket: Option<PathBuf>,
@@ -75,10 +47,10 @@ pub struct DaemonConfig {
     pub api_group: Option<String>,
     /// Action for frames no rule matches.
     #[serde(default)]
-    pub default_action: DefaultAction,
+    pub default_action: Action,
     /// XDP attach mode.
     #[serde(default)]
-    pub xdp_mode: XdpModeSetting,
+    pub xdp_mode: XdpAttachMode,
     /// Replace an XDP program already attached to the interface.
     #[serde(default)]
     pub force: bool,
@@ -112,20 +84,35 @@ fn poll_idle_us() -> u32 {
     50
 }
 
+/// Reads a list of addresses, each refused with a sentence naming it.
+fn ip_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<IpAddr>, D::Error> {
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| {
+            s.parse().map_err(|_| {
+                serde::de::Error::custom(format!("{s:?} is not an IPv4 or IPv6 address."))
+            })
+        })
+        .collect()
+}
+
 /// Largest `poll_idle_us`.
 pub const MAX_POLL_IDLE_US: u32 = 1000;
 
 /// A configuration error: the setting and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    /// A setting has a bad value.
+    /// A setting has a bad value (or is not a setting).
     #[error("Setting `{setting}`: {problem}")]
     Invalid {
         /// The setting's name.
-        setting: &'static str,
+        setting: String,
         /// What is wrong and how to fix it.
         problem: String,
     },
+    /// The settings as a whole are wrong, e.g. a required one is missing.
+    #[error("Settings: {0}")]
+    Settings(String),
     /// The config file could not be read or parsed.
     #[error("Config file {path}: {detail}")]
     File {
@@ -136,9 +123,9 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(setting: &'static str, problem: impl Into<String>) -> ConfigError {
+fn invalid(setting: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
-        setting,
+        setting: setting.to_string(),
         problem: problem.into(),
     }
 }
@@ -155,28 +142,54 @@ pub fn valid_ifname(name: &str) -> bool {
 
 /// Parses "52:54:00:12:34:56".
 pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
-    let mut out = [0u8; 6];
-    let mut parts = s.split(':');
-    for b in &mut out {
-        let p = parts.next()?;
-        if p.len() != 2 {
-            return None;
-        }
-        *b = u8::from_str_radix(p, 16).ok()?;
-    }
-    parts.next().is_none().then_some(out)
+    s.parse::<MacAddr>().ok().map(MacAddr::octets)
 }
 
 impl DaemonConfig {
+    /// Reads a TOML file's settings as a table (to merge flags over it
+    /// before [`DaemonConfig::from_table`]).
+    pub fn read_table(path: &Path) -> Result<toml::Table, ConfigError> {
+        let file_err = |detail: String| ConfigError::File {
+            path: path.to_path_buf(),
+            detail,
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| file_err(e.to_string()))?;
+        text.parse::<toml::Table>()
+            .map_err(|e| file_err(e.to_string()))
+    }
+
     /// Reads a TOML file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| ConfigError::File {
+        Self::from_table(Self::read_table(path)?).map_err(|e| ConfigError::File {
             path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        toml::from_str(&text).map_err(|e| ConfigError::File {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
+            detail: match e {
+                ConfigError::Settings(d) => d,
+                other => other.to_string(),
+            },
+        })
+    }
+
+    /// Reads TOML text.
+    pub fn from_toml(text: &str) -> Result<Self, ConfigError> {
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| ConfigError::Settings(e.to_string()))?;
+        Self::from_table(table)
+    }
+
+    /// Types every setting of `table` (each value parsed once, here); an
+    /// error names the setting.
+    pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let setting = e.path().iter().find_map(|s| match s {
+                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
+                _ => None,
+            });
+            let problem = e.inner().message().to_string();
+            match setting {
+                Some(setting) => ConfigError::Invalid { setting, problem },
+                None => ConfigError::Settings(problem),
+            }
         })
     }
 
@@ -200,19 +213,6 @@ impl DaemonConfig {
             .clone()
             .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
             .join(format!("{}.flows.json", self.iface))
-    }
-
-    /// The guest MAC, parsed.
-    pub fn guest_mac(&self) -> Option<[u8; 6]> {
-        self.guest_mac.as_deref().and_then(parse_mac)
-    }
-
-    /// The guest IPs, parsed.
-    pub fn guest_ips(&self) -> Vec<std::net::IpAddr> {
-        self.guest_ip
-            .iter()
-            .filter_map(|s| s.parse().ok())
-            .collect()
     }
 
     /// Checks every setting; nothing is touched before this passes.
@@ -245,29 +245,15 @@ impl DaemonConfig {
                 ),
             ));
         }
-        if let Some(m) = &self.guest_mac {
-            let Some(mac) = parse_mac(m) else {
+        if let Some(mac) = self.guest_mac {
+            if mac.is_multicast() {
                 return Err(invalid(
                     "guest_mac",
-                    format!("{m:?} is not a MAC address like 52:54:00:12:34:56."),
-                ));
-            };
-            if mac[0] & 1 == 1 {
-                return Err(invalid(
-                    "guest_mac",
-                    format!("{m} is a multicast address; a guest needs a unicast one."),
+                    format!("{mac} is a multicast address; a guest needs a unicast one."),
                 ));
             }
         }
-        for ip in &self.guest_ip {
-            if ip.parse::<std::net::IpAddr>().is_err() {
-                return Err(invalid(
-                    "guest_ip",
-                    format!("{ip:?} is not an IPv4 or IPv6 address."),
-                ));
-            }
-        }
-        if self.default_action == DefaultAction::Guest && self.guest_mac.is_none() {
+        if self.default_action == Action::Guest && self.guest_mac.is_none() {
             return Err(invalid(
                 "default_action",
                 "`guest` needs a guest; set guest_mac too.",
@@ -296,7 +282,7 @@ mod tests {
         let c = base();
         assert_eq!(
             (c.queues, c.mtu, c.default_action, c.xdp_mode),
-            (1, 1500, DefaultAction::Host, XdpModeSetting::Native)
+            (1, 1500, Action::Host, XdpAttachMode::Native)
         );
         assert_eq!(c.poll_idle_us, 50);
         assert_eq!(
@@ -329,8 +315,12 @@ mod tests {
             ("iface = \"e\"\nmtu = 20000", "mtu"),
         ];
         for (text, setting) in cases {
-            let c: DaemonConfig = toml::from_str(text).expect(text);
-            let e = c.validate().expect_err(text).to_string();
+            // A value that does not parse is refused when the settings are
+            // read; one that parses but does not fit, by `validate`.
+            let e = DaemonConfig::from_toml(text)
+                .and_then(|c| c.validate())
+                .expect_err(text)
+                .to_string();
             assert!(e.contains(&format!("`{setting}`")), "{text}: {e}");
         }
         assert!(
@@ -338,5 +328,56 @@ mod tests {
             "unknown keys are refused"
         );
         assert!(toml::from_str::<DaemonConfig>("iface = \"e\"\nxdp_mode = \"fast\"").is_err());
+    }
+
+    #[test]
+    fn values_are_typed_once_and_errors_are_sentences() {
+        let c = DaemonConfig::from_toml(
+            "iface = \"e\"\nguest_mac = \"52:54:00:AB:CD:02\"\nguest_ip = [\"10.0.0.5\", \"fd00::5\"]\ndefault_action = \"drop\"\nxdp_mode = \"generic\"",
+        )
+        .unwrap();
+        assert_eq!(c.guest_mac, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 2])));
+        assert_eq!(
+            c.guest_ip,
+            vec![
+                "10.0.0.5".parse::<IpAddr>().unwrap(),
+                "fd00::5".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            (c.default_action, c.xdp_mode),
+            (Action::Drop, XdpAttachMode::Generic)
+        );
+        let e = DaemonConfig::from_toml("iface = \"e\"\nguest_mac = \"zz:00:00:00:00:00\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Setting `guest_mac`: \"zz:00:00:00:00:00\" is not a MAC address like 52:54:00:12:34:56."
+        );
+        let e = DaemonConfig::from_toml("iface = \"e\"\nguest_ip = [\"10.0.0.1\", \"10.0.0.300\"]")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Setting `guest_ip`: \"10.0.0.300\" is not an IPv4 or IPv6 address."
+        );
+        let e = DaemonConfig::from_toml("iface = \"e\"\nnope = 1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("Setting `nope`: unknown field"), "{e}");
+        let e = DaemonConfig::from_toml("queues = 2")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("iface"), "{e}");
+        // A flag merged over a file's table is read the same way.
+        let mut t: toml::Table = "iface = \"e\"\nmtu = 9000".parse().unwrap();
+        t.insert("guest_mac".into(), "52:54:00:00:00:0g".into());
+        let e = DaemonConfig::from_table(t).unwrap_err().to_string();
+        assert!(e.starts_with("Setting `guest_mac`: "), "{e}");
+        assert_eq!(
+            parse_mac("52:54:00:ab:cd:02"),
+            Some([0x52, 0x54, 0, 0xab, 0xcd, 2])
+        );
     }
 }

@@ -33,3 +33,7 @@ pub mod rules;
 pub mod socket_pool;
 
 pub use classifier::{Classifier, ClassifierConfig, ClassifierError, XdpAttachMode};
+
+/// The API's types (requests, answers, enums, the route table, the OpenAPI
+/// document, the client), shared with `xdpctl`.
+pub use xdpath_api;

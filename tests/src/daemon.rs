@@ -33,7 +33,12 @@ pub fn workspace_bin(name: &str) -> Result<PathBuf> {
         .flatten()
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-        .ok_or_else(|| anyhow!("{name} is not built next to {}; run `cargo build -p xdpath-control` (cargo xtask test does)", exe.display()))
+        .ok_or_else(|| {
+            anyhow!(
+                "{name} is not built next to {}; run `cargo build --bins` (cargo xtask test does)",
+                exe.display()
+            )
+        })
 }
 
 /// A running daemon.
@@ -147,7 +152,7 @@ impl Daemon {
         xdpath_control::client::call(&self.api, method, path, body)
     }
 
-    /// Runs `xdpctl --socket <api> <args>` (as root unless `as_user`).
+    /// Runs `xdpctl --api-socket <api> <args>` (as root unless `as_user`).
     pub fn xdpctl(&self, args: &[&str]) -> Result<Output> {
         self.xdpctl_as(None, args)
     }
@@ -168,7 +173,7 @@ impl Daemon {
                 c
             }
         };
-        cmd.arg("--socket")
+        cmd.arg("--api-socket")
             .arg(&self.api)
             .args(args)
             .stdin(Stdio::null());

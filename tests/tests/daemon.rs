@@ -130,6 +130,27 @@ fn rules_added_with_xdpctl_steer_traffic_and_deleting_them_gives_it_back() {
     )
     .unwrap();
     assert_eq!(json_list[0]["prefix"], json!("10.99.0.0/16"));
+
+    // `--socket` still names the API socket (the old name of
+    // `--api-socket`), and the daemon's log, a file here, has no colour
+    // codes.
+    let o = std::process::Command::new(workspace_bin("xdpctl").unwrap())
+        .arg("--socket")
+        .arg(&d.api)
+        .args(["prefix", "list"])
+        .output()
+        .unwrap();
+    assert!(
+        ok_stdout(&o).unwrap().contains("10.99.0.0/16"),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let log = d.log_text();
+    assert!(log.contains("xdpathd ready"), "{log}");
+    assert!(
+        !log.contains('\x1b'),
+        "no ANSI escapes in a log file: {log:?}"
+    );
 }
 
 /// What must not move when a request is refused: the rule lists, the
@@ -583,6 +604,43 @@ fn the_openapi_document_matches_the_server() {
         metrics.contains("xdpath_classifier_frames_total{")
             && metrics.contains("xdpath_queue_rx_frames_total{"),
         "{metrics}"
+    );
+    // OpenMetrics: label values quoted, the exposition ends with # EOF.
+    assert!(
+        metrics.contains(&format!(
+            "xdpath_guest_connected{{iface=\"{}\"}} 0",
+            t.host_if
+        )) && metrics.ends_with("# EOF\n"),
+        "{metrics}"
+    );
+
+    // The real answers fit the schemas the document gives for them.
+    use xdpath_control::xdpath_api::openapi::{response_schema, validate};
+    use xdpath_control::xdpath_api::Endpoint;
+    d.call(
+        "POST",
+        "/v1/prefixes",
+        Some(&json!({"id": 9, "prefix": "fd00:99::/32", "action": "guest", "guest": 2})),
+    )
+    .unwrap();
+    for e in [
+        Endpoint::Health,
+        Endpoint::ListFlows,
+        Endpoint::ListPrefixes,
+        Endpoint::Guests,
+        Endpoint::Queues,
+        Endpoint::Stats,
+    ] {
+        let v = d.call("GET", e.path(), None).unwrap();
+        let schema = response_schema(&doc, e).expect("a documented answer");
+        let problems = validate(&doc, schema, &v);
+        assert!(problems.is_empty(), "{e:?}: {problems:?} in {v}");
+    }
+    let stats = d.call("GET", "/v1/stats", None).unwrap();
+    assert_eq!(
+        stats["classifier"].as_object().map(|o| o.len()),
+        Some(xdpath_common::Counters::NAMES.len()),
+        "{stats}"
     );
 }
 

@@ -27,6 +27,8 @@ pub fn build_release_bins(driver: &str) -> Result<()> {
         "-p",
         "xdpath-control",
         "-p",
+        "xdpath-cli",
+        "-p",
         driver,
         "--bins",
     ])

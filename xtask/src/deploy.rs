@@ -161,7 +161,15 @@ fn cargo_release_build() -> Result<PathBuf> {
     let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
     status(
         Command::new(cargo)
-            .args(["build", "--release", "-p", "xdpath-control", "--bins"])
+            .args([
+                "build",
+                "--release",
+                "-p",
+                "xdpath-control",
+                "-p",
+                "xdpath-cli",
+                "--bins",
+            ])
             .current_dir(workspace_root()),
     )?;
     Ok(workspace_root().join("target/release"))

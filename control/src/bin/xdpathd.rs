@@ -7,25 +7,25 @@
 //! vhost-user server and its workers -> the API socket.
 //!
 //! SIGTERM/SIGINT, or the dataplane ending on its own, shut down in the
-//! DESIGN.md order: XSKMAP entries out (traffic fails open) -> workers
-//! stopped and joined -> sockets closed -> XDP detached and maps unpinned.
+//! teardown order of docs/ARCHITECTURE.md (concurrency rules): XSKMAP
+//! entries out (traffic fails open) -> workers stopped and joined ->
+//! sockets closed -> XDP detached and maps unpinned.
 //! The flow table's state file stays for the next start.
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
+use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use xdpath_common::{Action, AddrKey, RuleValue, FAMILY_V4, FAMILY_V6};
+use xdpath_api::{Action, MacAddr, XdpAttachMode};
+use xdpath_common::{AddrKey, RuleValue, FAMILY_V4, FAMILY_V6};
 use xdpath_control::api::{router, ControlState, Tables};
-use xdpath_control::config::{DaemonConfig, DefaultAction, XdpModeSetting};
+use xdpath_control::config::{DaemonConfig, GUEST_PORT};
 use xdpath_control::flow_table::FlowTable;
 use xdpath_control::socket_pool::SocketPool;
-use xdpath_control::{preflight, Classifier, ClassifierConfig, XdpAttachMode};
+use xdpath_control::{preflight, Classifier, ClassifierConfig};
 use xdpath_dataplane::{ConnectionEvent, NetConfig, Server};
-
-/// Guest port id of the (one) guest.
-const GUEST_PORT: u32 = 1;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -43,8 +43,11 @@ struct Flags {
     /// Queue pairs (NIC queues used = guest queue pairs offered), 1 to 16.
     #[arg(long)]
     queues: Option<u16>,
-    /// vhost-user socket for the guest [default: /run/xdpath/<iface>.vhost.sock].
-    #[arg(long)]
+    // Help as an attribute: rustdoc would read <iface> as an HTML tag.
+    #[arg(
+        long,
+        help = "vhost-user socket for the guest [default: /run/xdpath/<iface>.vhost.sock]"
+    )]
     vhost_socket: Option<PathBuf>,
     /// The guest's MAC address, e.g. 52:54:00:12:34:56.
     #[arg(long)]
@@ -52,18 +55,17 @@ struct Flags {
     /// A guest IP address for ARP/ND steering (repeatable).
     #[arg(long)]
     guest_ip: Vec<String>,
-    /// API socket [default: /run/xdpath/<iface>.api.sock].
-    #[arg(long)]
+    #[arg(long, help = "API socket [default: /run/xdpath/<iface>.api.sock]")]
     api_socket: Option<PathBuf>,
     /// Group that may use the API socket besides root.
     #[arg(long)]
     api_group: Option<String>,
     /// Action for frames no rule matches: host, drop or guest.
-    #[arg(long, value_parser = ["host", "drop", "guest"])]
-    default_action: Option<String>,
+    #[arg(long, value_enum)]
+    default_action: Option<Action>,
     /// XDP attach mode: native, or generic (slower, works on any driver).
-    #[arg(long, value_parser = ["native", "generic"])]
-    xdp_mode: Option<String>,
+    #[arg(long, value_enum)]
+    xdp_mode: Option<XdpAttachMode>,
     /// Replace an XDP program already attached to the interface.
     #[arg(long)]
     force: bool,
@@ -114,30 +116,45 @@ fn enter_netns(ns: &str) -> Result<()> {
     Ok(())
 }
 
+/// The settings: the config file's, with the flags over them. Text that
+/// needs parsing (the interface, the guest's MAC and IPs) goes into the
+/// settings table, so it is read once, by the same code and with the same
+/// errors (naming the setting) as the file's; flags clap already typed are
+/// set on the result.
 fn config(f: &Flags) -> Result<DaemonConfig> {
-    let mut c = match &f.config {
-        Some(p) => DaemonConfig::from_file(p)?,
-        None => {
-            let Some(iface) = &f.iface else {
-                bail!("--iface is required (or a --config file that sets iface)");
-            };
-            toml::from_str(&format!("iface = {}", toml::Value::String(iface.clone())))?
-        }
+    let mut t = match &f.config {
+        Some(p) => DaemonConfig::read_table(p)?,
+        None => toml::Table::new(),
     };
     if let Some(v) = &f.iface {
-        c.iface = v.clone();
+        t.insert("iface".into(), v.clone().into());
     }
+    if !t.contains_key("iface") {
+        bail!("--iface is required (or a --config file that sets iface)");
+    }
+    if let Some(v) = &f.guest_mac {
+        t.insert("guest_mac".into(), v.clone().into());
+    }
+    if !f.guest_ip.is_empty() {
+        t.insert("guest_ip".into(), f.guest_ip.clone().into());
+    }
+    let mut c = match &f.config {
+        Some(p) => DaemonConfig::from_table(t).map_err(|e| match e {
+            xdpath_control::config::ConfigError::Settings(detail) => {
+                xdpath_control::config::ConfigError::File {
+                    path: p.clone(),
+                    detail,
+                }
+            }
+            other => other,
+        })?,
+        None => DaemonConfig::from_table(t)?,
+    };
     if let Some(v) = f.queues {
         c.queues = v;
     }
     if f.vhost_socket.is_some() {
         c.vhost_socket = f.vhost_socket.clone();
-    }
-    if f.guest_mac.is_some() {
-        c.guest_mac = f.guest_mac.clone();
-    }
-    if !f.guest_ip.is_empty() {
-        c.guest_ip = f.guest_ip.clone();
     }
     if f.api_socket.is_some() {
         c.api_socket = f.api_socket.clone();
@@ -145,19 +162,11 @@ fn config(f: &Flags) -> Result<DaemonConfig> {
     if f.api_group.is_some() {
         c.api_group = f.api_group.clone();
     }
-    if let Some(v) = &f.default_action {
-        c.default_action = match v.as_str() {
-            "drop" => DefaultAction::Drop,
-            "guest" => DefaultAction::Guest,
-            _ => DefaultAction::Host,
-        };
+    if let Some(v) = f.default_action {
+        c.default_action = v;
     }
-    if let Some(v) = &f.xdp_mode {
-        c.xdp_mode = if v == "generic" {
-            XdpModeSetting::Generic
-        } else {
-            XdpModeSetting::Native
-        };
+    if let Some(v) = f.xdp_mode {
+        c.xdp_mode = v;
     }
     c.force |= f.force;
     c.busy_poll |= f.busy_poll;
@@ -182,11 +191,13 @@ fn main() {
             std::process::exit(1);
         }
     }
+    // Colour only on a terminal: not into files or the journal.
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
         )
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
     let code = match run(&flags) {
         Ok(()) => 0,
@@ -217,25 +228,22 @@ fn run(flags: &Flags) -> Result<()> {
 
     // The classifier: attach, pin, configure.
     let mut ccfg = ClassifierConfig::new(&cfg.iface);
-    ccfg.mode = match cfg.xdp_mode {
-        XdpModeSetting::Native => XdpAttachMode::Native,
-        XdpModeSetting::Generic => XdpAttachMode::Generic,
-    };
+    ccfg.mode = cfg.xdp_mode;
     ccfg.force = cfg.force;
-    ccfg.default_action = cfg.default_action.action();
+    ccfg.default_action = cfg.default_action.into();
     ccfg.default_port = GUEST_PORT;
     let mut classifier = Classifier::attach(&ccfg)?;
     let prog_id = classifier.prog_id()?;
     let guest = RuleValue {
-        action: Action::Guest as u32,
+        action: xdpath_common::Action::from(Action::Guest) as u32,
         port: GUEST_PORT,
         rule_id: 0,
         _pad: 0,
     };
-    if let Some(mac) = cfg.guest_mac() {
-        classifier.insert_mac(mac, &guest)?;
+    if let Some(mac) = cfg.guest_mac {
+        classifier.insert_mac(mac.octets(), &guest)?;
     }
-    for ip in cfg.guest_ips() {
+    for &ip in &cfg.guest_ip {
         let mut key = AddrKey::default();
         match ip {
             std::net::IpAddr::V4(a) => {
@@ -266,7 +274,7 @@ fn run(flags: &Flags) -> Result<()> {
     }
     let net = NetConfig {
         queue_pairs: cfg.queues,
-        mac: cfg.guest_mac(),
+        mac: cfg.guest_mac.map(MacAddr::octets),
         mtu: cfg.mtu,
         max_queue_size: 1024,
         poll_idle: std::time::Duration::from_micros(u64::from(cfg.poll_idle_us)),

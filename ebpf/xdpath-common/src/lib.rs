@@ -207,6 +207,7 @@ pub const CONFIG_F_META: u32 = 1;
 /// `parse_errors` counter.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
 pub struct Counters {
     /// Frames the program saw.
     pub frames: u64,
@@ -303,3 +304,8 @@ mod pod {
     // SAFETY: as above.
     unsafe impl aya::Pod for super::Counters {}
 }
+
+// Userspace counter definitions: names for tables, JSON and metrics, and
+// the per-queue-pair counters of the dataplane.
+#[cfg(feature = "std")]
+pub mod counters;

@@ -1,0 +1,423 @@
+//! A blocking client of the daemon's API over its Unix socket, on hyper:
+//! one HTTP/1.1 request per connection, driven by a current-thread tokio
+//! runtime that lives for the one call. `xdpctl` and the tests use it; it
+//! owns nothing beyond the socket of one call.
+//!
+//! Every read waits at most [`READ_TIMEOUT`] for the daemon's next bytes
+//! (a stuck daemon cannot hang the CLI forever; a slow bulk replace that
+//! keeps answering is not cut off).
+
+use crate::ErrorBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper_util::rt::TokioIo;
+use serde_json::Value;
+use std::future::Future;
+use std::io;
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::task::{ready, Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::UnixStream;
+use tokio::time::{Instant, Sleep};
+
+/// How long a read waits for the daemon's next bytes.
+pub const READ_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Errors talking to the daemon.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// No daemon listens there.
+    #[error("xdpathd is not running (no API at {0}).")]
+    NotRunning(PathBuf),
+    /// The socket exists but this user may not use it.
+    #[error(
+        "Cannot use {0}: permission denied (run as root or as a member of the daemon's api_group)."
+    )]
+    PermissionDenied(PathBuf),
+    /// Any other I/O error (a read that timed out included).
+    #[error("Talking to xdpathd at {path} failed: {source}.")]
+    Io {
+        /// The socket.
+        path: PathBuf,
+        /// The error.
+        source: io::Error,
+    },
+    /// The daemon answered something that is not HTTP.
+    #[error("The daemon's response is malformed.")]
+    Malformed,
+    /// The daemon refused the request (non-2xx): its message, the field it
+    /// names, and the status.
+    #[error("{message} (HTTP {status})")]
+    Refused {
+        /// HTTP status.
+        status: u16,
+        /// The daemon's message.
+        message: String,
+        /// The field the message is about, if any.
+        field: Option<String>,
+    },
+}
+
+/// One request; returns the status and the body as text (invalid UTF-8
+/// replaced).
+pub fn request(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<(u16, String), ClientError> {
+    request_with_timeout(sock, method, path, body, READ_TIMEOUT)
+}
+
+/// [`request`] with another read timeout.
+pub fn request_with_timeout(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    read_timeout: Duration,
+) -> Result<(u16, String), ClientError> {
+    let io_err = |source| ClientError::Io {
+        path: sock.to_path_buf(),
+        source,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(io_err)?;
+    let (status, bytes) = rt.block_on(exchange(sock, method, path, body, read_timeout))?;
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+async fn exchange(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+    read_timeout: Duration,
+) -> Result<(u16, Bytes), ClientError> {
+    let io_err = |source| ClientError::Io {
+        path: sock.to_path_buf(),
+        source,
+    };
+    let stream = UnixStream::connect(sock)
+        .await
+        .map_err(|e| match e.kind() {
+            io::ErrorKind::PermissionDenied => ClientError::PermissionDenied(sock.to_path_buf()),
+            io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused => {
+                ClientError::NotRunning(sock.to_path_buf())
+            }
+            _ => io_err(e),
+        })?;
+    let hyper_err = |e: hyper::Error| hyper_error(sock, e);
+    let (mut sender, conn) =
+        hyper::client::conn::http1::handshake(TokioIo::new(IdleTimeout::new(stream, read_timeout)))
+            .await
+            .map_err(hyper_err)?;
+    // The connection makes progress while the request is awaited; it ends
+    // when the answer is read and the sender dropped.
+    let conn = tokio::spawn(conn);
+    let method = hyper::Method::from_bytes(method.as_bytes()).map_err(|_| {
+        io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("{method:?} is not an HTTP method"),
+        ))
+    })?;
+    let mut req = hyper::Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, "xdpathd")
+        .header(hyper::header::CONNECTION, "close");
+    let payload = match body {
+        Some(v) => {
+            req = req.header(hyper::header::CONTENT_TYPE, "application/json");
+            Bytes::from(v.to_string())
+        }
+        None => Bytes::new(),
+    };
+    let req = req.body(Full::new(payload)).map_err(|e| {
+        io_err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("the request cannot be built: {e}"),
+        ))
+    })?;
+    let resp = sender.send_request(req).await.map_err(hyper_err)?;
+    let status = resp.status().as_u16();
+    let bytes = resp
+        .into_body()
+        .collect()
+        .await
+        .map_err(hyper_err)?
+        .to_bytes();
+    drop(sender);
+    // The answer is complete; how the connection ended does not matter.
+    let _ = conn.await;
+    Ok((status, bytes))
+}
+
+/// Sorts hyper's errors into ours: I/O (a timeout included) as such, bad
+/// HTTP as [`ClientError::Malformed`].
+fn hyper_error(sock: &Path, e: hyper::Error) -> ClientError {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(&e);
+    while let Some(s) = source {
+        if let Some(io) = s.downcast_ref::<io::Error>() {
+            return ClientError::Io {
+                path: sock.to_path_buf(),
+                source: io::Error::new(io.kind(), io.to_string()),
+            };
+        }
+        source = s.source();
+    }
+    if e.is_parse() || e.is_parse_status() || e.is_incomplete_message() {
+        return ClientError::Malformed;
+    }
+    ClientError::Io {
+        path: sock.to_path_buf(),
+        source: io::Error::other(e.to_string()),
+    }
+}
+
+/// A request whose non-2xx answer becomes [`ClientError::Refused`]; the
+/// body is parsed as JSON (`Null` when empty, a string when not JSON).
+pub fn call(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Option<&Value>,
+) -> Result<Value, ClientError> {
+    let (status, text) = request(sock, method, path, body)?;
+    let v: Value = if text.trim().is_empty() {
+        Value::Null
+    } else {
+        serde_json::from_str(&text).unwrap_or(Value::String(text))
+    };
+    if !(200..300).contains(&status) {
+        return Err(match serde_json::from_value::<ErrorBody>(v.clone()) {
+            Ok(ErrorBody { error, field }) => ClientError::Refused {
+                status,
+                message: error,
+                field,
+            },
+            Err(_) => ClientError::Refused {
+                status,
+                message: v
+                    .get("error")
+                    .and_then(Value::as_str)
+                    .map_or_else(|| v.to_string(), str::to_string),
+                field: v.get("field").and_then(Value::as_str).map(str::to_string),
+            },
+        });
+    }
+    Ok(v)
+}
+
+/// A Unix stream whose reads fail with `TimedOut` after `timeout` without
+/// a byte (writes are not limited).
+struct IdleTimeout {
+    inner: UnixStream,
+    timeout: Duration,
+    deadline: Pin<Box<Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(inner: UnixStream, timeout: Duration) -> Self {
+        Self {
+            inner,
+            timeout,
+            deadline: Box::pin(tokio::time::sleep(timeout)),
+        }
+    }
+}
+
+impl AsyncRead for IdleTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let me = &mut *self;
+        match Pin::new(&mut me.inner).poll_read(cx, buf) {
+            Poll::Ready(r) => {
+                let next = Instant::now() + me.timeout;
+                me.deadline.as_mut().reset(next);
+                Poll::Ready(r)
+            }
+            Poll::Pending => {
+                ready!(me.deadline.as_mut().poll(cx));
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("no answer within {} s", me.timeout.as_secs()),
+                )))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for IdleTimeout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixListener;
+
+    /// Serves one connection: reads the request head (and a body of the
+    /// announced length), then writes `answer` (or nothing if `None`, then
+    /// waits) and returns what it read.
+    fn serve_once(answer: Option<Vec<u8>>) -> (PathBuf, std::thread::JoinHandle<String>) {
+        static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let path =
+            std::env::temp_dir().join(format!("xdpath-api-client-{}-{n}.sock", std::process::id()));
+        let _ = std::fs::remove_file(&path);
+        let l = UnixListener::bind(&path).unwrap();
+        let t = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let mut req = Vec::new();
+            let mut buf = [0u8; 4096];
+            loop {
+                let n = s.read(&mut buf).unwrap();
+                if n == 0 {
+                    break;
+                }
+                req.extend_from_slice(&buf[..n]);
+                let text = String::from_utf8_lossy(&req).to_string();
+                if let Some((head, body)) = text.split_once("\r\n\r\n") {
+                    let len = head
+                        .lines()
+                        .find_map(|l| {
+                            l.to_ascii_lowercase()
+                                .strip_prefix("content-length:")
+                                .map(|v| v.trim().parse::<usize>().unwrap())
+                        })
+                        .unwrap_or(0);
+                    if body.len() >= len {
+                        break;
+                    }
+                }
+            }
+            match answer {
+                Some(a) => s.write_all(&a).unwrap(),
+                None => std::thread::sleep(Duration::from_millis(1500)),
+            }
+            String::from_utf8_lossy(&req).into_owned()
+        });
+        (path, t)
+    }
+
+    #[test]
+    fn a_chunked_answer_split_inside_a_multibyte_character_is_joined() {
+        // "é" is two bytes; the first chunk ends between them (the
+        // hand-written client sliced a &str there and panicked).
+        let mut a = b"HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n".to_vec();
+        let body = "{\"name\":\"café ünïcödé\"}".as_bytes();
+        let cut = body.iter().position(|&b| b == 0xc3).unwrap() + 1;
+        for part in [&body[..cut], &body[cut..]] {
+            a.extend_from_slice(format!("{:x}\r\n", part.len()).as_bytes());
+            a.extend_from_slice(part);
+            a.extend_from_slice(b"\r\n");
+        }
+        a.extend_from_slice(b"0\r\n\r\n");
+        let (sock, t) = serve_once(Some(a));
+        let v = call(&sock, "GET", "/v1/health", None).unwrap();
+        assert_eq!(v["name"], "café ünïcödé");
+        let req = t.join().unwrap();
+        assert!(req.starts_with("GET /v1/health HTTP/1.1\r\n"), "{req}");
+        let _ = std::fs::remove_file(&sock);
+    }
+
+    #[test]
+    fn refusals_carry_message_field_and_status() {
+        let body = r#"{"error":"Field `dst`: \"10.0.0.300\" is not an IPv4 or IPv6 address.","field":"dst"}"#;
+        let a = format!(
+            "HTTP/1.1 400 Bad Request\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        );
+        let (sock, t) = serve_once(Some(a.into_bytes()));
+        let sent = serde_json::json!({"src": "10.0.0.2", "dst": "10.0.0.300"});
+        let e = call(&sock, "POST", "/v1/flows", Some(&sent)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Field `dst`: \"10.0.0.300\" is not an IPv4 or IPv6 address. (HTTP 400)"
+        );
+        assert!(matches!(
+            e,
+            ClientError::Refused { status: 400, field: Some(ref f), .. } if f == "dst"
+        ));
+        let req = t.join().unwrap();
+        let (head, got) = req.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /v1/flows HTTP/1.1\r\n"), "{head}");
+        assert!(
+            head.to_ascii_lowercase()
+                .contains("content-type: application/json"),
+            "{head}"
+        );
+        assert_eq!(serde_json::from_str::<Value>(got).unwrap(), sent);
+        let _ = std::fs::remove_file(&sock);
+    }
+
+    #[test]
+    fn no_daemon_not_http_and_silence_are_reported() {
+        let missing = Path::new("/nonexistent/xdpath/api.sock");
+        let e = call(missing, "GET", "/v1/health", None).unwrap_err();
+        assert!(matches!(e, ClientError::NotRunning(_)), "{e}");
+        assert_eq!(
+            e.to_string(),
+            "xdpathd is not running (no API at /nonexistent/xdpath/api.sock)."
+        );
+
+        let (sock, t) = serve_once(Some(b"SSH-2.0-OpenSSH\r\n\r\n".to_vec()));
+        let e = call(&sock, "GET", "/v1/health", None).unwrap_err();
+        assert!(matches!(e, ClientError::Malformed), "{e}");
+        t.join().unwrap();
+        let _ = std::fs::remove_file(&sock);
+
+        let (sock, t) = serve_once(None);
+        let e = request_with_timeout(&sock, "GET", "/v1/health", None, Duration::from_millis(200))
+            .unwrap_err();
+        assert!(
+            matches!(&e, ClientError::Io { source, .. } if source.kind() == io::ErrorKind::TimedOut),
+            "{e:?}"
+        );
+        t.join().unwrap();
+        let _ = std::fs::remove_file(&sock);
+    }
+
+    #[test]
+    fn empty_and_non_json_answers() {
+        let (sock, t) = serve_once(Some(b"HTTP/1.1 204 No Content\r\n\r\n".to_vec()));
+        assert_eq!(
+            call(&sock, "DELETE", "/v1/flows/1", None).unwrap(),
+            Value::Null
+        );
+        t.join().unwrap();
+        let _ = std::fs::remove_file(&sock);
+        let (sock, t) = serve_once(Some(
+            b"HTTP/1.1 405 Method Not Allowed\r\ncontent-length: 0\r\n\r\n".to_vec(),
+        ));
+        let e = call(&sock, "PATCH", "/v1/flows", None).unwrap_err();
+        assert_eq!(e.to_string(), "null (HTTP 405)");
+        t.join().unwrap();
+        let _ = std::fs::remove_file(&sock);
+    }
+}

@@ -1,0 +1,1715 @@
+//! Flow-table rules: the JSON form the API and the CLI exchange, validation
+//! whose errors name the offending field, the validated form the
+//! daemon's flow table (`xdpath_control::flow_table`) keeps, and the conversion to
+//! (and back from) the BPF map keys of `xdpath-common`.
+//!
+//! # Wire format
+//!
+//! ```json
+//! {"id": 7, "src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp",
+//!  "src_port": 1000, "dst_port": 53, "action": "guest", "guest": 1}
+//! {"id": 8, "prefix": "10.88.0.0/16", "action": "drop"}
+//! ```
+//!
+//! - `id`: 1 to 2^32-1, unique within its kind (exact rules and prefix rules
+//!   have separate id spaces). May be left out of a new rule: the table
+//!   assigns one.
+//! - `src`, `dst`: IPv4 or IPv6 text, both of the same family. `prefix`:
+//!   `address/length`, length at most 32 (IPv4) or 128 (IPv6), no host bits.
+//! - `proto`: `"tcp"`, `"udp"`, `"icmp"` (IPv4 only), `"icmpv6"` (IPv6 only)
+//!   or a number 0 to 255. Names are case-insensitive; listings use the
+//!   lower-case name when there is one for the rule's family.
+//! - `src_port`, `dst_port`: optional, default 0; non-zero only with TCP or
+//!   UDP. The classifier puts port 0 into the key of every frame without
+//!   ports (other protocols, non-first fragments), so such rules match on 0.
+//! - `action`: `"guest"`, `"host"` or `"drop"` (case-insensitive). `guest`:
+//!   the guest port id for action guest (default 1), refused with the other
+//!   actions.
+//! - Unknown fields are refused. `null` counts as absent for the optional
+//!   fields.
+//!
+//! The input types ([`FlowRuleSpec`], [`PrefixRuleSpec`]) hold exactly what
+//! the JSON says, with JSON types checked but nothing else, so every semantic
+//! check happens in one place: [`FlowRuleSpec::validate`] and
+//! [`PrefixRuleSpec::validate`], which the daemon's flow table calls on every
+//! write. The validated types ([`FlowRule`], [`PrefixRule`]) serialize to the
+//! same shape (through their spec), with the id and both ports always
+//! present.
+//!
+//! Reading JSON: the shape of a rule (an object, known fields, each at most
+//! once) is a derived `Deserialize` with `deny_unknown_fields`, read through
+//! `serde_path_to_error` so a refusal knows the field and the rule's place in
+//! a list; each value's JSON type is then checked by name. The daemon's
+//! entry points are [`FlowRuleSpec::from_json`], [`flow_specs_from_json`]
+//! and their prefix twins; plain serde (`serde_json::from_str`) works too,
+//! with the same sentences for everything but malformed JSON.
+//!
+//! Every error is a [`RuleError`]: [`RuleError::field`] is the JSON field
+//! name, and the message is a sentence that names it, e.g.
+//! ``Field `dst`: "10.0.0.300" is not an IPv4 or IPv6 address.``, or in a
+//! list ``Rule 3: field `dst`: ...``.
+//!
+//! The conversion to and from the classifier's map keys and values
+//! (`xdpath_common`) lives here too, with the types it converts.
+
+use crate::Action;
+use serde::de::{
+    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
+};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::Value;
+use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+use xdpath_common::{FlowKey, PrefixData, RuleValue, FAMILY_V4, FAMILY_V6};
+
+/// IP protocol number of ICMP.
+pub const IPPROTO_ICMP: u8 = 1;
+/// IP protocol number of TCP.
+pub const IPPROTO_TCP: u8 = 6;
+/// IP protocol number of UDP.
+pub const IPPROTO_UDP: u8 = 17;
+/// IP protocol number of ICMPv6.
+pub const IPPROTO_ICMPV6: u8 = 58;
+
+/// The guest port of action guest when `guest` is left out.
+pub const DEFAULT_GUEST_PORT: u32 = 1;
+
+/// The two kinds of rules; each has its own id space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum RuleKind {
+    /// Exact 5-tuple rules (`FLOWS`).
+    Flow,
+    /// Destination prefix rules (`PREFIXES`).
+    Prefix,
+}
+
+impl fmt::Display for RuleKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Self::Flow => "flow",
+            Self::Prefix => "prefix",
+        })
+    }
+}
+
+/// A rule that is not valid, naming the field at fault.
+///
+/// The message is a sentence: ``Field `dst`: "10.0.0.300" is not an IPv4 or
+/// IPv6 address.``, or for a rule inside a list, ``Rule 3: field `dst`:
+/// ...``.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{}", self.message())]
+pub struct RuleError {
+    field: String,
+    index: Option<usize>,
+    reason: String,
+}
+
+impl RuleError {
+    /// An error about `field`; `reason` is a sentence without the field
+    /// prefix.
+    pub fn new(field: impl Into<String>, reason: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            index: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// The JSON field at fault (`"rule"` when the rule as a whole is, e.g.
+    /// not a JSON object).
+    pub fn field(&self) -> &str {
+        &self.field
+    }
+
+    /// The position of the rule in the list it came in, if it came in one.
+    pub fn index(&self) -> Option<usize> {
+        self.index
+    }
+
+    /// The reason, without the field prefix.
+    pub fn reason(&self) -> &str {
+        &self.reason
+    }
+
+    /// The same error for the rule at `index` of a list.
+    pub fn at(mut self, index: usize) -> Self {
+        self.index = Some(index);
+        self
+    }
+
+    fn message(&self) -> String {
+        match self.index {
+            None => format!("Field `{}`: {}", self.field, self.reason),
+            Some(i) => format!("Rule {i}: field `{}`: {}", self.field, self.reason),
+        }
+    }
+}
+
+type Result<T> = std::result::Result<T, RuleError>;
+
+/// What a matching frame gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum RuleAction {
+    /// Redirect to the AF_XDP socket of the frame's rx queue, for this
+    /// guest port.
+    Guest {
+        /// Guest port id (reported in the metadata block).
+        port: u32,
+    },
+    /// Pass to the host stack.
+    Host,
+    /// Drop.
+    Drop,
+}
+
+impl RuleAction {
+    /// The action without its guest port.
+    pub fn action(&self) -> Action {
+        match self {
+            Self::Guest { .. } => Action::Guest,
+            Self::Host => Action::Host,
+            Self::Drop => Action::Drop,
+        }
+    }
+
+    /// The JSON name: `guest`, `host` or `drop`.
+    pub fn name(&self) -> &'static str {
+        self.action().name()
+    }
+
+    /// The guest port of action guest.
+    pub fn guest_port(&self) -> Option<u32> {
+        match self {
+            Self::Guest { port } => Some(*port),
+            _ => None,
+        }
+    }
+
+    fn from_json(action: &str, guest: Option<u32>) -> Result<Self> {
+        let a = match action
+            .parse::<Action>()
+            .map_err(|e| RuleError::new("action", e.to_string()))?
+        {
+            Action::Guest => Self::Guest {
+                port: guest.unwrap_or(DEFAULT_GUEST_PORT),
+            },
+            Action::Host => Self::Host,
+            Action::Drop => Self::Drop,
+        };
+        if guest.is_some() && !matches!(a, Self::Guest { .. }) {
+            return Err(RuleError::new(
+                "guest",
+                format!(
+                    "a guest port applies to action guest only, not to action {}.",
+                    a.name()
+                ),
+            ));
+        }
+        Ok(a)
+    }
+
+    fn to_bpf(self, rule_id: u32) -> RuleValue {
+        let port = self.guest_port().unwrap_or(0);
+        RuleValue {
+            action: xdpath_common::Action::from(self.action()) as u32,
+            port,
+            rule_id,
+            _pad: 0,
+        }
+    }
+
+    fn from_bpf(v: &RuleValue) -> Result<Self> {
+        match xdpath_common::Action::from_u32(v.action).map(Action::from) {
+            Some(Action::Guest) => Ok(Self::Guest { port: v.port }),
+            Some(Action::Host) if v.port == 0 => Ok(Self::Host),
+            Some(Action::Drop) if v.port == 0 => Ok(Self::Drop),
+            Some(a) => Err(RuleError::new(
+                "guest",
+                format!("action {a:?} carries guest port {}.", v.port),
+            )),
+            None => Err(RuleError::new(
+                "action",
+                format!("{} is not an action the classifier knows.", v.action),
+            )),
+        }
+    }
+}
+
+/// `proto` as given: a name or a number, checked by `validate`.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum ProtoSpec {
+    /// `"tcp"`, `"udp"`, `"icmp"`, `"icmpv6"` (case-insensitive).
+    Name(String),
+    /// A protocol number; valid from 0 to 255.
+    Number(u64),
+}
+
+impl From<&str> for ProtoSpec {
+    fn from(s: &str) -> Self {
+        Self::Name(s.to_string())
+    }
+}
+
+impl From<u8> for ProtoSpec {
+    fn from(n: u8) -> Self {
+        Self::Number(n.into())
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl schemars::JsonSchema for ProtoSpec {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Proto".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "tcp, udp, icmp (IPv4 only), icmpv6 (IPv6 only) or a protocol number 0-255; names are case-insensitive",
+            "oneOf": [
+                { "type": "string" },
+                { "type": "integer", "minimum": 0, "maximum": 255 }
+            ]
+        })
+    }
+}
+
+/// The canonical `proto` of a validated rule: the name when there is one
+/// for `family`, the number otherwise.
+fn proto_json(proto: u8, family: u8) -> ProtoSpec {
+    let name = match (proto, family) {
+        (IPPROTO_TCP, _) => "tcp",
+        (IPPROTO_UDP, _) => "udp",
+        (IPPROTO_ICMP, FAMILY_V4) => "icmp",
+        (IPPROTO_ICMPV6, FAMILY_V6) => "icmpv6",
+        _ => return ProtoSpec::Number(proto.into()),
+    };
+    ProtoSpec::Name(name.to_string())
+}
+
+fn family_of(a: &IpAddr) -> u8 {
+    match a {
+        IpAddr::V4(_) => FAMILY_V4,
+        IpAddr::V6(_) => FAMILY_V6,
+    }
+}
+
+fn family_name(f: u8) -> &'static str {
+    if f == FAMILY_V4 {
+        "IPv4"
+    } else {
+        "IPv6"
+    }
+}
+
+fn parse_addr(field: &str, text: &str) -> Result<IpAddr> {
+    text.parse::<IpAddr>()
+        .map_err(|_| RuleError::new(field, format!("{text:?} is not an IPv4 or IPv6 address.")))
+}
+
+fn addr_bytes(a: &IpAddr) -> [u8; 16] {
+    let mut o = [0u8; 16];
+    match a {
+        IpAddr::V4(v4) => o[..4].copy_from_slice(&v4.octets()),
+        IpAddr::V6(v6) => o = v6.octets(),
+    }
+    o
+}
+
+fn addr_from_bytes(field: &str, family: u8, b: &[u8; 16]) -> Result<IpAddr> {
+    match family {
+        FAMILY_V4 => {
+            if b[4..].iter().any(|&x| x != 0) {
+                return Err(RuleError::new(
+                    field,
+                    "an IPv4 key has non-zero bytes after the address.",
+                ));
+            }
+            Ok(IpAddr::V4(Ipv4Addr::new(b[0], b[1], b[2], b[3])))
+        }
+        FAMILY_V6 => Ok(IpAddr::V6(Ipv6Addr::from(*b))),
+        f => Err(RuleError::new(
+            field,
+            format!("{f} is not an address family (4 or 6)."),
+        )),
+    }
+}
+
+fn check_id(id: u32) -> Result<u32> {
+    if id == 0 {
+        return Err(RuleError::new("id", "rule ids start at 1."));
+    }
+    Ok(id)
+}
+
+/// An exact 5-tuple rule as given (JSON types checked, nothing else): the
+/// JSON the API takes, and (with the id) the JSON it lists.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schemars(rename = "FlowRule", deny_unknown_fields)
+)]
+pub struct FlowRuleSpec {
+    /// The rule id (1 or more); assigned by the daemon if left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schemars(range(min = 1)))]
+    pub id: Option<u32>,
+    /// Source address, IPv4 or IPv6.
+    pub src: String,
+    /// Destination address, of the same family as `src`.
+    pub dst: String,
+    /// Protocol name or number.
+    pub proto: ProtoSpec,
+    /// Source port (0 = none); tcp and udp only.
+    #[cfg_attr(feature = "openapi", schemars(default))]
+    pub src_port: u16,
+    /// Destination port (0 = none); tcp and udp only.
+    #[cfg_attr(feature = "openapi", schemars(default))]
+    pub dst_port: u16,
+    /// What a matching frame gets: `guest`, `host` or `drop`
+    /// (case-insensitive).
+    #[cfg_attr(feature = "openapi", schemars(with = "Action"))]
+    pub action: String,
+    /// Guest port, with action guest only (default 1,
+    /// `DEFAULT_GUEST_PORT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<u32>,
+}
+
+impl FlowRuleSpec {
+    /// The JSON fields, in the order they are listed (and shown as columns).
+    pub const FIELDS: [&'static str; 8] = [
+        "id", "src", "dst", "proto", "src_port", "dst_port", "action", "guest",
+    ];
+
+    /// A spec without id, ports or guest port.
+    pub fn new(
+        src: impl Into<String>,
+        dst: impl Into<String>,
+        proto: impl Into<ProtoSpec>,
+        action: impl Into<String>,
+    ) -> Self {
+        Self {
+            id: None,
+            src: src.into(),
+            dst: dst.into(),
+            proto: proto.into(),
+            src_port: 0,
+            dst_port: 0,
+            action: action.into(),
+            guest: None,
+        }
+    }
+
+    /// Parses one rule from JSON text.
+    pub fn from_json(text: &[u8]) -> Result<Self> {
+        one_from_json(text)
+    }
+
+    /// Reads one rule from a JSON value (an object).
+    pub fn from_value(v: &Value) -> Result<Self> {
+        one_from_value(v)
+    }
+
+    /// Validates the spec into a rule. The rule gets the spec's id, or
+    /// `assign` when the spec has none.
+    pub fn validate(&self, assign: u32) -> Result<FlowRule> {
+        let id = check_id(self.id.unwrap_or(assign))?;
+        let src = parse_addr("src", &self.src)?;
+        let dst = parse_addr("dst", &self.dst)?;
+        let family = family_of(&src);
+        if family_of(&dst) != family {
+            return Err(RuleError::new(
+                "dst",
+                format!(
+                    "{dst} is {} but `src` {src} is {}; both must be of the same family.",
+                    family_name(family_of(&dst)),
+                    family_name(family)
+                ),
+            ));
+        }
+        let proto = match &self.proto {
+            ProtoSpec::Number(n) => u8::try_from(*n).map_err(|_| {
+                RuleError::new("proto", format!("{n} is not a protocol number (0 to 255)."))
+            })?,
+            ProtoSpec::Name(name) => match (name.to_ascii_lowercase().as_str(), family) {
+                ("tcp", _) => IPPROTO_TCP,
+                ("udp", _) => IPPROTO_UDP,
+                ("icmp", FAMILY_V4) => IPPROTO_ICMP,
+                ("icmpv6", FAMILY_V6) => IPPROTO_ICMPV6,
+                ("icmp", _) => {
+                    return Err(RuleError::new(
+                        "proto",
+                        "icmp is IPv4's; with IPv6 addresses use icmpv6.",
+                    ))
+                }
+                ("icmpv6", _) => {
+                    return Err(RuleError::new(
+                        "proto",
+                        "icmpv6 is IPv6's; with IPv4 addresses use icmp.",
+                    ))
+                }
+                _ => {
+                    return Err(RuleError::new(
+                        "proto",
+                        format!(
+                            "{name:?} is not a protocol name (tcp, udp, icmp, icmpv6); \
+                             give other protocols as a number 0 to 255."
+                        ),
+                    ))
+                }
+            },
+        };
+        for (field, port) in [("src_port", self.src_port), ("dst_port", self.dst_port)] {
+            if port != 0 && proto != IPPROTO_TCP && proto != IPPROTO_UDP {
+                return Err(RuleError::new(
+                    field,
+                    format!(
+                        "ports apply to tcp and udp only; protocol {} matches with port 0 \
+                         (leave the port out).",
+                        proto_label(proto, family)
+                    ),
+                ));
+            }
+        }
+        let action = RuleAction::from_json(&self.action, self.guest)?;
+        Ok(FlowRule {
+            id,
+            src,
+            dst,
+            proto,
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            action,
+        })
+    }
+}
+
+fn proto_label(proto: u8, family: u8) -> String {
+    match proto_json(proto, family) {
+        ProtoSpec::Name(n) => n,
+        ProtoSpec::Number(n) => n.to_string(),
+    }
+}
+
+/// A destination prefix rule as given (JSON types checked, nothing else):
+/// the JSON the API takes, and (with the id) the JSON it lists.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[cfg_attr(
+    feature = "openapi",
+    schemars(rename = "PrefixRule", deny_unknown_fields)
+)]
+pub struct PrefixRuleSpec {
+    /// The rule id (1 or more); assigned by the daemon if left out.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schemars(range(min = 1)))]
+    pub id: Option<u32>,
+    /// Destination prefix `address/length` with zero host bits, IPv4 or
+    /// IPv6.
+    pub prefix: String,
+    /// What a matching frame gets: `guest`, `host` or `drop`
+    /// (case-insensitive).
+    #[cfg_attr(feature = "openapi", schemars(with = "Action"))]
+    pub action: String,
+    /// Guest port, with action guest only (default 1,
+    /// `DEFAULT_GUEST_PORT`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub guest: Option<u32>,
+}
+
+impl PrefixRuleSpec {
+    /// The JSON fields, in the order they are listed (and shown as columns).
+    pub const FIELDS: [&'static str; 4] = ["id", "prefix", "action", "guest"];
+
+    /// A spec without id or guest port.
+    pub fn new(prefix: impl Into<String>, action: impl Into<String>) -> Self {
+        Self {
+            id: None,
+            prefix: prefix.into(),
+            action: action.into(),
+            guest: None,
+        }
+    }
+
+    /// Parses one rule from JSON text.
+    pub fn from_json(text: &[u8]) -> Result<Self> {
+        one_from_json(text)
+    }
+
+    /// Reads one rule from a JSON value (an object).
+    pub fn from_value(v: &Value) -> Result<Self> {
+        one_from_value(v)
+    }
+
+    /// Validates the spec into a rule. The rule gets the spec's id, or
+    /// `assign` when the spec has none.
+    pub fn validate(&self, assign: u32) -> Result<PrefixRule> {
+        let id = check_id(self.id.unwrap_or(assign))?;
+        let text = &self.prefix;
+        let Some((a, l)) = text.split_once('/') else {
+            return Err(RuleError::new(
+                "prefix",
+                format!("{text:?} is not a prefix of the form address/length, such as 10.0.0.0/8."),
+            ));
+        };
+        let addr = a.parse::<IpAddr>().map_err(|_| {
+            RuleError::new(
+                "prefix",
+                format!("{a:?} in {text:?} is not an IPv4 or IPv6 address."),
+            )
+        })?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let len = if !l.is_empty() && l.len() <= 3 && l.bytes().all(|b| b.is_ascii_digit()) {
+            l.parse::<u32>().ok()
+        } else {
+            None
+        }
+        .filter(|&n| n <= max)
+        .ok_or_else(|| {
+            RuleError::new(
+                "prefix",
+                format!(
+                    "{l:?} in {text:?} is not a prefix length for {} (0 to {max}).",
+                    family_name(family_of(&addr))
+                ),
+            )
+        })? as u8;
+        let net = mask(&addr, len);
+        if net != addr {
+            return Err(RuleError::new(
+                "prefix",
+                format!("{text:?} has host bits set; the network is {net}/{len}."),
+            ));
+        }
+        let action = RuleAction::from_json(&self.action, self.guest)?;
+        Ok(PrefixRule {
+            id,
+            addr,
+            len,
+            action,
+        })
+    }
+}
+
+/// `addr` with everything after the first `len` bits cleared.
+fn mask(addr: &IpAddr, len: u8) -> IpAddr {
+    match addr {
+        IpAddr::V4(a) => {
+            let m = u32::MAX.checked_shl(32 - u32::from(len)).unwrap_or(0);
+            IpAddr::V4(Ipv4Addr::from(u32::from(*a) & m))
+        }
+        IpAddr::V6(a) => {
+            let m = u128::MAX.checked_shl(128 - u32::from(len)).unwrap_or(0);
+            IpAddr::V6(Ipv6Addr::from(u128::from(*a) & m))
+        }
+    }
+}
+
+/// A validated exact rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct FlowRule {
+    /// The rule id (1 or more), reported in the metadata block.
+    pub id: u32,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address, of the same family as `src`.
+    pub dst: IpAddr,
+    /// IP protocol number.
+    pub proto: u8,
+    /// Source port; non-zero only for TCP and UDP.
+    pub src_port: u16,
+    /// Destination port; non-zero only for TCP and UDP.
+    pub dst_port: u16,
+    /// What a matching frame gets.
+    pub action: RuleAction,
+}
+
+impl FlowRule {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub fn family(&self) -> u8 {
+        family_of(&self.src)
+    }
+
+    /// The BPF key of this rule in generation `gen`.
+    pub fn bpf_key(&self, gen: u8) -> FlowKey {
+        FlowKey {
+            gen,
+            family: self.family(),
+            proto: self.proto,
+            _pad: 0,
+            src_port: self.src_port.to_be(),
+            dst_port: self.dst_port.to_be(),
+            src: addr_bytes(&self.src),
+            dst: addr_bytes(&self.dst),
+        }
+    }
+
+    /// The BPF value of this rule.
+    pub fn bpf_value(&self) -> RuleValue {
+        self.action.to_bpf(self.id)
+    }
+
+    /// Reads a rule back from a map entry (any generation). Fails for
+    /// entries the daemon's flow table never writes.
+    pub fn from_bpf(key: &FlowKey, value: &RuleValue) -> Result<Self> {
+        if key._pad != 0 || value._pad != 0 {
+            return Err(RuleError::new(
+                "rule",
+                "the map entry has non-zero padding.",
+            ));
+        }
+        let src = addr_from_bytes("src", key.family, &key.src)?;
+        let dst = addr_from_bytes("dst", key.family, &key.dst)?;
+        let rule = FlowRule {
+            id: check_id(value.rule_id)?,
+            src,
+            dst,
+            proto: key.proto,
+            src_port: u16::from_be(key.src_port),
+            dst_port: u16::from_be(key.dst_port),
+            action: RuleAction::from_bpf(value)?,
+        };
+        // Round trip through the spec, so the same rules apply.
+        rule.to_spec().validate(rule.id)
+    }
+
+    /// The spec that validates to this rule.
+    pub fn to_spec(&self) -> FlowRuleSpec {
+        FlowRuleSpec {
+            id: Some(self.id),
+            src: self.src.to_string(),
+            dst: self.dst.to_string(),
+            proto: proto_json(self.proto, self.family()),
+            src_port: self.src_port,
+            dst_port: self.dst_port,
+            action: self.action.name().to_string(),
+            guest: self.action.guest_port(),
+        }
+    }
+}
+
+/// A validated prefix rule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PrefixRule {
+    /// The rule id (1 or more), reported in the metadata block.
+    pub id: u32,
+    /// The network address (host bits zero).
+    pub addr: IpAddr,
+    /// Prefix length in address bits.
+    pub len: u8,
+    /// What a matching frame gets.
+    pub action: RuleAction,
+}
+
+impl PrefixRule {
+    /// [`FAMILY_V4`] or [`FAMILY_V6`].
+    pub fn family(&self) -> u8 {
+        family_of(&self.addr)
+    }
+
+    /// The BPF key of this rule in generation `gen`: the prefix length in
+    /// address bits (as the classifier's `insert_prefix` takes it) and the
+    /// data.
+    pub fn bpf_key(&self, gen: u8) -> (u32, PrefixData) {
+        (
+            self.len.into(),
+            PrefixData {
+                gen,
+                family: self.family(),
+                addr: addr_bytes(&self.addr),
+                _pad: [0; 2],
+            },
+        )
+    }
+
+    /// The BPF value of this rule.
+    pub fn bpf_value(&self) -> RuleValue {
+        self.action.to_bpf(self.id)
+    }
+
+    /// Reads a rule back from a map entry (`prefix_len` in address bits).
+    pub fn from_bpf(prefix_len: u32, data: &PrefixData, value: &RuleValue) -> Result<Self> {
+        if data._pad != [0; 2] || value._pad != 0 {
+            return Err(RuleError::new(
+                "rule",
+                "the map entry has non-zero padding.",
+            ));
+        }
+        let addr = addr_from_bytes("prefix", data.family, &data.addr)?;
+        let rule = PrefixRule {
+            id: check_id(value.rule_id)?,
+            addr,
+            len: u8::try_from(prefix_len).map_err(|_| {
+                RuleError::new("prefix", format!("length {prefix_len} is too long."))
+            })?,
+            action: RuleAction::from_bpf(value)?,
+        };
+        rule.to_spec().validate(rule.id)
+    }
+
+    /// The spec that validates to this rule.
+    pub fn to_spec(&self) -> PrefixRuleSpec {
+        PrefixRuleSpec {
+            id: Some(self.id),
+            prefix: format!("{}/{}", self.addr, self.len),
+            action: self.action.name().to_string(),
+            guest: self.action.guest_port(),
+        }
+    }
+}
+// ----- JSON -----
+//
+// The shape of a rule (an object, known fields, each at most once) is the
+// derived `Deserialize` of `FlowRaw`/`PrefixRaw`, read through
+// `serde_path_to_error` so a refusal knows the field and the rule's place in
+// a list. The values are read as JSON and typed by `Wire::from_raw`, by
+// name, so each message names its field and says what was given. Three
+// small visitors remain: `ObjectOnly` (a derived struct would also take a
+// JSON array as its fields in order; rules must be objects), `ListSeed`
+// (keeps the first bad rule of a list with its index and stores the good
+// ones without a second copy), and `Shape` (only on the way to an error:
+// what a rule that is not an object is, or which field an object repeats).
+
+/// What reading JSON needs to know about a rule type.
+trait Wire: Sized {
+    /// "an exact rule" / "a prefix rule".
+    const WHAT: &'static str;
+    /// The fields, as named in JSON.
+    const FIELDS: &'static [&'static str];
+    /// The derived shape.
+    type Raw: DeserializeOwned;
+    /// Types each value, naming its field on error.
+    fn from_raw(raw: Self::Raw) -> Result<Self>;
+}
+
+/// An exact rule's JSON object as given: known fields, each at most once;
+/// `null` reads as absent.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FlowRaw {
+    id: Option<Value>,
+    src: Option<Value>,
+    dst: Option<Value>,
+    proto: Option<Value>,
+    src_port: Option<Value>,
+    dst_port: Option<Value>,
+    action: Option<Value>,
+    guest: Option<Value>,
+}
+
+/// A prefix rule's JSON object as given.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PrefixRaw {
+    id: Option<Value>,
+    prefix: Option<Value>,
+    action: Option<Value>,
+    guest: Option<Value>,
+}
+
+impl Wire for FlowRuleSpec {
+    const WHAT: &'static str = "an exact rule";
+    const FIELDS: &'static [&'static str] = &Self::FIELDS;
+    type Raw = FlowRaw;
+
+    fn from_raw(r: FlowRaw) -> Result<Self> {
+        const NEEDS: &str = "an exact rule needs src, dst, proto and action";
+        Ok(Self {
+            id: opt_u32("id", r.id)?,
+            src: req_str("src", r.src, NEEDS)?,
+            dst: req_str("dst", r.dst, NEEDS)?,
+            proto: req_proto(r.proto)?,
+            src_port: opt_port("src_port", r.src_port)?,
+            dst_port: opt_port("dst_port", r.dst_port)?,
+            action: req_str("action", r.action, NEEDS)?,
+            guest: opt_u32("guest", r.guest)?,
+        })
+    }
+}
+
+impl Wire for PrefixRuleSpec {
+    const WHAT: &'static str = "a prefix rule";
+    const FIELDS: &'static [&'static str] = &Self::FIELDS;
+    type Raw = PrefixRaw;
+
+    fn from_raw(r: PrefixRaw) -> Result<Self> {
+        const NEEDS: &str = "a prefix rule needs prefix and action";
+        Ok(Self {
+            id: opt_u32("id", r.id)?,
+            prefix: req_str("prefix", r.prefix, NEEDS)?,
+            action: req_str("action", r.action, NEEDS)?,
+            guest: opt_u32("guest", r.guest)?,
+        })
+    }
+}
+
+fn req_str(field: &str, v: Option<Value>, needs: &str) -> Result<String> {
+    match v {
+        None => Err(RuleError::new(field, format!("missing; {needs}."))),
+        Some(Value::String(s)) => Ok(s),
+        Some(v) => Err(RuleError::new(
+            field,
+            format!("expected a string, got {}.", show(&v)),
+        )),
+    }
+}
+
+fn opt_u32(field: &str, v: Option<Value>) -> Result<Option<u32>> {
+    v.map(|v| {
+        v.as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .ok_or_else(|| {
+                RuleError::new(
+                    field,
+                    format!("expected an integer 0 to {}, got {}.", u32::MAX, show(&v)),
+                )
+            })
+    })
+    .transpose()
+}
+
+fn opt_port(field: &str, v: Option<Value>) -> Result<u16> {
+    match v {
+        None => Ok(0),
+        Some(v) => v
+            .as_u64()
+            .and_then(|n| u16::try_from(n).ok())
+            .ok_or_else(|| {
+                RuleError::new(
+                    field,
+                    format!("{} is not a port number (0 to 65535).", show(&v)),
+                )
+            }),
+    }
+}
+
+/// A name, or a number (its range is `validate`'s to check).
+fn req_proto(v: Option<Value>) -> Result<ProtoSpec> {
+    match v {
+        None => Err(RuleError::new(
+            "proto",
+            "missing; an exact rule needs src, dst, proto and action.",
+        )),
+        Some(Value::String(s)) => Ok(ProtoSpec::Name(s)),
+        Some(v) => v.as_u64().map(ProtoSpec::Number).ok_or_else(|| {
+            RuleError::new(
+                "proto",
+                format!(
+                    "expected a protocol name or a number 0 to 255, got {}.",
+                    show(&v)
+                ),
+            )
+        }),
+    }
+}
+
+/// A short rendering of a JSON value for messages.
+fn show(v: &Value) -> String {
+    let s = v.to_string();
+    if s.chars().count() > 40 {
+        format!("{}...", s.chars().take(40).collect::<String>())
+    } else {
+        s
+    }
+}
+
+/// One rule read from JSON: the derived shape, then the typed values. A
+/// typed value's error is kept as a value, so a list can report it with the
+/// rule's index.
+struct Checked<T>(Result<T>);
+
+impl<'de, T: Wire> Deserialize<'de> for Checked<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_map(ObjectOnly(std::marker::PhantomData))
+    }
+}
+
+/// Accepts a JSON object only and hands it to the derived shape.
+struct ObjectOnly<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Wire> Visitor<'de> for ObjectOnly<T> {
+    type Value = Checked<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (a JSON object)", T::WHAT)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Checked<T>, A::Error> {
+        let raw = T::Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
+        Ok(Checked(T::from_raw(raw)))
+    }
+}
+
+/// Reads a JSON array of rules: the good ones are stored as they come; the
+/// first bad one is kept with its index while the rest is still read, so
+/// malformed JSON further on is reported as such.
+struct ListSeed<T>(std::marker::PhantomData<T>);
+
+impl<'de, T: Wire> DeserializeSeed<'de> for ListSeed<T> {
+    type Value = Result<Vec<T>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de, T: Wire> Visitor<'de> for ListSeed<T> {
+    type Value = Result<Vec<T>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array of rules")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
+        let mut first_bad: Option<RuleError> = None;
+        let mut index = 0usize;
+        while let Some(Checked(rule)) = seq.next_element::<Checked<T>>()? {
+            match (rule, &first_bad) {
+                (Ok(r), None) => out.push(r),
+                (Err(e), None) => {
+                    first_bad = Some(e.at(index));
+                    out = Vec::new();
+                }
+                (_, Some(_)) => {}
+            }
+            index = index.saturating_add(1);
+        }
+        Ok(first_bad.map_or(Ok(out), Err))
+    }
+}
+
+/// Where a refused rule came from, to look at it again for the message.
+#[derive(Clone, Copy)]
+enum Source<'a> {
+    Text(&'a [u8]),
+    Value(&'a Value),
+}
+
+/// What a rule refused at its own level (not at one of its fields) is: an
+/// object (its keys, repeats kept) or a description of something else.
+enum Shape {
+    Object(Vec<String>),
+    Other(String),
+}
+
+impl Shape {
+    /// The rule at `index` of a list, or the whole document.
+    fn of(src: Source<'_>, index: Option<usize>) -> Option<Shape> {
+        match (src, index) {
+            (Source::Text(t), None) => serde_json::from_slice(t).ok(),
+            (Source::Text(t), Some(i)) => NthShape(i)
+                .deserialize(&mut serde_json::Deserializer::from_slice(t))
+                .ok()
+                .flatten(),
+            (Source::Value(v), None) => Shape::deserialize(v).ok(),
+            (Source::Value(v), Some(i)) => NthShape(i).deserialize(v).ok().flatten(),
+        }
+    }
+
+    fn describe(&self) -> &str {
+        match self {
+            Self::Object(_) => "an object",
+            Self::Other(s) => s,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Shape {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        d.deserialize_any(ShapeVisitor)
+    }
+}
+
+struct ShapeVisitor;
+
+impl<'de> Visitor<'de> for ShapeVisitor {
+    type Value = Shape;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("any JSON value")
+    }
+    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Shape, E> {
+        Ok(Shape::Other(v.to_string()))
+    }
+    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Shape, E> {
+        Ok(Shape::Other(v.to_string()))
+    }
+    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Shape, E> {
+        Ok(Shape::Other(v.to_string()))
+    }
+    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Shape, E> {
+        Ok(Shape::Other(v.to_string()))
+    }
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Shape, E> {
+        Ok(Shape::Other(format!("{v:?}")))
+    }
+    fn visit_unit<E: de::Error>(self) -> std::result::Result<Shape, E> {
+        Ok(Shape::Other("null".into()))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Shape, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(Shape::Other("an array".into()))
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Shape, A::Error> {
+        let mut keys = Vec::new();
+        while let Some(k) = map.next_key::<String>()? {
+            map.next_value::<IgnoredAny>()?;
+            keys.push(k);
+        }
+        Ok(Shape::Object(keys))
+    }
+}
+
+/// The shape of element `.0` of a JSON array.
+struct NthShape(usize);
+
+impl<'de> DeserializeSeed<'de> for NthShape {
+    type Value = Option<Shape>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
+        d.deserialize_seq(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NthShape {
+    type Value = Option<Shape>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON array")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(
+        self,
+        mut seq: A,
+    ) -> std::result::Result<Self::Value, A::Error> {
+        for _ in 0..self.0 {
+            if seq.next_element::<IgnoredAny>()?.is_none() {
+                return Ok(None);
+            }
+        }
+        seq.next_element::<Shape>()
+    }
+}
+
+/// The place of a refusal: the rule's index in a list, and the field.
+fn locate(path: &serde_path_to_error::Path) -> (Option<usize>, Option<&str>) {
+    use serde_path_to_error::Segment;
+    let mut at = (None, None);
+    for seg in path.iter() {
+        match seg {
+            Segment::Seq { index } if at.1.is_none() => at.0 = Some(*index),
+            Segment::Map { key } => at.1 = Some(key.as_str()),
+            _ => {}
+        }
+    }
+    at
+}
+
+fn unknown_field<T: Wire>(name: &str) -> RuleError {
+    RuleError::new(
+        name,
+        format!(
+            "unknown field; {} has the fields {}.",
+            T::WHAT,
+            T::FIELDS.join(", ")
+        ),
+    )
+}
+
+fn not_json(e: &serde_json::Error) -> RuleError {
+    RuleError::new("rule", format!("the request is not valid JSON ({e})."))
+}
+
+/// The rule error for a refusal of the derived shape.
+fn shape_error<T: Wire>(
+    e: &serde_path_to_error::Error<serde_json::Error>,
+    src: Source<'_>,
+    list: bool,
+) -> RuleError {
+    let inner = e.inner();
+    if inner.classify() != serde_json::error::Category::Data {
+        return not_json(inner);
+    }
+    let (index, field) = locate(e.path());
+    let err = match field {
+        Some(f) if !T::FIELDS.contains(&f) => unknown_field::<T>(f),
+        // Values are read as JSON, so this is not expected; say what serde
+        // said.
+        Some(f) => RuleError::new(f, format!("{inner}.")),
+        None => match Shape::of(src, index) {
+            Some(shape) if list && index.is_none() => RuleError::new(
+                "rules",
+                format!("expected a JSON array of rules, not {}.", shape.describe()),
+            ),
+            Some(Shape::Object(keys)) => {
+                match keys
+                    .iter()
+                    .enumerate()
+                    .find(|(i, k)| keys[..*i].contains(k))
+                {
+                    Some((_, k)) => RuleError::new(k.as_str(), "given twice."),
+                    None => {
+                        RuleError::new("rule", format!("{} is not readable: {inner}.", T::WHAT))
+                    }
+                }
+            }
+            Some(other) => RuleError::new(
+                "rule",
+                format!(
+                    "{} must be a JSON object, not {}.",
+                    T::WHAT,
+                    other.describe()
+                ),
+            ),
+            None => not_json(inner),
+        },
+    };
+    match index {
+        Some(i) => err.at(i),
+        None => err,
+    }
+}
+
+fn one_from_json<T: Wire>(text: &[u8]) -> Result<T> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let Checked(rule) = serde_path_to_error::deserialize::<_, Checked<T>>(&mut de)
+        .map_err(|e| shape_error::<T>(&e, Source::Text(text), false))?;
+    let rule = rule?;
+    de.end().map_err(|e| not_json(&e))?;
+    Ok(rule)
+}
+
+fn one_from_value<T: Wire>(v: &Value) -> Result<T> {
+    let Checked(rule) = serde_path_to_error::deserialize::<_, Checked<T>>(v)
+        .map_err(|e| shape_error::<T>(&e, Source::Value(v), false))?;
+    rule
+}
+
+fn list_from_json<T: Wire>(text: &[u8]) -> Result<Vec<T>> {
+    let mut de = serde_json::Deserializer::from_slice(text);
+    let mut track = serde_path_to_error::Track::new();
+    let rules = ListSeed(std::marker::PhantomData)
+        .deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
+        .map_err(|inner| {
+            let e = serde_path_to_error::Error::new(track.path(), inner);
+            shape_error::<T>(&e, Source::Text(text), true)
+        })?;
+    let rules = rules?;
+    de.end().map_err(|e| not_json(&e))?;
+    Ok(rules)
+}
+
+/// Parses a JSON array of exact rules (the body of a bulk replace). Errors
+/// carry the index of the rule at fault.
+pub fn flow_specs_from_json(text: &[u8]) -> Result<Vec<FlowRuleSpec>> {
+    list_from_json(text)
+}
+
+/// Parses a JSON array of prefix rules (the body of a bulk replace). Errors
+/// carry the index of the rule at fault.
+pub fn prefix_specs_from_json(text: &[u8]) -> Result<Vec<PrefixRuleSpec>> {
+    list_from_json(text)
+}
+
+/// Plain serde: the same reading, with every refusal as a sentence naming
+/// its field (malformed JSON keeps serde's own message).
+fn plain<'de, T: Wire, D: Deserializer<'de>>(d: D) -> std::result::Result<T, D::Error> {
+    let Checked(rule) = serde_path_to_error::deserialize::<_, Checked<T>>(d).map_err(|e| {
+        let field = locate(e.path()).1.map(str::to_string);
+        let inner = e.into_inner();
+        match field {
+            Some(f) if !T::FIELDS.contains(&f.as_str()) => {
+                de::Error::custom(unknown_field::<T>(&f))
+            }
+            Some(f) => de::Error::custom(format_args!("Field `{f}`: {inner}")),
+            None => inner,
+        }
+    })?;
+    rule.map_err(de::Error::custom)
+}
+
+impl<'de> Deserialize<'de> for FlowRuleSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        plain(d)
+    }
+}
+
+impl<'de> Deserialize<'de> for PrefixRuleSpec {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        plain(d)
+    }
+}
+
+/// Lists the rule as its spec (with its id, both ports always present).
+impl Serialize for FlowRule {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_spec().serialize(s)
+    }
+}
+
+/// Lists the rule as its spec (with its id).
+impl Serialize for PrefixRule {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.to_spec().serialize(s)
+    }
+}
+
+/// Validates a stored rule (e.g. from the state file), which must carry
+/// its id.
+fn stored<T, E: de::Error>(
+    id: Option<u32>,
+    validate: impl FnOnce(u32) -> Result<T>,
+) -> std::result::Result<T, E> {
+    let id =
+        id.ok_or_else(|| E::custom(RuleError::new("id", "missing; a stored rule has its id.")))?;
+    validate(id).map_err(E::custom)
+}
+
+/// Reads a rule with its id (a stored rule, e.g. from the state file).
+impl<'de> Deserialize<'de> for FlowRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let spec = FlowRuleSpec::deserialize(d)?;
+        stored(spec.id, |id| spec.validate(id))
+    }
+}
+
+/// Reads a rule with its id (a stored rule, e.g. from the state file).
+impl<'de> Deserialize<'de> for PrefixRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        let spec = PrefixRuleSpec::deserialize(d)?;
+        stored(spec.id, |id| spec.validate(id))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flow(json: &str) -> Result<FlowRule> {
+        FlowRuleSpec::from_json(json.as_bytes())?.validate(99)
+    }
+
+    fn prefix(json: &str) -> Result<PrefixRule> {
+        PrefixRuleSpec::from_json(json.as_bytes())?.validate(99)
+    }
+
+    #[test]
+    fn the_documented_examples_parse() {
+        let r = flow(
+            r#"{"id": 7, "src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp",
+                "src_port": 1000, "dst_port": 53, "action": "guest", "guest": 1}"#,
+        )
+        .unwrap();
+        assert_eq!(r.id, 7);
+        assert_eq!(r.src, "10.0.0.2".parse::<IpAddr>().unwrap());
+        assert_eq!((r.proto, r.src_port, r.dst_port), (17, 1000, 53));
+        assert_eq!(r.action, RuleAction::Guest { port: 1 });
+        let p = prefix(r#"{"id": 8, "prefix": "10.88.0.0/16", "action": "drop"}"#).unwrap();
+        assert_eq!((p.id, p.len, p.action), (8, 16, RuleAction::Drop));
+    }
+
+    #[test]
+    fn stored_rules_round_trip_and_need_their_id() {
+        let r = flow(
+            r#"{"id": 7, "src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "action": "drop"}"#,
+        )
+        .unwrap();
+        let back: FlowRule = serde_json::from_str(&serde_json::to_string(&r).unwrap()).unwrap();
+        assert_eq!(back, r);
+        let p = prefix(r#"{"id": 8, "prefix": "10.88.0.0/16", "action": "drop"}"#).unwrap();
+        let back: PrefixRule = serde_json::from_str(&serde_json::to_string(&p).unwrap()).unwrap();
+        assert_eq!(back, p);
+        for e in [
+            serde_json::from_str::<FlowRule>(
+                r#"{"src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "action": "drop"}"#,
+            )
+            .unwrap_err(),
+            serde_json::from_str::<PrefixRule>(r#"{"prefix": "10.88.0.0/16", "action": "drop"}"#)
+                .unwrap_err(),
+        ] {
+            assert!(e.to_string().contains("a stored rule has its id"), "{e}");
+        }
+    }
+
+    #[test]
+    fn defaults_and_assigned_ids() {
+        let r =
+            flow(r#"{"src": "fd00::2", "dst": "fd00::1", "proto": "icmpv6", "action": "guest"}"#)
+                .unwrap();
+        assert_eq!(r.id, 99);
+        assert_eq!((r.proto, r.src_port, r.dst_port), (58, 0, 0));
+        assert_eq!(
+            r.action,
+            RuleAction::Guest {
+                port: DEFAULT_GUEST_PORT
+            }
+        );
+        let r = flow(r#"{"id": null, "src": "1.2.3.4", "dst": "1.2.3.5", "proto": 47, "action": "HOST", "guest": null}"#)
+            .unwrap();
+        assert_eq!((r.id, r.proto, r.action), (99, 47, RuleAction::Host));
+    }
+
+    fn err_field(r: Result<impl fmt::Debug>) -> (String, String) {
+        let e = r.expect_err("must be refused");
+        let msg = e.to_string();
+        assert!(
+            msg.contains(&format!("`{}`", e.field())),
+            "message must name the field: {msg}"
+        );
+        assert!(msg.ends_with('.'), "a sentence: {msg}");
+        (e.field().to_string(), msg)
+    }
+
+    #[test]
+    fn bad_flow_rules_name_their_field() {
+        let base = |over: &str| {
+            let mut v: Value = serde_json::from_str(
+                r#"{"src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "action": "drop"}"#,
+            )
+            .unwrap();
+            let o: Value = serde_json::from_str(over).unwrap();
+            for (k, x) in o.as_object().unwrap() {
+                v[k] = x.clone();
+            }
+            v.to_string()
+        };
+        let cases = [
+            (
+                r#"{"dst": "10.0.0.300"}"#,
+                "dst",
+                "is not an IPv4 or IPv6 address",
+            ),
+            (r#"{"src": "fe80::1%eth0"}"#, "src", "is not an IPv4"),
+            (r#"{"dst": "fd00::1"}"#, "dst", "same family"),
+            (r#"{"dst": 5}"#, "dst", "expected a string"),
+            (r#"{"proto": "sctp"}"#, "proto", "not a protocol name"),
+            (r#"{"proto": 300}"#, "proto", "0 to 255"),
+            (r#"{"proto": 99999999999}"#, "proto", "0 to 255"),
+            (r#"{"proto": -1}"#, "proto", "expected a protocol name"),
+            (r#"{"proto": "icmpv6"}"#, "proto", "IPv6's"),
+            (
+                r#"{"proto": "icmp", "src_port": 5}"#,
+                "src_port",
+                "tcp and udp only",
+            ),
+            (
+                r#"{"proto": 1, "dst_port": 5}"#,
+                "dst_port",
+                "tcp and udp only",
+            ),
+            (r#"{"dst_port": 70000}"#, "dst_port", "not a port number"),
+            (r#"{"dst_port": "53"}"#, "dst_port", "not a port number"),
+            (r#"{"action": "forward"}"#, "action", "not an action"),
+            (r#"{"guest": 3}"#, "guest", "action guest only"),
+            (r#"{"id": 0}"#, "id", "start at 1"),
+            (r#"{"id": 4294967296}"#, "id", "expected an integer"),
+            (r#"{"id": 1.5}"#, "id", "expected an integer"),
+            (r#"{"colour": "red"}"#, "colour", "unknown field"),
+            (r#"{"src": null}"#, "src", "missing"),
+        ];
+        for (over, field, text) in cases {
+            let (f, msg) = err_field(flow(&base(over)));
+            assert_eq!(f, field, "{over}: {msg}");
+            assert!(msg.contains(text), "{over}: {msg}");
+        }
+        let (f, _) = err_field(flow("[1]"));
+        assert_eq!(f, "rule");
+        let (f, _) = err_field(flow("{"));
+        assert_eq!(f, "rule");
+        let e = flow(&base(r#"{"dst": "10.0.0.300"}"#)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Field `dst`: \"10.0.0.300\" is not an IPv4 or IPv6 address."
+        );
+    }
+
+    #[test]
+    fn bad_prefix_rules_name_their_field() {
+        let cases = [
+            (
+                r#"{"prefix": "10.88.0.0", "action": "drop"}"#,
+                "prefix",
+                "address/length",
+            ),
+            (
+                r#"{"prefix": "10.88.0.0/33", "action": "drop"}"#,
+                "prefix",
+                "0 to 32",
+            ),
+            (
+                r#"{"prefix": "fd00::/129", "action": "drop"}"#,
+                "prefix",
+                "0 to 128",
+            ),
+            (
+                r#"{"prefix": "10.88.0.0/+8", "action": "drop"}"#,
+                "prefix",
+                "prefix length",
+            ),
+            (
+                r#"{"prefix": "10.88.0.0/", "action": "drop"}"#,
+                "prefix",
+                "prefix length",
+            ),
+            (
+                r#"{"prefix": "10.88.1.0/16", "action": "drop"}"#,
+                "prefix",
+                "host bits set; the network is 10.88.0.0/16",
+            ),
+            (
+                r#"{"prefix": "fd00::1/64", "action": "drop"}"#,
+                "prefix",
+                "fd00::/64",
+            ),
+            (
+                r#"{"prefix": "x/8", "action": "drop"}"#,
+                "prefix",
+                "not an IPv4",
+            ),
+            (
+                r#"{"prefix": "10.0.0.0/8", "action": "host", "guest": 2}"#,
+                "guest",
+                "action guest only",
+            ),
+            (r#"{"prefix": "10.0.0.0/8"}"#, "action", "missing"),
+            (
+                r#"{"prefix": "10.0.0.0/8", "action": "drop", "src": "1.1.1.1"}"#,
+                "src",
+                "unknown field",
+            ),
+        ];
+        for (json, field, text) in cases {
+            let (f, msg) = err_field(prefix(json));
+            assert_eq!(f, field, "{json}: {msg}");
+            assert!(msg.contains(text), "{json}: {msg}");
+        }
+        let p = prefix(r#"{"prefix": "0.0.0.0/0", "action": "guest", "guest": 4}"#).unwrap();
+        assert_eq!((p.len, p.action), (0, RuleAction::Guest { port: 4 }));
+        let p = prefix(r#"{"prefix": "::/0", "action": "host"}"#).unwrap();
+        assert_eq!(p.len, 0);
+    }
+
+    #[test]
+    fn json_shape_errors_name_their_field() {
+        let cases: [(&[u8], &str, &str); 7] = [
+            (
+                br#"{"src": "1.1.1.1", "src": "1.1.1.2"}"#,
+                "src",
+                "given twice",
+            ),
+            (b"[1]", "rule", "must be a JSON object, not an array"),
+            (b"7", "rule", "not 7"),
+            (b"null", "rule", "not null"),
+            (br#""x""#, "rule", "not \"x\""),
+            (b"{", "rule", "not valid JSON"),
+            (
+                br#"{"src": "1.1.1.1", "dst": "1.1.1.2", "proto": "tcp", "action": "drop"} x"#,
+                "rule",
+                "not valid JSON",
+            ),
+        ];
+        for (text, field, says) in cases {
+            let e = FlowRuleSpec::from_json(text).unwrap_err();
+            assert_eq!(e.field(), field, "{e}");
+            assert!(e.to_string().contains(says), "{says}: {e}");
+        }
+        // Through plain serde (e.g. an HTTP framework's JSON extractor) the
+        // message is the same sentence.
+        let e = serde_json::from_str::<Vec<PrefixRuleSpec>>(
+            r#"[{"prefix": "1.0.0.0/8", "action": 5}]"#,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("Field `action`: expected a string, got 5."),
+            "{e}"
+        );
+        let v: Value =
+            serde_json::from_str(r#"{"prefix": "1.0.0.0/8", "action": "drop", "guest": -1}"#)
+                .unwrap();
+        assert_eq!(PrefixRuleSpec::from_value(&v).unwrap_err().field(), "guest");
+    }
+
+    #[test]
+    fn list_errors_carry_the_index() {
+        let e = flow_specs_from_json(
+            br#"[{"src": "1.1.1.1", "dst": "1.1.1.2", "proto": "tcp", "action": "drop"},
+                 {"src": "1.1.1.1", "dst": "1.1.1.2", "proto": "tcp", "action": "drop", "x": 1}]"#,
+        )
+        .unwrap_err();
+        assert_eq!((e.field(), e.index()), ("x", Some(1)));
+        assert!(e.to_string().starts_with("Rule 1: field `x`:"), "{e}");
+        let e = prefix_specs_from_json(br#"{"prefix": "1.0.0.0/8"}"#).unwrap_err();
+        assert_eq!(e.field(), "rules");
+    }
+
+    #[test]
+    fn list_shape_errors_carry_the_index_and_the_first_bad_rule_wins() {
+        let ok = r#"{"src": "1.1.1.1", "dst": "1.1.1.2", "proto": "tcp", "action": "drop"}"#;
+        let list = |items: &[&str]| format!("[{}]", items.join(","));
+        let e = flow_specs_from_json(list(&[ok, ok, "7"]).as_bytes()).unwrap_err();
+        assert_eq!((e.field(), e.index()), ("rule", Some(2)));
+        assert_eq!(
+            e.to_string(),
+            "Rule 2: field `rule`: an exact rule must be a JSON object, not 7."
+        );
+        let dup = r#"{"src": "1.1.1.1", "src": "1.1.1.3", "dst": "1.1.1.2", "proto": "tcp", "action": "drop"}"#;
+        let e = flow_specs_from_json(list(&[ok, dup]).as_bytes()).unwrap_err();
+        assert_eq!((e.field(), e.index()), ("src", Some(1)));
+        assert!(e.to_string().ends_with("given twice."), "{e}");
+        // A bad value in rule 1 and another in rule 3: rule 1 is reported.
+        let bad1 = r#"{"src": 1, "dst": "1.1.1.2", "proto": "tcp", "action": "drop"}"#;
+        let bad3 = r#"{"src": "1.1.1.1", "dst": 2, "proto": "tcp", "action": "drop"}"#;
+        let e = flow_specs_from_json(list(&[ok, bad1, ok, bad3]).as_bytes()).unwrap_err();
+        assert_eq!((e.field(), e.index()), ("src", Some(1)));
+        assert_eq!(
+            e.to_string(),
+            "Rule 1: field `src`: expected a string, got 1."
+        );
+        // Malformed JSON after a bad rule is still malformed JSON.
+        let e = flow_specs_from_json(format!("[{bad1}, {{").as_bytes()).unwrap_err();
+        assert_eq!(e.field(), "rule");
+        assert!(e.to_string().contains("not valid JSON"), "{e}");
+        for (body, says) in [
+            ("7", "not 7."),
+            ("\"x\"", "not \"x\"."),
+            ("null", "not null."),
+        ] {
+            let e = prefix_specs_from_json(body.as_bytes()).unwrap_err();
+            assert_eq!((e.field(), e.index()), ("rules", None), "{body}");
+            assert!(e.to_string().ends_with(says), "{body}: {e}");
+        }
+        let good = prefix_specs_from_json(
+            br#"[{"prefix": "10.0.0.0/8", "action": "drop"}, {"prefix": "fd00::/8", "action": "host", "id": 4}]"#,
+        )
+        .unwrap();
+        assert_eq!(good.len(), 2);
+        assert_eq!(good[1].id, Some(4));
+        assert_eq!(flow_specs_from_json(b"[]").unwrap(), vec![]);
+    }
+
+    #[test]
+    fn the_listed_fields_are_the_json_fields() {
+        let spec = FlowRuleSpec {
+            id: Some(1),
+            guest: Some(2),
+            ..FlowRuleSpec::new("1.1.1.1", "1.1.1.2", "udp", "guest")
+        };
+        let v = serde_json::to_value(&spec).unwrap();
+        let keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = FlowRuleSpec::FIELDS.to_vec();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        let text = serde_json::to_string(&spec).unwrap();
+        let order: Vec<usize> = FlowRuleSpec::FIELDS
+            .iter()
+            .map(|f| text.find(&format!("\"{f}\"")).unwrap())
+            .collect();
+        assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
+        let p = PrefixRuleSpec {
+            id: Some(1),
+            guest: Some(2),
+            ..PrefixRuleSpec::new("10.0.0.0/8", "guest")
+        };
+        let v = serde_json::to_value(&p).unwrap();
+        let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut want = PrefixRuleSpec::FIELDS.to_vec();
+        keys.sort_unstable();
+        want.sort_unstable();
+        assert_eq!(keys, want);
+        // Every listed field is accepted, and only those.
+        for f in FlowRuleSpec::FIELDS {
+            let e = FlowRuleSpec::from_json(format!("{{\"{f}\": null}}").as_bytes()).unwrap_err();
+            assert!(e.to_string().contains("missing"), "{f}: {e}");
+        }
+        let e = FlowRuleSpec::from_value(&serde_json::json!([1])).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "Field `rule`: an exact rule must be a JSON object, not an array."
+        );
+    }
+
+    #[test]
+    fn json_round_trips() {
+        for json in [
+            r#"{"id":7,"src":"10.0.0.2","dst":"10.0.0.1","proto":"udp","src_port":1000,"dst_port":53,"action":"guest","guest":1}"#,
+            r#"{"id":9,"src":"fd00::2","dst":"fd00::1","proto":"icmpv6","src_port":0,"dst_port":0,"action":"drop"}"#,
+            r#"{"id":10,"src":"fd00::2","dst":"fd00::1","proto":1,"src_port":0,"dst_port":0,"action":"host"}"#,
+            r#"{"id":11,"src":"10.1.1.1","dst":"10.1.1.2","proto":"tcp","src_port":0,"dst_port":22,"action":"guest","guest":7}"#,
+        ] {
+            let r: FlowRule = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&r).unwrap(), json);
+            let spec = r.to_spec();
+            assert_eq!(serde_json::to_string(&spec).unwrap(), json);
+            let back: FlowRuleSpec = serde_json::from_str(json).unwrap();
+            assert_eq!(back, spec);
+            // And through the BPF key and value.
+            assert_eq!(
+                FlowRule::from_bpf(&r.bpf_key(1), &r.bpf_value()).unwrap(),
+                r
+            );
+        }
+        // Numbers with a name are listed by name.
+        let r =
+            flow(r#"{"id":3,"src":"1.1.1.1","dst":"1.1.1.2","proto":6,"action":"drop"}"#).unwrap();
+        assert!(serde_json::to_string(&r)
+            .unwrap()
+            .contains(r#""proto":"tcp""#));
+        for json in [
+            r#"{"id":8,"prefix":"10.88.0.0/16","action":"drop"}"#,
+            r#"{"id":12,"prefix":"fd00:88::/32","action":"guest","guest":3}"#,
+        ] {
+            let p: PrefixRule = serde_json::from_str(json).unwrap();
+            assert_eq!(serde_json::to_string(&p).unwrap(), json);
+            assert_eq!(serde_json::to_string(&p.to_spec()).unwrap(), json);
+            let (len, data) = p.bpf_key(0);
+            assert_eq!(PrefixRule::from_bpf(len, &data, &p.bpf_value()).unwrap(), p);
+        }
+        let e = serde_json::from_str::<FlowRule>(
+            r#"{"src":"1.1.1.1","dst":"1.1.1.2","proto":6,"action":"drop"}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("Field `id`"), "{e}");
+        let e = serde_json::from_str::<FlowRuleSpec>(
+            r#"{"src":"1.1.1.1","dst":"1.1.1.2","proto":6,"action":"drop","bogus":1}"#,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("Field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn bpf_keys_are_in_wire_order() {
+        let r = flow(r#"{"id":5,"src":"10.0.0.2","dst":"10.0.0.1","proto":"udp","src_port":1000,"dst_port":53,"action":"guest","guest":2}"#)
+            .unwrap();
+        let k = r.bpf_key(1);
+        assert_eq!((k.gen, k.family, k.proto), (1, FAMILY_V4, 17));
+        assert_eq!(k.src_port.to_ne_bytes(), 1000u16.to_be_bytes());
+        assert_eq!(k.dst_port.to_ne_bytes(), 53u16.to_be_bytes());
+        assert_eq!(&k.src[..5], &[10, 0, 0, 2, 0]);
+        let v = r.bpf_value();
+        assert_eq!(
+            (v.action, v.port, v.rule_id),
+            (xdpath_common::Action::Guest as u32, 2, 5)
+        );
+        let p = prefix(r#"{"id":6,"prefix":"10.88.0.0/16","action":"drop"}"#).unwrap();
+        let (len, d) = p.bpf_key(0);
+        assert_eq!(
+            (len, d.gen, d.family, &d.addr[..4]),
+            (16, 0, FAMILY_V4, &[10, 88, 0, 0][..])
+        );
+        // Entries a table never writes are refused.
+        let mut bad = v;
+        bad.rule_id = 0;
+        assert_eq!(FlowRule::from_bpf(&k, &bad).unwrap_err().field(), "id");
+        let mut bad = v;
+        bad.action = 9;
+        assert_eq!(FlowRule::from_bpf(&k, &bad).unwrap_err().field(), "action");
+    }
+}
