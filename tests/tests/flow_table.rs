@@ -147,11 +147,7 @@ fn raw_maps(c: &Classifier) -> (Vec<RawFlow>, Vec<RawPrefix>) {
 /// is the active one.
 fn assert_maps_hold(c: &Classifier, table: &FlowTable) {
     let gen = table.generation();
-    assert_eq!(
-        c.config().unwrap().active_gen,
-        u32::from(gen),
-        "active generation"
-    );
+    assert_eq!(c.config().unwrap().active_gen, gen, "active generation");
     let fe = c.flow_entries().unwrap();
     assert!(
         fe.iter().all(|(k, _)| k.gen == gen),
@@ -441,7 +437,7 @@ fn bulk_replace_under_traffic_is_never_half_applied() {
             let mut g = shared.lock().unwrap();
             let (table, c) = &mut *g;
             table
-                .replace_flows(c, sets[(n + 1) % 2].clone())
+                .replace_flows(&mut **c, sets[(n + 1) % 2].clone())
                 .expect("replace");
         });
         eprintln!("atomic replace: {run:?}");
@@ -640,7 +636,7 @@ struct Everything {
     flows: Vec<FlowRule>,
     prefixes: Vec<PrefixRule>,
     gen: u8,
-    active_gen: u32,
+    active_gen: u8,
     maps: (Vec<RawFlow>, Vec<RawPrefix>),
     state: Option<Vec<u8>>,
     journal: Option<Vec<u8>>,
