@@ -80,8 +80,8 @@
 //! ```
 //!
 //! - UNADOPTED: after [`FlowTable::load`] found no state file: the first
-//!   sync adopts the rules of the maps' active generation and writes them
-//!   to the state file.
+//!   sync that succeeds adopts the rules of the maps' active generation and
+//!   writes them to the state file.
 //! - UNPROJECTED: after [`FlowTable::load`], or after a failure that could
 //!   not be rolled back. The maps are not trusted: the next call that
 //!   touches them runs [`FlowTable::sync`] first, which repairs them to
@@ -294,6 +294,29 @@ fn retire(maps: &mut impl RuleMaps, from: Generations, groups: &[Group], old: Wa
     }
 }
 
+/// The valid rules of generation `gen` of the maps' contents `now`, for a
+/// table that found no state file.
+fn adoptable(gen: u8, now: &Entries) -> Rules {
+    let mut rules = Rules::default();
+    for (k, v) in now.flows().iter().filter(|(k, _)| k.gen == gen) {
+        if let Err(e) = FlowRule::from_bpf(k, v)
+            .map_err(FlowTableError::from)
+            .and_then(|r| rules.flows.insert(r))
+        {
+            tracing::warn!("not adopting a FLOWS entry of the pinned maps: {e}");
+        }
+    }
+    for ((l, d), v) in now.prefixes().iter().filter(|((_, d), _)| d.gen == gen) {
+        if let Err(e) = PrefixRule::from_bpf(*l, d, v)
+            .map_err(FlowTableError::from)
+            .and_then(|r| rules.prefixes.insert(r))
+        {
+            tracing::warn!("not adopting a PREFIXES entry of the pinned maps: {e}");
+        }
+    }
+    rules
+}
+
 /// The flow table. See the module docs for the ownership rules, the states
 /// and the layers.
 #[derive(Debug)]
@@ -407,53 +430,34 @@ impl FlowTable {
     /// differs is written into its other generation and switched to
     /// atomically, and everything else is deleted.
     ///
-    /// A table that found no state file at load adopts the valid rules of
-    /// the maps' active generation first (and writes them to the state
-    /// file). Guest entries are never adopted.
+    /// A table that found no state file at load (UNADOPTED) adopts the
+    /// valid rules of the maps' active generation: it projects them, then
+    /// writes them to the state file. If either fails, nothing is adopted
+    /// and the next sync tries again. Guest entries are never adopted.
     pub fn sync(&mut self, maps: &mut impl RuleMaps) -> Result<()> {
         let id = maps.identity()?;
         let gens = maps.generations()?;
         let now = Entries::read(maps)?;
-        if self.projection == Projection::Unadopted {
-            self.adopt(gens.rules, &now)?;
-        }
+        let adopted = match self.projection {
+            Projection::Unadopted => Some(adoptable(gens.rules, &now)),
+            Projection::Unprojected | Projection::Projected { .. } => None,
+        };
         // From here on the maps are not trusted until the sync is done.
-        self.projection = Projection::Unprojected;
-        let gens = projection::sync(maps, gens, &now, self.want())?;
-        self.projection = Projection::Projected { maps: id, gens };
-        tracing::info!(
-            ?gens,
-            flows = self.rules.flows.len(),
-            prefixes = self.rules.prefixes.len(),
-            "flow table projected into the maps"
-        );
-        Ok(())
-    }
-
-    /// Adopts the valid rules of generation `gen` of the maps into an empty
-    /// table and writes them to the state file.
-    fn adopt(&mut self, gen: u8, now: &Entries) -> Result<()> {
-        let mut rules = Rules::default();
-        let mut skipped = 0usize;
-        for (k, v) in now.flows().iter().filter(|(k, _)| k.gen == gen) {
-            if let Err(e) = FlowRule::from_bpf(k, v)
-                .map_err(FlowTableError::from)
-                .and_then(|r| rules.flows.insert(r))
-            {
-                tracing::warn!("not adopting a FLOWS entry of the pinned maps: {e}");
-                skipped += 1;
-            }
-        }
-        for ((l, d), v) in now.prefixes().iter().filter(|((_, d), _)| d.gen == gen) {
-            if let Err(e) = PrefixRule::from_bpf(*l, d, v)
-                .map_err(FlowTableError::from)
-                .and_then(|r| rules.prefixes.insert(r))
-            {
-                tracing::warn!("not adopting a PREFIXES entry of the pinned maps: {e}");
-                skipped += 1;
-            }
-        }
-        if rules.len() > 0 {
+        let unprojected = match adopted {
+            Some(_) => Projection::Unadopted,
+            None => Projection::Unprojected,
+        };
+        self.projection = unprojected;
+        let want = match &adopted {
+            Some(rules) => Want {
+                flows: &rules.flows,
+                prefixes: &rules.prefixes,
+                guests: &self.guests,
+            },
+            None => self.want(),
+        };
+        let gens = projection::sync(maps, gens, &now, want)?;
+        if let Some(rules) = adopted.filter(|r| r.len() > 0) {
             let epoch = self.store.epoch() + 1;
             self.store
                 .write_snapshot(epoch, &rules.flows, &rules.prefixes)?;
@@ -461,12 +465,17 @@ impl FlowTable {
             tracing::info!(
                 flows = rules.flows.len(),
                 prefixes = rules.prefixes.len(),
-                skipped,
                 "flow table: no state file; adopted the rules of the pinned maps"
             );
             self.rules = rules;
         }
-        self.projection = Projection::Unprojected;
+        self.projection = Projection::Projected { maps: id, gens };
+        tracing::info!(
+            ?gens,
+            flows = self.rules.flows.len(),
+            prefixes = self.rules.prefixes.len(),
+            "flow table projected into the maps"
+        );
         Ok(())
     }
 
