@@ -5,17 +5,20 @@
 //!
 //! # Layers
 //!
-//! - [`rule_set`]: the rules in memory, by id and by match; validation of
+//! Each in its own file of `control/src/flow_table/`:
+//!
+//! - `rule_set.rs`: the rules in memory, by id and by match; validation of
 //!   single rules and of whole lists against the id space, the match space
 //!   and the capacity.
-//! - [`store`]: the durable copy, a snapshot and a journal under a lock, with
-//!   a fault-injection seam ([`StoreFaults`]).
-//! - [`projection`]: what the maps must hold, the atomic switch of a group of
-//!   maps to the other generation, and `sync`; it reaches the maps only
-//!   through [`RuleMaps`].
-//! - [`guests`]: the guest MAC and address entries ([`GuestEntries`]).
-//! - This module: [`FlowTable`], which sequences the three layers and owns
-//!   the states below.
+//! - `store.rs`: the durable copy, a snapshot and a journal under a lock
+//!   (its docs describe the files and how they are replaced), with a
+//!   fault-injection seam ([`StoreFaults`]).
+//! - `projection.rs`: what the maps must hold, the atomic switch of a group
+//!   of maps to the other generation with its rollback, and `sync`; it
+//!   reaches the maps only through [`RuleMaps`].
+//! - `guests.rs`: the guest MAC and address entries ([`GuestEntries`]).
+//! - `mod.rs`: [`FlowTable`], which sequences the layers and owns the
+//!   states below.
 //!
 //! # Ownership
 //!
@@ -44,7 +47,7 @@
 //! # States of one rule
 //!
 //! A single add or delete changes one entry in the active generation (one
-//! map update: atomic per entry). [`RuleState`] is where it stands:
+//! map update: atomic per entry). `RuleState` is where it stands:
 //!
 //! ```text
 //!  (absent) --validate--> VALID --map write--> WRITTEN --journal fsync--> ACTIVE
@@ -67,7 +70,7 @@
 //!
 //! [`Projection`] is where the table's projection stands between calls; a
 //! switch passes through STAGED and SWITCHED within one call (`SwitchState`
-//! in [`projection`]):
+//! in `projection.rs`):
 //!
 //! ```text
 //!  UNADOPTED --sync: adopt--+
