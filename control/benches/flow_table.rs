@@ -2,6 +2,10 @@
 //!
 //! - `rules/validate_100k` and `rules/parse_json_100k` (no privileges): the
 //!   in-memory work of a bulk request of 100,000 exact rules.
+//! - `flow_table_fake/replace_100k_by_100k` (no privileges): the same swap
+//!   as `flow_table/replace_100k_by_100k` below against the in-memory
+//!   `FakeMaps`: the table's own work (validation, staging, snapshot) without
+//!   the system calls.
 //! - `flow_table/replace_100k_into_empty` (root): a bulk insert of 100,000
 //!   exact rules through `FlowTable::replace_flows` into the real maps of a
 //!   classifier attached to a veth in a private network namespace: validate,
@@ -17,6 +21,7 @@ use std::hint::black_box;
 use std::process::Command;
 use std::time::{Duration, Instant};
 use xdpath_control::flow_table::FlowTable;
+use xdpath_control::maps::FakeMaps;
 use xdpath_control::rules::{flow_specs_from_json, FlowRuleSpec};
 use xdpath_control::{Classifier, ClassifierConfig};
 
@@ -56,6 +61,36 @@ fn bench_rules(c: &mut Criterion) {
         b.iter(|| black_box(flow_specs_from_json(&json).expect("parse")))
     });
     g.finish();
+}
+
+fn bench_fake(c: &mut Criterion) {
+    let dir = std::env::temp_dir().join(format!("xdpath-bench-fake-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    {
+        let mut maps = FakeMaps::new();
+        let mut table = FlowTable::load(&dir.join("flows.json")).expect("load");
+        table.sync(&mut maps).expect("sync");
+        let sets = [specs(N, 1), specs(N, 2)];
+        let mut g = c.benchmark_group("flow_table_fake");
+        g.throughput(Throughput::Elements(N as u64));
+        g.sample_size(10);
+        let mut which = 0;
+        g.bench_function("replace_100k_by_100k", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    which ^= 1;
+                    let list = sets[which].clone();
+                    let t0 = Instant::now();
+                    black_box(table.replace_flows(&mut maps, list).expect("replace"));
+                    total += t0.elapsed();
+                }
+                total
+            })
+        });
+        g.finish();
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }
 
 /// A private namespace with one veth pair, removed on drop.
@@ -172,6 +207,7 @@ fn bench_maps(c: &mut Criterion) -> Result<(), String> {
 fn main() {
     let mut c = Criterion::default().configure_from_args();
     bench_rules(&mut c);
+    bench_fake(&mut c);
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         eprintln!(

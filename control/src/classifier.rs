@@ -18,15 +18,18 @@
 //! the XDP program only reads maps, except the per-CPU counters and the
 //! scratch map it owns.
 //!
-//! For the flow table's generation switch (see `xdpath_common`, section
-//! Generations, and [`crate::flow_table`]) there are batch writes that report
-//! how far they got ([`Classifier::insert_flows`], [`Classifier::remove_flows`]
-//! and the prefix twins), full reads of both rule maps
-//! ([`Classifier::flow_entries`], [`Classifier::prefix_entries`]), the
-//! one-update switch [`Classifier::set_active_gen`], and
-//! [`Classifier::wait_for_readers`], which returns once every program run
-//! that may still use the previous generation has finished.
+//! The flow table reaches the rule maps (FLOWS, PREFIXES, MACS, NEIGH) and
+//! the generations in CONFIG only through [`RuleMaps`], which a
+//! `Classifier` implements (see [`crate::maps`] and `xdpath_common`, section
+//! Generations): batch writes that report how far they got (one
+//! `BPF_MAP_*_BATCH` system call per chunk for the hash maps, one call per
+//! entry for the LPM trie), full reads, the one-update generation switch,
+//! and [`Classifier::wait_for_readers`], which returns once every program
+//! run that may still use a previous generation has finished. The single
+//! entry writes (`insert_flow`, `insert_mac`, ...) are for tests and tools
+//! that work around a flow table.
 
+use crate::maps::{Flows, Generations, Macs, MapTable, MapsId, Neigh, Prefixes, RuleMaps};
 use crate::netlink::{self, AttachMode};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, XskMap};
@@ -168,17 +171,7 @@ pub enum ClassifierError {
 
 type Result<T> = std::result::Result<T, ClassifierError>;
 
-/// A batch map write that stopped part-way: the first `done` entries were
-/// applied, the rest were not.
-#[derive(Debug, thiserror::Error)]
-#[error("{source} (after {done} entries of the batch)")]
-pub struct BatchError {
-    /// Entries applied before the failure.
-    pub done: usize,
-    /// The failure.
-    #[source]
-    pub source: ClassifierError,
-}
+pub use crate::maps::BatchError;
 
 /// Entries per batch system call.
 const BATCH_CHUNK: usize = 16 * 1024;
@@ -396,8 +389,11 @@ impl Classifier {
             .load(EBPF_OBJECT)
             .map_err(|e| ClassifierError::Load(chain(&e)))?;
         me.ebpf = Some(ebpf);
+        let kept = me.config()?;
         me.set_config(&Config {
-            active_gen: me.config()?.active_gen,
+            active_gen: kept.active_gen & 1,
+            guest_gen: kept.guest_gen & 1,
+            _pad: [0; 2],
             default_action: cfg.default_action as u32,
             default_port: cfg.default_port,
             flags: if cfg.metadata {
@@ -539,7 +535,8 @@ impl Classifier {
         self.map_mut(name)?.try_into().map_err(map_err(name))
     }
 
-    /// Inserts or replaces an exact rule.
+    /// Inserts or replaces an exact rule (key as given, generation
+    /// included).
     pub fn insert_flow(&mut self, key: &FlowKey, value: &RuleValue) -> Result<()> {
         let mut m = self.hash::<FlowKey>(common::MAP_FLOWS)?;
         m.insert(key, value, 0).map_err(map_err(common::MAP_FLOWS))
@@ -577,21 +574,31 @@ impl Classifier {
         m.remove(&key).map_err(map_err(common::MAP_PREFIXES))
     }
 
-    /// Inserts or replaces a guest MAC entry.
+    /// The guest-table generation the program uses now.
+    fn guest_gen(&self) -> Result<u8> {
+        Ok(self.config()?.guest_gen & 1)
+    }
+
+    /// Inserts or replaces a guest MAC entry in the active guest
+    /// generation. For tests and tools without a flow table: the daemon's
+    /// guest entries are the flow table's (see
+    /// [`FlowTable::set_guests`](crate::flow_table::FlowTable::set_guests)).
     pub fn insert_mac(&mut self, mac: [u8; 6], value: &RuleValue) -> Result<()> {
+        let key = MacKey::new(self.guest_gen()?, mac);
         let mut m = self.hash::<MacKey>(common::MAP_MACS)?;
-        m.insert(MacKey { mac, _pad: [0; 2] }, value, 0)
-            .map_err(map_err(common::MAP_MACS))
+        m.insert(key, value, 0).map_err(map_err(common::MAP_MACS))
     }
 
-    /// Removes a guest MAC entry.
+    /// Removes a guest MAC entry from the active guest generation.
     pub fn remove_mac(&mut self, mac: [u8; 6]) -> Result<()> {
+        let key = MacKey::new(self.guest_gen()?, mac);
         let mut m = self.hash::<MacKey>(common::MAP_MACS)?;
-        m.remove(&MacKey { mac, _pad: [0; 2] })
-            .map_err(map_err(common::MAP_MACS))
+        m.remove(&key).map_err(map_err(common::MAP_MACS))
     }
 
-    /// Inserts or replaces a guest address for ARP/ND steering.
+    /// Inserts or replaces a guest address for ARP/ND steering (key as
+    /// given, generation included). For tests and tools, as
+    /// [`Classifier::insert_mac`].
     pub fn insert_neigh(&mut self, key: &AddrKey, value: &RuleValue) -> Result<()> {
         let mut m = self.hash::<AddrKey>(common::MAP_NEIGH)?;
         m.insert(key, value, 0).map_err(map_err(common::MAP_NEIGH))
@@ -603,33 +610,9 @@ impl Classifier {
         m.remove(key).map_err(map_err(common::MAP_NEIGH))
     }
 
-    /// Kernel ids of the FLOWS and PREFIXES maps. Reopened pins keep their
-    /// ids, so equal ids mean the same maps (and the same contents).
-    pub fn flow_map_ids(&self) -> Result<(u32, u32)> {
-        let info = |name: &'static str| -> Result<u32> {
-            let data: &MapData = match self.map(name)? {
-                aya::maps::Map::HashMap(d) | aya::maps::Map::LpmTrie(d) => d,
-                _ => {
-                    return Err(ClassifierError::Map {
-                        map: name,
-                        detail: "unexpected map type".into(),
-                    })
-                }
-            };
-            data.info().map(|i| i.id()).map_err(map_err(name))
-        };
-        Ok((info(common::MAP_FLOWS)?, info(common::MAP_PREFIXES)?))
-    }
-
     /// Every exact rule entry, of all generations, in map order.
     pub fn flow_entries(&self) -> Result<Vec<(FlowKey, RuleValue)>> {
-        let m: HashMap<&MapData, FlowKey, RuleValue> = self
-            .map(common::MAP_FLOWS)?
-            .try_into()
-            .map_err(map_err(common::MAP_FLOWS))?;
-        m.iter()
-            .collect::<std::result::Result<Vec<_>, _>>()
-            .map_err(map_err(common::MAP_FLOWS))
+        self.hash_entries(common::MAP_FLOWS)
     }
 
     /// Every prefix rule entry, of all generations, as (prefix length in
@@ -653,34 +636,42 @@ impl Classifier {
             .map_err(map_err(common::MAP_PREFIXES))
     }
 
-    /// The fd of FLOWS, after checking through aya that the map's key and
-    /// value sizes are those of `FlowKey` and `RuleValue` (the batch calls
+    /// Every entry of a hash map whose values are [`RuleValue`]s.
+    fn hash_entries<K: aya::Pod>(&self, name: &'static str) -> Result<Vec<(K, RuleValue)>> {
+        let m: HashMap<&MapData, K, RuleValue> =
+            self.map(name)?.try_into().map_err(map_err(name))?;
+        m.iter()
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(map_err(name))
+    }
+
+    /// The fd of hash map `name`, after checking through aya that the map's
+    /// key and value sizes are those of `K` and `RuleValue` (the batch calls
     /// rely on it).
-    fn flows_fd(&self) -> Result<std::os::fd::RawFd> {
-        let m: HashMap<&MapData, FlowKey, RuleValue> = self
-            .map(common::MAP_FLOWS)?
-            .try_into()
-            .map_err(map_err(common::MAP_FLOWS))?;
+    fn hash_fd<K: aya::Pod>(&self, name: &'static str) -> Result<std::os::fd::RawFd> {
+        let m: HashMap<&MapData, K, RuleValue> =
+            self.map(name)?.try_into().map_err(map_err(name))?;
         Ok(IterableMap::map(&m).fd().as_fd().as_raw_fd())
     }
 
-    /// Inserts or replaces exact rules in order; on failure, reports how
-    /// many were written. Uses `BPF_MAP_UPDATE_BATCH` (one system call per
-    /// chunk of entries) where the kernel has it.
-    pub fn insert_flows(
+    /// Inserts or replaces entries of hash map `name` in order; on failure,
+    /// reports how many were written. Uses `BPF_MAP_UPDATE_BATCH` (one
+    /// system call per chunk of entries) where the kernel has it.
+    fn hash_insert<K: aya::Pod>(
         &mut self,
-        entries: &[(FlowKey, RuleValue)],
+        name: &'static str,
+        entries: &[(K, RuleValue)],
     ) -> std::result::Result<(), BatchError> {
         let batch = |done, source| BatchError { done, source };
-        let fd = self.flows_fd().map_err(|e| batch(0, e))?;
-        let keys: Vec<FlowKey> = entries.iter().map(|(k, _)| *k).collect();
+        let fd = self.hash_fd::<K>(name).map_err(|e| batch(0, e))?;
+        let keys: Vec<K> = entries.iter().map(|(k, _)| *k).collect();
         let values: Vec<RuleValue> = entries.iter().map(|(_, v)| *v).collect();
         let mut done = 0;
         while done < keys.len() {
             let end = keys.len().min(done + BATCH_CHUNK);
-            // SAFETY: flows_fd checked that FLOWS has FlowKey keys and
-            // RuleValue values; both slices have `end - done` elements and
-            // outlive the call.
+            // SAFETY: hash_fd checked that the map has K keys and RuleValue
+            // values; both slices have `end - done` elements and outlive
+            // the call.
             let (n, err) = unsafe {
                 bpf_batch(
                     BPF_MAP_UPDATE_BATCH,
@@ -692,13 +683,13 @@ impl Classifier {
             match err {
                 None => done = end,
                 Some(e) if done == 0 && n == 0 && batch_unsupported(&e) => {
-                    return self.insert_flows_one_by_one(entries);
+                    return self.hash_insert_one_by_one(name, entries);
                 }
                 Some(e) => {
                     return Err(batch(
                         done + n,
                         ClassifierError::Map {
-                            map: common::MAP_FLOWS,
+                            map: name,
                             detail: format!("bpf_map_update_batch failed: {e}"),
                         },
                     ))
@@ -708,38 +699,38 @@ impl Classifier {
         Ok(())
     }
 
-    fn insert_flows_one_by_one(
+    fn hash_insert_one_by_one<K: aya::Pod>(
         &mut self,
-        entries: &[(FlowKey, RuleValue)],
+        name: &'static str,
+        entries: &[(K, RuleValue)],
     ) -> std::result::Result<(), BatchError> {
         let batch = |done, source| BatchError { done, source };
-        let mut m: HashMap<&mut MapData, FlowKey, RuleValue> = self
-            .map_mut(common::MAP_FLOWS)
-            .map_err(|e| batch(0, e))?
-            .try_into()
-            .map_err(|e| batch(0, map_err(common::MAP_FLOWS)(e)))?;
+        let mut m = self.hash::<K>(name).map_err(|e| batch(0, e))?;
         for (i, (k, v)) in entries.iter().enumerate() {
-            m.insert(k, v, 0)
-                .map_err(|e| batch(i, map_err(common::MAP_FLOWS)(e)))?;
+            m.insert(k, v, 0).map_err(|e| batch(i, map_err(name)(e)))?;
         }
         Ok(())
     }
 
-    /// Removes exact rules in order; keys that are not in the map are
-    /// skipped. Returns how many were removed; on failure, reports how many
-    /// keys were processed. Uses `BPF_MAP_DELETE_BATCH` where the kernel
-    /// has it.
-    pub fn remove_flows(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, BatchError> {
+    /// Removes keys of hash map `name` in order; keys that are not in the
+    /// map are skipped. Returns how many were removed; on failure, reports
+    /// how many keys were processed. Uses `BPF_MAP_DELETE_BATCH` where the
+    /// kernel has it.
+    fn hash_remove<K: aya::Pod>(
+        &mut self,
+        name: &'static str,
+        keys: &[K],
+    ) -> std::result::Result<usize, BatchError> {
         let batch = |done, source| BatchError { done, source };
-        let fd = self.flows_fd().map_err(|e| batch(0, e))?;
+        let fd = self.hash_fd::<K>(name).map_err(|e| batch(0, e))?;
         let mut pos = 0;
         let mut removed = 0;
         while pos < keys.len() {
             let end = keys.len().min(pos + BATCH_CHUNK);
-            // SAFETY: flows_fd checked that FLOWS has FlowKey keys; the
-            // slice has `end - pos` elements and outlives the call.
+            // SAFETY: hash_fd checked that the map has K keys; the slice
+            // has `end - pos` elements and outlives the call.
             let (n, err) = unsafe {
-                bpf_batch::<FlowKey, RuleValue>(BPF_MAP_DELETE_BATCH, fd, &keys[pos..end], None)
+                bpf_batch::<K, RuleValue>(BPF_MAP_DELETE_BATCH, fd, &keys[pos..end], None)
             };
             removed += n;
             match err {
@@ -747,13 +738,13 @@ impl Classifier {
                 // The key at `pos + n` is not in the map: skip it.
                 Some(e) if e.raw_os_error() == Some(libc::ENOENT) => pos += n + 1,
                 Some(e) if pos == 0 && removed == 0 && batch_unsupported(&e) => {
-                    return self.remove_flows_one_by_one(keys);
+                    return self.hash_remove_one_by_one(name, keys);
                 }
                 Some(e) => {
                     return Err(batch(
                         pos + n,
                         ClassifierError::Map {
-                            map: common::MAP_FLOWS,
+                            map: name,
                             detail: format!("bpf_map_delete_batch failed: {e}"),
                         },
                     ))
@@ -763,82 +754,22 @@ impl Classifier {
         Ok(removed)
     }
 
-    fn remove_flows_one_by_one(
+    fn hash_remove_one_by_one<K: aya::Pod>(
         &mut self,
-        keys: &[FlowKey],
+        name: &'static str,
+        keys: &[K],
     ) -> std::result::Result<usize, BatchError> {
         let batch = |done, source| BatchError { done, source };
-        let mut m: HashMap<&mut MapData, FlowKey, RuleValue> = self
-            .map_mut(common::MAP_FLOWS)
-            .map_err(|e| batch(0, e))?
-            .try_into()
-            .map_err(|e| batch(0, map_err(common::MAP_FLOWS)(e)))?;
+        let mut m = self.hash::<K>(name).map_err(|e| batch(0, e))?;
         let mut removed = 0;
         for (i, k) in keys.iter().enumerate() {
             match m.remove(k) {
                 Ok(()) => removed += 1,
                 Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(batch(i, map_err(common::MAP_FLOWS)(e))),
+                Err(e) => return Err(batch(i, map_err(name)(e))),
             }
         }
         Ok(removed)
-    }
-
-    /// Inserts or replaces prefix rules (prefix lengths in address bits) in
-    /// order; on failure, reports how many were written.
-    pub fn insert_prefixes(
-        &mut self,
-        entries: &[(u32, PrefixData, RuleValue)],
-    ) -> std::result::Result<(), BatchError> {
-        let batch = |done, source| BatchError { done, source };
-        let mut m: LpmTrie<&mut MapData, PrefixData, RuleValue> = self
-            .map_mut(common::MAP_PREFIXES)
-            .map_err(|e| batch(0, e))?
-            .try_into()
-            .map_err(|e| batch(0, map_err(common::MAP_PREFIXES)(e)))?;
-        for (i, (len, d, v)) in entries.iter().enumerate() {
-            let key = Key::new(common::PREFIX_HEADER_BITS + len, *d);
-            m.insert(&key, v, 0)
-                .map_err(|e| batch(i, map_err(common::MAP_PREFIXES)(e)))?;
-        }
-        Ok(())
-    }
-
-    /// Removes prefix rules in order; keys that are not in the map are
-    /// skipped. Returns how many were removed; on failure, reports how many
-    /// keys were processed.
-    pub fn remove_prefixes(
-        &mut self,
-        keys: &[(u32, PrefixData)],
-    ) -> std::result::Result<usize, BatchError> {
-        let batch = |done, source| BatchError { done, source };
-        let mut m: LpmTrie<&mut MapData, PrefixData, RuleValue> = self
-            .map_mut(common::MAP_PREFIXES)
-            .map_err(|e| batch(0, e))?
-            .try_into()
-            .map_err(|e| batch(0, map_err(common::MAP_PREFIXES)(e)))?;
-        let mut removed = 0;
-        for (i, (len, d)) in keys.iter().enumerate() {
-            let key = Key::new(common::PREFIX_HEADER_BITS + len, *d);
-            match m.remove(&key) {
-                Ok(()) => removed += 1,
-                Err(e) if is_not_found(&e) => {}
-                Err(e) => return Err(batch(i, map_err(common::MAP_PREFIXES)(e))),
-            }
-        }
-        Ok(removed)
-    }
-
-    /// Makes generation `gen` (0 or 1) of FLOWS and PREFIXES the one the
-    /// program uses: one update of the CONFIG entry, the rest of the
-    /// configuration kept as it is. The program copies the entry once per
-    /// frame; since only the aligned `active_gen` word differs between the
-    /// old and the new value, any copy it makes holds one generation or the
-    /// other and the same other fields.
-    pub fn set_active_gen(&mut self, gen: u8) -> Result<()> {
-        let mut cfg = self.config()?;
-        cfg.active_gen = u32::from(gen & 1);
-        self.set_config(&cfg)
     }
 
     /// Returns once every run of the program that started before the call
@@ -912,6 +843,148 @@ impl Classifier {
             let _ = std::fs::remove_dir(root);
         }
         first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl MapTable<Flows> for Classifier {
+    fn entries(&self) -> Result<Vec<(FlowKey, RuleValue)>> {
+        self.hash_entries(common::MAP_FLOWS)
+    }
+
+    fn insert(&mut self, entries: &[(FlowKey, RuleValue)]) -> std::result::Result<(), BatchError> {
+        self.hash_insert(common::MAP_FLOWS, entries)
+    }
+
+    fn remove(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, BatchError> {
+        self.hash_remove(common::MAP_FLOWS, keys)
+    }
+}
+
+impl MapTable<Macs> for Classifier {
+    fn entries(&self) -> Result<Vec<(MacKey, RuleValue)>> {
+        self.hash_entries(common::MAP_MACS)
+    }
+
+    fn insert(&mut self, entries: &[(MacKey, RuleValue)]) -> std::result::Result<(), BatchError> {
+        self.hash_insert(common::MAP_MACS, entries)
+    }
+
+    fn remove(&mut self, keys: &[MacKey]) -> std::result::Result<usize, BatchError> {
+        self.hash_remove(common::MAP_MACS, keys)
+    }
+}
+
+impl MapTable<Neigh> for Classifier {
+    fn entries(&self) -> Result<Vec<(AddrKey, RuleValue)>> {
+        self.hash_entries(common::MAP_NEIGH)
+    }
+
+    fn insert(&mut self, entries: &[(AddrKey, RuleValue)]) -> std::result::Result<(), BatchError> {
+        self.hash_insert(common::MAP_NEIGH, entries)
+    }
+
+    fn remove(&mut self, keys: &[AddrKey]) -> std::result::Result<usize, BatchError> {
+        self.hash_remove(common::MAP_NEIGH, keys)
+    }
+}
+
+/// `PREFIXES` is an LPM trie: one system call per entry.
+impl MapTable<Prefixes> for Classifier {
+    fn entries(&self) -> Result<Vec<((u32, PrefixData), RuleValue)>> {
+        Ok(self
+            .prefix_entries()?
+            .into_iter()
+            .map(|(l, d, v)| ((l, d), v))
+            .collect())
+    }
+
+    fn insert(
+        &mut self,
+        entries: &[((u32, PrefixData), RuleValue)],
+    ) -> std::result::Result<(), BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let mut m: LpmTrie<&mut MapData, PrefixData, RuleValue> = self
+            .map_mut(common::MAP_PREFIXES)
+            .map_err(|e| batch(0, e))?
+            .try_into()
+            .map_err(|e| batch(0, map_err(common::MAP_PREFIXES)(e)))?;
+        for (i, ((len, d), v)) in entries.iter().enumerate() {
+            let key = Key::new(common::PREFIX_HEADER_BITS + len, *d);
+            m.insert(&key, v, 0)
+                .map_err(|e| batch(i, map_err(common::MAP_PREFIXES)(e)))?;
+        }
+        Ok(())
+    }
+
+    fn remove(&mut self, keys: &[(u32, PrefixData)]) -> std::result::Result<usize, BatchError> {
+        let batch = |done, source| BatchError { done, source };
+        let mut m: LpmTrie<&mut MapData, PrefixData, RuleValue> = self
+            .map_mut(common::MAP_PREFIXES)
+            .map_err(|e| batch(0, e))?
+            .try_into()
+            .map_err(|e| batch(0, map_err(common::MAP_PREFIXES)(e)))?;
+        let mut removed = 0;
+        for (i, (len, d)) in keys.iter().enumerate() {
+            let key = Key::new(common::PREFIX_HEADER_BITS + len, *d);
+            match m.remove(&key) {
+                Ok(()) => removed += 1,
+                Err(e) if is_not_found(&e) => {}
+                Err(e) => return Err(batch(i, map_err(common::MAP_PREFIXES)(e))),
+            }
+        }
+        Ok(removed)
+    }
+}
+
+impl RuleMaps for Classifier {
+    /// Kernel ids of FLOWS, PREFIXES, MACS, NEIGH and CONFIG.
+    fn identity(&self) -> Result<MapsId> {
+        let id = |name: &'static str| -> Result<u32> {
+            let data: &MapData = match self.map(name)? {
+                aya::maps::Map::HashMap(d)
+                | aya::maps::Map::LpmTrie(d)
+                | aya::maps::Map::Array(d) => d,
+                _ => {
+                    return Err(ClassifierError::Map {
+                        map: name,
+                        detail: "unexpected map type".into(),
+                    })
+                }
+            };
+            data.info().map(|i| i.id()).map_err(map_err(name))
+        };
+        Ok(MapsId([
+            id(common::MAP_FLOWS)?,
+            id(common::MAP_PREFIXES)?,
+            id(common::MAP_MACS)?,
+            id(common::MAP_NEIGH)?,
+            id(common::MAP_CONFIG)?,
+        ]))
+    }
+
+    fn generations(&self) -> Result<Generations> {
+        let cfg = self.config()?;
+        Ok(Generations {
+            rules: cfg.active_gen & 1,
+            guests: cfg.guest_gen & 1,
+        })
+    }
+
+    /// One update of the CONFIG entry, the rest of the configuration kept
+    /// as it is. The program copies the entry once per frame; since only
+    /// one generation byte differs between the old and the new value of a
+    /// one-group switch (both bytes for a switch of both groups), any copy
+    /// it makes holds the old or the new value of each byte and the same
+    /// other fields.
+    fn set_generations(&mut self, gens: Generations) -> Result<()> {
+        let mut cfg = self.config()?;
+        cfg.active_gen = gens.rules & 1;
+        cfg.guest_gen = gens.guests & 1;
+        self.set_config(&cfg)
+    }
+
+    fn wait_for_readers(&mut self) {
+        Classifier::wait_for_readers(self);
     }
 }
 

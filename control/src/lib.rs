@@ -15,9 +15,12 @@
 //!   replaced by messages to its worker.
 //! - [`rules`]: exact and prefix rules: the JSON wire form, validation whose
 //!   errors name the field, conversion to and from the BPF keys.
+//! - [`maps`]: the boundary to the classifier's rule maps, the [`maps::RuleMaps`]
+//!   trait (implemented by [`Classifier`] and by the in-memory
+//!   [`maps::FakeMaps`] that tests fail on purpose).
 //! - [`flow_table`]: the flow table, source of truth of the rules, projected
-//!   into the classifier's maps with atomic bulk replace (two generations and
-//!   a switch), persisted in a state file.
+//!   with the guest entries into the classifier's maps with atomic bulk
+//!   replace (two generations and a switch), persisted in a state file.
 //!
 //! The daemon `xdpathd`, its API, the flow table and the socket pool build
 //! on these (see DESIGN.md, control path).
@@ -27,6 +30,7 @@ pub mod classifier;
 pub mod client;
 pub mod config;
 pub mod flow_table;
+pub mod maps;
 pub mod netlink;
 pub mod preflight;
 pub mod rules;

@@ -161,8 +161,9 @@ fn each_rule_class_steers_to_the_socket_of_the_arrival_queue() {
         c.insert_mac(GUEST_MAC, &guest(4, 104)).unwrap();
         c.insert_neigh(
             &AddrKey {
+                gen: 0,
                 family: FAMILY_V4,
-                _pad: [0; 3],
+                _pad: [0; 2],
                 addr: v4(GUEST_IP),
             },
             &guest(5, 105),
@@ -170,8 +171,9 @@ fn each_rule_class_steers_to_the_socket_of_the_arrival_queue() {
         .unwrap();
         c.insert_neigh(
             &AddrKey {
+                gen: 0,
                 family: FAMILY_V6,
-                _pad: [0; 3],
+                _pad: [0; 2],
                 addr: GUEST_IP6,
             },
             &guest(6, 106),

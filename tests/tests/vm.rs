@@ -64,8 +64,9 @@ fn neigh_key(ip: Ipv4Addr) -> AddrKey {
     let mut addr = [0u8; 16];
     addr[..4].copy_from_slice(&ip.octets());
     AddrKey {
+        gen: 0,
         family: FAMILY_V4,
-        _pad: [0; 3],
+        _pad: [0; 2],
         addr,
     }
 }

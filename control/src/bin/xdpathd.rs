@@ -19,10 +19,9 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use xdpath_api::{Action, MacAddr, XdpAttachMode};
-use xdpath_common::{AddrKey, RuleValue, FAMILY_V4, FAMILY_V6};
 use xdpath_control::api::{router, ControlState, Tables};
 use xdpath_control::config::{DaemonConfig, GUEST_PORT};
-use xdpath_control::flow_table::FlowTable;
+use xdpath_control::flow_table::{FlowTable, GuestEntries};
 use xdpath_control::socket_pool::SocketPool;
 use xdpath_control::{preflight, Classifier, ClassifierConfig};
 use xdpath_dataplane::{ConnectionEvent, NetConfig, Server};
@@ -234,37 +233,23 @@ fn run(flags: &Flags) -> Result<()> {
     ccfg.default_port = GUEST_PORT;
     let mut classifier = Classifier::attach(&ccfg)?;
     let prog_id = classifier.prog_id()?;
-    let guest = RuleValue {
-        action: xdpath_common::Action::from(Action::Guest) as u32,
-        port: GUEST_PORT,
-        rule_id: 0,
-        _pad: 0,
-    };
-    if let Some(mac) = cfg.guest_mac {
-        classifier.insert_mac(mac.octets(), &guest)?;
-    }
-    for &ip in &cfg.guest_ip {
-        let mut key = AddrKey::default();
-        match ip {
-            std::net::IpAddr::V4(a) => {
-                key.family = FAMILY_V4;
-                key.addr[..4].copy_from_slice(&a.octets());
-            }
-            std::net::IpAddr::V6(a) => {
-                key.family = FAMILY_V6;
-                key.addr = a.octets();
-            }
-        }
-        classifier.insert_neigh(&key, &guest)?;
-    }
 
-    // The flow table: the state file is the source of truth.
+    // The flow table: the state file is the source of truth of the rules,
+    // the configuration that of the guest entries. Installing the guest
+    // entries syncs the table into the maps: rules and guest entries are
+    // projected, and whatever else the pinned maps hold (say a MAC of an
+    // earlier configuration) is removed.
     let state_file = cfg.state_file();
     if let Some(dir) = state_file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut flows = FlowTable::load(&state_file)?;
-    flows.sync(&mut classifier)?;
+    let guests = GuestEntries::for_guest(
+        GUEST_PORT,
+        cfg.guest_mac.map(MacAddr::octets),
+        &cfg.guest_ip,
+    );
+    flows.set_guests(&mut classifier, guests)?;
 
     // Sockets, then the dataplane.
     let (pool, ports) = SocketPool::create(&cfg.iface, u32::from(cfg.queues), cfg.busy_poll)?;

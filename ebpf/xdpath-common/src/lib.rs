@@ -14,12 +14,27 @@
 //!
 //! # Generations (atomic bulk changes)
 //!
-//! The flow table (exact rules and prefix rules) is double-buffered inside
-//! the same maps: every key carries a generation byte and [`Config::active_gen`]
-//! names the generation the program looks up. A bulk replace writes the new
-//! set under the inactive generation, flips `active_gen` with one map update,
-//! then deletes the old generation. The program reads `active_gen` once per
-//! frame, so a frame sees either the old set or the new set, never a mix.
+//! Every rule map is double-buffered inside itself: every key carries a
+//! generation byte (0 or 1) and [`Config`] names the generation the program
+//! looks up. A bulk change writes the new contents under the inactive
+//! generation, flips the generation in `Config` with one map update, waits
+//! for the program runs that may still use the old one, then deletes the old
+//! generation. The program copies `Config` once per frame, so a frame sees
+//! either the old contents or the new ones, never a mix.
+//!
+//! There are two independent generations, one per group of maps:
+//!
+//! - [`Config::active_gen`]: the rules, `FLOWS` ([`FlowKey::gen`]) and
+//!   `PREFIXES` ([`PrefixData::gen`]);
+//! - [`Config::guest_gen`]: the guest tables, `MACS` ([`MacKey::gen`]) and
+//!   `NEIGH` ([`AddrKey::gen`]).
+//!
+//! They are separate because of what a switch costs: it rewrites every
+//! entry of its group. A guest change (a MAC and a few addresses) must not
+//! rewrite a million flow rules, and a rule replace need not touch the guest
+//! tables. Both live in the same `Config` entry, so a change of rules and
+//! guests together (a guest removed with its rules) is still one update
+//! that flips both.
 #![no_std]
 
 /// Name of the XSKMAP (AF_XDP sockets, indexed by NIC rx queue).
@@ -56,9 +71,10 @@ pub const MAX_QUEUES: u32 = 64;
 pub const MAX_FLOWS: u32 = 1 << 20;
 /// Prefix rules per generation; the map holds two generations.
 pub const MAX_PREFIXES: u32 = 1 << 16;
-/// Guest MAC addresses.
+/// Guest MAC addresses per generation; the map holds two generations.
 pub const MAX_MACS: u32 = 4096;
-/// Guest IP addresses answered by ARP/ND steering.
+/// Guest IP addresses answered by ARP/ND steering, per generation; the map
+/// holds two generations.
 pub const MAX_NEIGH: u32 = 4096;
 
 /// Address family tag used in keys.
@@ -110,9 +126,9 @@ pub enum RuleClass {
 /// zero. Ports are 0 for protocols without ports and for non-first
 /// fragments.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
-    /// Flow-table generation (see the crate docs).
+    /// Rule generation ([`Config::active_gen`], see the crate docs).
     pub gen: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
@@ -148,9 +164,9 @@ pub struct RuleValue {
 /// are always fully matched, so the trie prefix length is `16 + prefix`.
 /// The two pad bytes at the end are never reached by a prefix.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PrefixData {
-    /// Flow-table generation.
+    /// Rule generation ([`Config::active_gen`]).
     pub gen: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
@@ -165,32 +181,76 @@ pub const PREFIX_HEADER_BITS: u32 = 16;
 
 /// Guest MAC table key.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct MacKey {
     /// The MAC address, wire order.
     pub mac: [u8; 6],
+    /// Guest-table generation ([`Config::guest_gen`], see the crate docs).
+    pub gen: u8,
     /// Always zero.
-    pub _pad: [u8; 2],
+    pub _pad: u8,
+}
+
+impl MacKey {
+    /// The key of `mac` in generation `gen`.
+    pub const fn new(gen: u8, mac: [u8; 6]) -> Self {
+        Self { mac, gen, _pad: 0 }
+    }
 }
 
 /// Guest address key for ARP/ND steering.
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct AddrKey {
+    /// Guest-table generation ([`Config::guest_gen`], see the crate docs).
+    pub gen: u8,
     /// [`FAMILY_V4`] or [`FAMILY_V6`].
     pub family: u8,
     /// Always zero.
-    pub _pad: [u8; 3],
+    pub _pad: [u8; 2],
     /// The address, wire order (IPv4 in the first 4 bytes).
     pub addr: [u8; 16],
 }
 
+impl AddrKey {
+    /// The key of `ip` in generation `gen`.
+    pub const fn new(gen: u8, ip: core::net::IpAddr) -> Self {
+        let (family, addr) = match ip {
+            core::net::IpAddr::V4(a) => {
+                let o = a.octets();
+                let mut addr = [0u8; 16];
+                addr[0] = o[0];
+                addr[1] = o[1];
+                addr[2] = o[2];
+                addr[3] = o[3];
+                (FAMILY_V4, addr)
+            }
+            core::net::IpAddr::V6(a) => (FAMILY_V6, a.octets()),
+        };
+        Self {
+            gen,
+            family,
+            _pad: [0; 2],
+            addr,
+        }
+    }
+}
+
 /// The program's configuration (entry 0 of the CONFIG array).
+///
+/// The two generation bytes share the first word, which was one `u32`
+/// `active_gen` before the guest tables had generations: an entry written
+/// by that layout (little-endian 0 or 1) reads as the same rule generation
+/// and guest generation 0, and the size stays 16 bytes.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct Config {
     /// Generation of FLOWS and PREFIXES that the program uses (0 or 1).
-    pub active_gen: u32,
+    pub active_gen: u8,
+    /// Generation of MACS and NEIGH that the program uses (0 or 1).
+    pub guest_gen: u8,
+    /// Always zero.
+    pub _pad: [u8; 2],
     /// An [`Action`] for frames no rule matched. Zero (host) out of the box.
     pub default_action: u32,
     /// Guest port for a default action of [`Action::Guest`].
@@ -284,6 +344,8 @@ const _: () = assert!(XDP_META_LEN.is_multiple_of(4) && XDP_META_LEN <= 32);
 const _: () = assert!(core::mem::size_of::<FlowKey>() == 40);
 const _: () = assert!(core::mem::size_of::<PrefixData>() == 20);
 const _: () = assert!(core::mem::size_of::<AddrKey>() == 20);
+const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
+const _: () = assert!(core::mem::size_of::<Config>() == 16);
 
 #[cfg(feature = "user")]
 mod pod {

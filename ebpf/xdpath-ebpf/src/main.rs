@@ -11,6 +11,10 @@
 //!    address belongs to a guest (`NEIGH`),
 //! 5. the configured default (host out of the box).
 //!
+//! Every key carries a generation: the rule maps are looked up in
+//! `Config.active_gen`, the guest tables in `Config.guest_gen`, both taken
+//! from one copy of `CONFIG` per frame (see `xdpath_common`, Generations).
+//!
 //! Actions: to guest (redirect to the AF_XDP socket of the frame's own rx
 //! queue with `XDP_PASS` as the fallback, so a queue without a live socket
 //! fails open to the host), to host (`XDP_PASS`), drop (`XDP_DROP`).
@@ -50,9 +54,9 @@ mod prog {
     #[btf_map]
     static PREFIXES: LpmTrie<PrefixData, RuleValue, { 2 * MAX_PREFIXES as usize }> = LpmTrie::new();
     #[btf_map]
-    static MACS: HashMap<MacKey, RuleValue, { MAX_MACS as usize }> = HashMap::new();
+    static MACS: HashMap<MacKey, RuleValue, { 2 * MAX_MACS as usize }> = HashMap::new();
     #[btf_map]
-    static NEIGH: HashMap<AddrKey, RuleValue, { MAX_NEIGH as usize }> = HashMap::new();
+    static NEIGH: HashMap<AddrKey, RuleValue, { 2 * MAX_NEIGH as usize }> = HashMap::new();
     #[btf_map]
     static CONFIG: Array<Config, 1> = Array::new();
     #[btf_map]
@@ -88,6 +92,16 @@ mod prog {
 
     #[btf_map]
     static SCRATCH: PerCpuArray<Scratch, 1> = PerCpuArray::new();
+
+    /// The generations this frame is classified against, from one copy of
+    /// `CONFIG`.
+    #[derive(Clone, Copy)]
+    struct Gens {
+        /// Of `FLOWS` and `PREFIXES`.
+        rules: u8,
+        /// Of `MACS` and `NEIGH`.
+        guests: u8,
+    }
 
     /// What the parser found; the keys themselves are in [`Scratch`].
     #[derive(Clone, Copy)]
@@ -142,7 +156,10 @@ mod prog {
         let c = unsafe { &mut *counters };
         c.frames += 1;
         let cfg = CONFIG.get(0).copied().unwrap_or_default();
-        let gen = (cfg.active_gen & 1) as u8;
+        let gens = Gens {
+            rules: cfg.active_gen & 1,
+            guests: cfg.guest_gen & 1,
+        };
 
         let Some(scratch) = SCRATCH.get_ptr_mut(0) else {
             c.action_host += 1;
@@ -150,7 +167,7 @@ mod prog {
         };
         // SAFETY: as for the counters, the slot belongs to this CPU.
         let s = unsafe { &mut *scratch };
-        let parsed = match parse(&ctx, gen, s) {
+        let parsed = match parse(&ctx, gens, s) {
             Ok(p) => p,
             Err(ParseError) => {
                 c.parse_errors += 1;
@@ -261,9 +278,11 @@ mod prog {
     }
 
     #[inline(always)]
-    fn parse(ctx: &XdpContext, gen: u8, s: &mut Scratch) -> Result<Parsed, ParseError> {
+    fn parse(ctx: &XdpContext, gens: Gens, s: &mut Scratch) -> Result<Parsed, ParseError> {
+        let gen = gens.rules;
         s.mac.mac = load(ctx, 0)?;
-        s.mac._pad = [0; 2];
+        s.mac.gen = gens.guests;
+        s.mac._pad = 0;
         let mut proto = be16(ctx, 12)?;
         let mut off = ETH_HLEN;
         if proto == ETH_P_8021Q || proto == ETH_P_8021AD {
@@ -276,7 +295,7 @@ mod prog {
         };
         match proto {
             ETH_P_ARP => {
-                parse_arp(ctx, off, &mut s.neigh)?;
+                parse_arp(ctx, off, gens.guests, &mut s.neigh)?;
                 parsed.neigh = true;
             }
             ETH_P_IP => {
@@ -284,7 +303,7 @@ mod prog {
                 parsed.ip = true;
             }
             ETH_P_IPV6 => {
-                parsed.neigh = parse_ipv6(ctx, off, gen, &mut s.flow, &mut s.neigh)?;
+                parsed.neigh = parse_ipv6(ctx, off, gens, &mut s.flow, &mut s.neigh)?;
                 parsed.ip = true;
             }
             _ => {}
@@ -302,9 +321,15 @@ mod prog {
         Ok(parsed)
     }
 
-    /// ARP for Ethernet/IPv4; `key` gets the target protocol address.
+    /// ARP for Ethernet/IPv4; `key` gets the target protocol address in
+    /// guest generation `guest_gen`.
     #[inline(always)]
-    fn parse_arp(ctx: &XdpContext, off: usize, key: &mut AddrKey) -> Result<(), ParseError> {
+    fn parse_arp(
+        ctx: &XdpContext,
+        off: usize,
+        guest_gen: u8,
+        key: &mut AddrKey,
+    ) -> Result<(), ParseError> {
         let htype = be16(ctx, off)?;
         let ptype = be16(ctx, off + 2)?;
         let hlen: u8 = load(ctx, off + 4)?;
@@ -314,6 +339,7 @@ mod prog {
         }
         let tpa: [u8; 4] = load(ctx, off + 24)?;
         *key = AddrKey::default();
+        key.gen = guest_gen;
         key.family = FAMILY_V4;
         key.addr[..4].copy_from_slice(&tpa);
         Ok(())
@@ -360,12 +386,13 @@ mod prog {
         Ok(())
     }
 
-    /// Fills `key`; returns whether `target` was filled (ND NS/NA).
+    /// Fills `key` (rule generation); returns whether `target` was filled
+    /// (ND NS/NA, guest generation).
     #[inline(always)]
     fn parse_ipv6(
         ctx: &XdpContext,
         off: usize,
-        gen: u8,
+        gens: Gens,
         key: &mut FlowKey,
         target: &mut AddrKey,
     ) -> Result<bool, ParseError> {
@@ -374,7 +401,7 @@ mod prog {
             return Err(ParseError);
         }
         let mut nh: u8 = load(ctx, off + 6)?;
-        key.gen = gen;
+        key.gen = gens.rules;
         key.family = FAMILY_V6;
         key._pad = 0;
         key.src_port = 0;
@@ -434,8 +461,9 @@ mod prog {
         if nh != IPPROTO_ICMPV6 || (icmp_type != 135 && icmp_type != 136) {
             return Ok(false);
         }
+        target.gen = gens.guests;
         target.family = FAMILY_V6;
-        target._pad = [0; 3];
+        target._pad = [0; 2];
         // ND is off the fast path: copy with the helper instead of direct
         // packet access at a variable offset, which LLVM tends to
         // rematerialize in a form the verifier cannot follow.
