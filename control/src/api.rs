@@ -44,7 +44,7 @@ use serde_json::{json, Map, Value};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 use xdpath_common::Counters;
-use xdpath_dataplane::ServerHandle;
+use xdpath_dataplane::{ServerHandle, XskFactory, XskPort};
 
 /// The maps' source of truth and their projection, behind one mutex.
 pub struct Tables {
@@ -65,9 +65,9 @@ pub struct ControlState {
     /// Classifier + flow table.
     pub tables: Mutex<Tables>,
     /// The socket pool.
-    pub pool: SocketPool,
+    pub pool: SocketPool<XskFactory>,
     /// The dataplane.
-    pub server: ServerHandle,
+    pub server: ServerHandle<XskPort>,
     /// The configuration the daemon runs with.
     pub cfg: DaemonConfig,
     /// When the daemon started.

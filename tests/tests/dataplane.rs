@@ -7,6 +7,7 @@
 //!
 //! As non-root every test prints why it skips and passes.
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 use xdpath_dataplane::CounterSnapshot;
 use xdpath_tests::bridge::{from_guest, to_guest, Bridge, GUEST_MAC, WAIT};
@@ -641,7 +642,7 @@ fn busy_poll_sets_the_socket_options() {
         let mut cfg = xdpath_dataplane::XskConfig::new(&host_if, 0);
         cfg.busy_poll = true;
         let p = xdpath_dataplane::XskPort::bind(&cfg).expect("bind with busy polling");
-        let get = |opt| xdpath_dataplane::xsk::get_sockopt(p.fd(), opt).expect("getsockopt");
+        let get = |opt| xdpath_dataplane::xsk::get_sockopt(p.as_raw_fd(), opt).expect("getsockopt");
         // SO_PREFER_BUSY_POLL and SO_BUSY_POLL_BUDGET cannot be read back
         // (ENOPROTOOPT); setting them failed the bind if the kernel refused.
         assert_eq!(
@@ -660,7 +661,7 @@ fn busy_poll_sets_the_socket_options() {
         });
         let plain = plain.expect("the queue is free again after the busy-polling socket closed");
         assert_eq!(
-            xdpath_dataplane::xsk::get_sockopt(plain.fd(), libc::SO_BUSY_POLL).unwrap(),
+            xdpath_dataplane::xsk::get_sockopt(plain.as_raw_fd(), libc::SO_BUSY_POLL).unwrap(),
             0
         );
     });

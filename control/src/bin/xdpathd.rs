@@ -22,7 +22,7 @@ use xdpath_control::config::{DaemonConfig, DefaultAction, XdpModeSetting};
 use xdpath_control::flow_table::FlowTable;
 use xdpath_control::socket_pool::SocketPool;
 use xdpath_control::{preflight, Classifier, ClassifierConfig, XdpAttachMode};
-use xdpath_dataplane::{ConnectionEvent, NetConfig, Server};
+use xdpath_dataplane::{ConnectionEvent, NetConfig, Server, XskFactory};
 
 /// Guest port id of the (one) guest.
 const GUEST_PORT: u32 = 1;
@@ -259,7 +259,8 @@ fn run(flags: &Flags) -> Result<()> {
     flows.sync(&mut classifier)?;
 
     // Sockets, then the dataplane.
-    let (pool, ports) = SocketPool::create(&cfg.iface, u32::from(cfg.queues), cfg.busy_poll)?;
+    let factory = XskFactory::for_iface(&cfg.iface, cfg.busy_poll);
+    let (pool, ports) = SocketPool::create(factory, u32::from(cfg.queues))?;
     let vhost = cfg.vhost_socket();
     if let Some(dir) = vhost.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

@@ -29,7 +29,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use xdpath_control::Classifier;
-use xdpath_dataplane::XskPort;
+use xdpath_dataplane::port::Push;
+use xdpath_dataplane::{FramePort, XskPort};
 
 /// Name of the limit's loop thread (its CPU time is the bridge's).
 const LIMIT_THREAD: &str = "bench-limit";
@@ -507,7 +508,7 @@ fn limit_send(
                     buf.copy_from_slice(f);
                     Ok::<(), ()>(())
                 });
-                if !matches!(pushed, xdpath_dataplane::xsk::Push::Staged) {
+                if !matches!(pushed, Push::Staged) {
                     break;
                 }
             }
