@@ -65,7 +65,7 @@ use xdpath_api::{
     ClassifierCounters, Endpoint, ErrorBody, Guest, Health, Method, QueueCounterValues,
     QueueSocket, QueueStats, QueueStatus, SocketState, Stats,
 };
-use xdpath_dataplane::ServerHandle;
+use xdpath_dataplane::{ServerHandle, XskFactory, XskPort};
 
 /// The maps' source of truth and their projection, behind one mutex.
 pub struct Tables {
@@ -86,9 +86,9 @@ pub struct ControlState {
     /// Classifier + flow table.
     pub tables: Mutex<Tables>,
     /// The socket pool.
-    pub pool: SocketPool,
+    pub pool: SocketPool<XskFactory>,
     /// The dataplane.
-    pub server: ServerHandle,
+    pub server: ServerHandle<XskPort>,
     /// The configuration the daemon runs with.
     pub cfg: DaemonConfig,
     /// When the daemon started.

@@ -2,26 +2,135 @@
 //! registered in the XSKMAP while a guest's workers run (a dead worker's
 //! entry goes: its traffic fails open to the host), replaced on request.
 //!
-//! Ownership (DESIGN.md rule 2): the sockets themselves belong to the
-//! dataplane's workers once handed over; the pool keeps only what the
-//! control plane needs to know about each queue, in one mutex that is never
-//! held across a blocking call (binding a socket, waiting for a worker).
-//! A replacement is a sequence of messages, in the DESIGN.md teardown
-//! order: XSKMAP entry out (the queue fails open to the host) -> the worker
-//! releases its socket -> bind a new one -> XSKMAP entry in -> the worker
-//! installs it.
+//! Ownership (docs/ARCHITECTURE.md, concurrency rules): the sockets
+//! themselves belong to the dataplane's workers once handed over; the pool
+//! keeps only what the control plane needs to know about each queue, in
+//! one mutex that is never held across a blocking call (binding a socket,
+//! waiting for a worker). A replacement is a sequence of messages, in the
+//! teardown order of docs/ARCHITECTURE.md: XSKMAP entry out (the queue
+//! fails open to the host) -> the worker releases its socket -> open a new
+//! one (retried while the kernel frees the queue) -> XSKMAP entry in (only
+//! while a guest's workers run) -> the worker installs it.
+//!
+//! Both kernel boundaries are traits, so the sequence runs without root:
+//! sockets come from a [`PortFactory`] (`XskFactory` binds AF_XDP sockets,
+//! `MemFactory` opens in-memory ports), and the XSKMAP writes go through
+//! [`SocketMap`] (implemented here for the [`Classifier`], and by the
+//! in-memory [`MemSocketMap`]).
 //!
 //! If the daemon dies, the kernel closes its sockets and drops them from
 //! the XSKMAP by itself: traffic fails open to the host.
 
 use crate::classifier::Classifier;
 use serde::Serialize;
+use std::collections::BTreeMap;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::sync::{Mutex, PoisonError};
-use std::time::Duration;
-use xdpath_dataplane::{ServerHandle, XskConfig, XskPort};
+use std::time::{Duration, Instant};
+use xdpath_dataplane::{PortFactory, ServerHandle};
 
-/// How long a worker may take to apply a socket change.
-const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a worker may take to apply a socket change, and how long a
+/// queue's new socket is retried while the kernel frees the queue.
+pub const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
+/// Pause between two attempts to open a queue's new socket.
+const REOPEN_PAUSE: Duration = Duration::from_millis(10);
+
+/// The XSKMAP writes the pool makes: steer a queue's traffic to a socket,
+/// or take the queue's entry out so its traffic fails open to the host.
+pub trait SocketMap {
+    /// Why a write failed.
+    type Error: std::fmt::Display;
+
+    /// Points queue `queue`'s entry at the socket `fd`.
+    fn register(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error>;
+
+    /// Removes queue `queue`'s entry (none there is not an error).
+    fn unregister(&mut self, queue: u32) -> Result<(), Self::Error>;
+}
+
+impl SocketMap for Classifier {
+    type Error = crate::ClassifierError;
+
+    fn register(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error> {
+        self.register_socket(queue, &fd)
+    }
+
+    fn unregister(&mut self, queue: u32) -> Result<(), Self::Error> {
+        self.unregister_socket(queue)
+    }
+}
+
+/// One write to a [`MemSocketMap`], in the order made.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MapWrite {
+    /// `register(queue, fd)`.
+    Register(u32, RawFd),
+    /// `unregister(queue)`.
+    Unregister(u32),
+}
+
+/// An in-memory XSKMAP for tests: the entries, every write in order, and
+/// writes made to fail on purpose.
+#[derive(Debug, Default)]
+pub struct MemSocketMap {
+    entries: BTreeMap<u32, RawFd>,
+    writes: Vec<MapWrite>,
+    fail_writes: u32,
+}
+
+impl MemSocketMap {
+    /// An empty map.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The fd queue `queue`'s entry points at, if any.
+    pub fn entry(&self, queue: u32) -> Option<RawFd> {
+        self.entries.get(&queue).copied()
+    }
+
+    /// Every write that succeeded, in order.
+    pub fn writes(&self) -> &[MapWrite] {
+        &self.writes
+    }
+
+    /// The next `n` writes fail and change nothing.
+    pub fn fail_writes(&mut self, n: u32) {
+        self.fail_writes = n;
+    }
+
+    fn refuse(&mut self) -> Result<(), std::io::Error> {
+        if self.fail_writes == 0 {
+            return Ok(());
+        }
+        self.fail_writes -= 1;
+        Err(std::io::Error::other("the XSKMAP write failed (injected)"))
+    }
+}
+
+impl AsMut<MemSocketMap> for MemSocketMap {
+    fn as_mut(&mut self) -> &mut MemSocketMap {
+        self
+    }
+}
+
+impl SocketMap for MemSocketMap {
+    type Error = std::io::Error;
+
+    fn register(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error> {
+        self.refuse()?;
+        self.entries.insert(queue, fd.as_raw_fd());
+        self.writes.push(MapWrite::Register(queue, fd.as_raw_fd()));
+        Ok(())
+    }
+
+    fn unregister(&mut self, queue: u32) -> Result<(), Self::Error> {
+        self.refuse()?;
+        self.entries.remove(&queue);
+        self.writes.push(MapWrite::Unregister(queue));
+        Ok(())
+    }
+}
 
 /// What the pool knows about one queue.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -83,37 +192,25 @@ pub enum PoolError {
     },
 }
 
-/// The pool for one interface.
+/// The pool for one interface, over the factory `F` that opens its
+/// sockets.
 #[derive(Debug)]
-pub struct SocketPool {
-    iface: String,
-    busy_poll: bool,
+pub struct SocketPool<F> {
+    factory: F,
+    timeout: Duration,
     queues: Mutex<Vec<QueueInfo>>,
 }
 
-fn bind(iface: &str, queue: u32, busy_poll: bool) -> Result<XskPort, PoolError> {
-    let mut cfg = XskConfig::new(iface, queue);
-    cfg.busy_poll = busy_poll;
-    XskPort::bind(&cfg).map_err(|e| PoolError::Socket {
-        queue,
-        detail: e.to_string(),
-    })
-}
-
-impl SocketPool {
-    /// Creates one socket per queue `0..queues` (with preferred busy
-    /// polling if `busy_poll`); returns the pool and the sockets for the
-    /// dataplane server (in queue order). The sockets are registered in the
-    /// XSKMAP only while a guest's workers run ([`SocketPool::register_all`]
-    /// and [`SocketPool::unregister_all`], driven by the server's connection
+impl<F: PortFactory> SocketPool<F> {
+    /// Opens one socket per queue `0..queues` through `factory`; returns
+    /// the pool and the sockets for the dataplane server (in queue order).
+    /// The sockets are registered in the XSKMAP only while a guest's
+    /// workers run ([`SocketPool::register_all`] and
+    /// [`SocketPool::unregister_all`], driven by the server's connection
     /// events): without a guest, its traffic fails open to the host.
-    pub fn create(
-        iface: &str,
-        queues: u32,
-        busy_poll: bool,
-    ) -> Result<(Self, Vec<XskPort>), PoolError> {
+    pub fn create(factory: F, queues: u32) -> Result<(Self, Vec<F::Port>), PoolError> {
         let ports = (0..queues)
-            .map(|q| bind(iface, q, busy_poll))
+            .map(|queue| open(&factory, queue))
             .collect::<Result<Vec<_>, _>>()?;
         let infos = (0..queues)
             .map(|queue| QueueInfo {
@@ -124,26 +221,38 @@ impl SocketPool {
             .collect();
         Ok((
             Self {
-                iface: iface.to_string(),
-                busy_poll,
+                factory,
+                timeout: WORKER_TIMEOUT,
                 queues: Mutex::new(infos),
             },
             ports,
         ))
     }
 
+    /// The same pool, waiting at most `timeout` (instead of
+    /// [`WORKER_TIMEOUT`]) for a worker and for a queue's new socket.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
+    }
+
+    /// The factory the pool opens sockets with.
+    pub fn factory(&self) -> &F {
+        &self.factory
+    }
+
     /// A guest's workers run: steer each queue to its socket, `fds` being
     /// (queue, socket fd) as the dataplane reports them.
     pub fn register_all(
         &self,
-        c: &mut Classifier,
-        fds: &[(u32, std::os::fd::RawFd)],
+        maps: &mut impl SocketMap,
+        fds: &[(u32, RawFd)],
     ) -> Result<(), PoolError> {
         for &(queue, fd) in fds {
             // SAFETY: the dataplane reports the fds of sockets it owns and
             // keeps open for the duration of the connection event.
-            let fd = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-            c.register_socket(queue, &fd).map_err(|e| PoolError::Map {
+            let fd = unsafe { BorrowedFd::borrow_raw(fd) };
+            maps.register(queue, fd).map_err(|e| PoolError::Map {
                 queue,
                 detail: e.to_string(),
             })?;
@@ -169,14 +278,19 @@ impl SocketPool {
         }
     }
 
-    /// Replaces queue `queue`'s socket with a fresh one. `classifier` is
-    /// locked only around the XSKMAP updates.
-    pub fn replace(
+    /// Replaces queue `queue`'s socket with a fresh one. `maps` (the
+    /// classifier, or what holds it) is locked only around the XSKMAP
+    /// writes.
+    pub fn replace<T, M>(
         &self,
         queue: u32,
-        classifier: &Mutex<impl AsMut<Classifier>>,
-        server: &ServerHandle,
-    ) -> Result<QueueInfo, PoolError> {
+        maps: &Mutex<T>,
+        server: &ServerHandle<F::Port>,
+    ) -> Result<QueueInfo, PoolError>
+    where
+        T: AsMut<M>,
+        M: SocketMap,
+    {
         {
             let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
             let info = q
@@ -187,7 +301,7 @@ impl SocketPool {
             }
             info.state = SocketState::Replacing;
         }
-        let result = self.replace_steps(queue, classifier, server);
+        let result = self.replace_steps(queue, maps, server);
         match &result {
             Ok(()) => self.set(queue, SocketState::Bound, true),
             Err(e) => self.set(queue, SocketState::Failed(e.to_string()), false),
@@ -196,53 +310,55 @@ impl SocketPool {
         Ok(self.list().swap_remove(queue as usize))
     }
 
-    fn replace_steps(
+    fn replace_steps<T, M>(
         &self,
         queue: u32,
-        classifier: &Mutex<impl AsMut<Classifier>>,
-        server: &ServerHandle,
-    ) -> Result<(), PoolError> {
-        let map_err = |e: crate::ClassifierError| PoolError::Map {
+        maps: &Mutex<T>,
+        server: &ServerHandle<F::Port>,
+    ) -> Result<(), PoolError>
+    where
+        T: AsMut<M>,
+        M: SocketMap,
+    {
+        let map_err = |e: M::Error| PoolError::Map {
             queue,
             detail: e.to_string(),
         };
         // 1. Fail open first.
-        classifier
-            .lock()
+        maps.lock()
             .unwrap_or_else(PoisonError::into_inner)
             .as_mut()
-            .unregister_socket(queue)
+            .unregister(queue)
             .map_err(map_err)?;
         // 2. The worker lets go of its socket (blocking; no lock held).
         server
-            .release_socket(queue as usize, WORKER_TIMEOUT)
+            .release_socket(queue as usize, self.timeout)
             .map_err(|e| PoolError::Worker {
                 queue,
                 detail: e.to_string(),
             })?;
         // 3. A new socket on the same queue. The kernel frees the queue from
         //    the old socket asynchronously (its buffer pool is torn down by
-        //    a workqueue after close), so binding may fail for a moment.
-        let deadline = std::time::Instant::now() + WORKER_TIMEOUT;
+        //    a workqueue after close), so opening may fail for a moment.
+        let deadline = Instant::now() + self.timeout;
         let port = loop {
-            match bind(&self.iface, queue, self.busy_poll) {
+            match open(&self.factory, queue) {
                 Ok(p) => break p,
-                Err(e) if std::time::Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                Err(e) if Instant::now() >= deadline => return Err(e),
+                Err(_) => std::thread::sleep(REOPEN_PAUSE),
             }
         };
         // 4. Traffic to it again (only while a guest's workers run: without
         //    a guest the queue stays failed open), 5. the worker takes it.
         if server.connected() {
-            classifier
-                .lock()
+            maps.lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .as_mut()
-                .register_socket(queue, &port)
+                .register(queue, port.as_fd())
                 .map_err(map_err)?;
         }
         server
-            .install_socket(queue as usize, port, WORKER_TIMEOUT)
+            .install_socket(queue as usize, port, self.timeout)
             .map_err(|e| PoolError::Worker {
                 queue,
                 detail: e.to_string(),
@@ -251,9 +367,160 @@ impl SocketPool {
 
     /// Every queue's XSKMAP entry out, so traffic fails open to the host:
     /// when a guest's workers stopped, and as teardown step 1.
-    pub fn unregister_all(&self, c: &mut Classifier) {
+    pub fn unregister_all(&self, maps: &mut impl SocketMap) {
         for info in self.list() {
-            let _ = c.unregister_socket(info.queue);
+            let _ = maps.unregister(info.queue);
         }
+    }
+}
+
+fn open<F: PortFactory>(factory: &F, queue: u32) -> Result<F::Port, PoolError> {
+    factory.open(queue).map_err(|e| PoolError::Socket {
+        queue,
+        detail: e.to_string(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    //! The replacement sequence on in-memory ports and an in-memory
+    //! XSKMAP, against a real (not connected) dataplane server: without a
+    //! frontend there are no workers, so the server applies socket changes
+    //! itself, as the worker would first thing.
+
+    use super::*;
+    use std::sync::atomic::{AtomicU32, Ordering};
+    use xdpath_dataplane::{MemFactory, MemPort, MemWire, NetConfig, Server};
+
+    struct Rig {
+        wire: MemWire,
+        pool: SocketPool<MemFactory>,
+        server: Server<MemPort>,
+        path: std::path::PathBuf,
+    }
+
+    impl Drop for Rig {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+
+    fn rig(queues: u16) -> Rig {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "xdpath-pool-{}-{}.sock",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let wire = MemWire::new(u32::from(queues));
+        let factory = MemFactory::new(wire.clone(), 64, 64, 2048);
+        let (pool, ports) = SocketPool::create(factory, u32::from(queues)).expect("pool");
+        let cfg = NetConfig {
+            queue_pairs: queues,
+            mac: None,
+            mtu: 1500,
+            max_queue_size: 256,
+            poll_idle: Duration::ZERO,
+        };
+        let server = Server::new(&path, cfg, ports).expect("server");
+        Rig {
+            wire,
+            pool: pool.with_timeout(Duration::from_millis(500)),
+            server,
+            path,
+        }
+    }
+
+    #[test]
+    fn replace_takes_the_entry_out_waits_for_the_queue_and_installs_a_new_port() {
+        let r = rig(2);
+        let q0 = r.wire.queue(0).expect("queue 0").clone();
+        let maps = Mutex::new(MemSocketMap::new());
+        // A guest was connected before: queue 0 is steered to its socket.
+        let old_fd = q0.attached_fd().expect("a port is open");
+        r.pool
+            .register_all(&mut *maps.lock().unwrap(), &[(0, old_fd)])
+            .expect("register");
+        // The kernel still holds the queue for two more attempts.
+        q0.refuse_opens(2);
+        let info = r
+            .pool
+            .replace(0, &maps, &r.server.handle())
+            .expect("replace");
+        assert_eq!(
+            info,
+            QueueInfo {
+                queue: 0,
+                state: SocketState::Bound,
+                generation: 2
+            }
+        );
+        let maps = maps.into_inner().unwrap();
+        assert_eq!(
+            maps.writes(),
+            [MapWrite::Register(0, old_fd), MapWrite::Unregister(0)],
+            "entry out; no frontend, so no entry in: the queue stays failed open"
+        );
+        assert_eq!(maps.entry(0), None);
+        let s = q0.stats();
+        assert_eq!((s.opened, s.refused), (2, 2), "retried while busy");
+        // The old port is closed (the queue took a new one) and the new one
+        // lives on in the pair (a dropped port would leave the queue).
+        assert_eq!(q0.attached(), Some(2));
+        assert_eq!(r.wire.queue(1).and_then(|q| q.attached()), Some(1));
+        assert_eq!(r.pool.list()[1].generation, 1, "queue 1 untouched");
+    }
+
+    #[test]
+    fn a_failed_step_is_reported_and_leaves_the_queue_failed() {
+        let r = rig(1);
+        let handle = r.server.handle();
+        let maps = Mutex::new(MemSocketMap::new());
+        maps.lock().unwrap().fail_writes(1);
+        let err = r.pool.replace(0, &maps, &handle).unwrap_err();
+        assert!(matches!(err, PoolError::Map { queue: 0, .. }), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "Registering queue 0 in the XSKMAP failed: the XSKMAP write failed (injected)"
+        );
+        let info = &r.pool.list()[0];
+        assert_eq!(info.state, SocketState::Failed(err.to_string()));
+        assert_eq!(info.generation, 1);
+        let q0 = r.wire.queue(0).expect("queue 0");
+        assert_eq!(q0.attached(), Some(1), "the worker kept its port");
+
+        // The queue's interface is gone: no new port within the timeout.
+        q0.vanish();
+        let err = r.pool.replace(0, &maps, &handle).unwrap_err();
+        assert!(
+            matches!(&err, PoolError::Socket { queue: 0, detail } if detail.contains("No such device")),
+            "{err}"
+        );
+        assert!(matches!(r.pool.list()[0].state, SocketState::Failed(_)));
+        assert_eq!(
+            r.pool.replace(1, &maps, &handle).unwrap_err().to_string(),
+            "Queue 1 does not exist."
+        );
+    }
+
+    #[test]
+    fn unregister_all_takes_every_entry_out() {
+        let r = rig(2);
+        let mut maps = MemSocketMap::new();
+        let fds: Vec<(u32, RawFd)> = (0..2)
+            .map(|q| {
+                (
+                    q,
+                    r.wire.queue(q).and_then(|x| x.attached_fd()).expect("fd"),
+                )
+            })
+            .collect();
+        r.pool.register_all(&mut maps, &fds).expect("register");
+        assert_eq!(
+            (maps.entry(0), maps.entry(1)),
+            (Some(fds[0].1), Some(fds[1].1))
+        );
+        r.pool.unregister_all(&mut maps);
+        assert_eq!((maps.entry(0), maps.entry(1)), (None, None));
     }
 }

@@ -26,7 +26,8 @@ use std::time::{Duration, Instant};
 use xdpath_dataplane::bench_support::{MockGuest, MockVring};
 use xdpath_dataplane::handoff::Peers;
 use xdpath_dataplane::mem_port::MemPort;
-use xdpath_dataplane::queue_pair::{DataPathFeatures, QueuePair, BATCH};
+use xdpath_dataplane::port::BATCH;
+use xdpath_dataplane::queue_pair::{DataPathFeatures, QueuePair};
 use xdpath_dataplane::virtio_net::HDR_LEN;
 
 /// Entries of each vring.
@@ -71,7 +72,7 @@ impl Rig {
         guest
             .post_rx(&mut vq, usize::from(QUEUE), buf_len)
             .expect("post RX buffers");
-        let mut port = MemPort::new(BATCH, BATCH, FRAME_SIZE);
+        let mut port = MemPort::new(BATCH, BATCH, FRAME_SIZE).expect("eventfd");
         for i in 0..BATCH {
             assert!(port.push_rx(&frame(frame_len, i as u8)), "load the port");
         }
@@ -97,7 +98,7 @@ impl Rig {
         Self {
             guest,
             vq,
-            qp: queue_pair(MemPort::new(0, 4 * BATCH, FRAME_SIZE)),
+            qp: queue_pair(MemPort::new(0, 4 * BATCH, FRAME_SIZE).expect("eventfd")),
             features: features(false),
         }
     }

@@ -9,7 +9,7 @@
 //! |-----------------------|--------------------------------|---------------|
 //! | 0                     | kick of RX vring 2i            | deliver RX    |
 //! | 1                     | kick of TX vring 2i+1          | transmit      |
-//! | `num_queues + 1`      | XSK fd readable                | deliver RX    |
+//! | `num_queues + 1`      | port fd (XSK) readable         | deliver RX    |
 //! | `num_queues + 2`      | TX retry timer                 | transmit      |
 //! | `num_queues + 3`      | handoff inbox (other pairs)    | deliver RX    |
 //!
@@ -20,7 +20,13 @@
 //! a snapshot swap; each batch takes one snapshot), the negotiated features
 //! (one atomic), the queue pairs (one mutex each, taken once per event by
 //! their own worker only), the exit eventfds of this connection's workers.
+//! The running connection's [`Connection`] (first error, shutdown, worker
+//! epoll handlers) is shared with the server and its handle.
+//!
+//! [`NetBackend`] and [`Connection`] are generic over the queue pairs'
+//! [`FramePort`], like everything above the port (see [`crate::port`]).
 
+use crate::port::FramePort;
 use crate::queue_pair::{DataPathFeatures, QueueMailbox, QueuePair};
 use crate::virtio_net::{config_space, offered_features};
 use std::io;
@@ -59,24 +65,36 @@ pub const DEFAULT_POLL_IDLE: std::time::Duration = std::time::Duration::from_mic
 /// Longest a worker polls before it looks at epoll again.
 const POLL_MAX: std::time::Duration = std::time::Duration::from_millis(1);
 
-/// Event id of the XSK fd, relative to `num_queues`.
+/// Event id of the port's fd (the XSK), relative to `num_queues`.
 pub const XSK_EVENT_OFFSET: u16 = 1;
 /// Event id of the TX retry timer, relative to `num_queues`.
 pub const TIMER_EVENT_OFFSET: u16 = 2;
 /// Event id of the handoff inbox, relative to `num_queues`.
 pub const HANDOFF_EVENT_OFFSET: u16 = 3;
 
+/// The epoll handler of one worker of a connection.
+pub type WorkerHandler<P> = Arc<VringEpollHandler<Arc<NetBackend<P>>>>;
+
 /// State of the current connection shared between the server, its handle
 /// and the workers: the first worker error, how to end the connection,
 /// and the workers' epoll handlers (to add an fd to a running worker).
-#[derive(Default)]
-pub struct Connection {
+pub struct Connection<P: FramePort> {
     first_error: Mutex<Option<String>>,
     shutdown: Mutex<Option<ShutdownHandle>>,
-    handlers: Mutex<Vec<Arc<VringEpollHandler<Arc<NetBackend>>>>>,
+    handlers: Mutex<Vec<WorkerHandler<P>>>,
 }
 
-impl Connection {
+impl<P: FramePort> Default for Connection<P> {
+    fn default() -> Self {
+        Self {
+            first_error: Mutex::new(None),
+            shutdown: Mutex::new(None),
+            handlers: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<P: FramePort> Connection<P> {
     /// Records `err` if it is the first, and ends the connection: every
     /// worker then stops and is joined by the server, in order.
     pub fn fail(&self, err: String) {
@@ -109,11 +127,7 @@ impl Connection {
     }
 
     /// Sets (or clears) what the running connection consists of.
-    pub fn set(
-        &self,
-        shutdown: Option<ShutdownHandle>,
-        handlers: Vec<Arc<VringEpollHandler<Arc<NetBackend>>>>,
-    ) {
+    pub fn set(&self, shutdown: Option<ShutdownHandle>, handlers: Vec<WorkerHandler<P>>) {
         *self.shutdown.lock().unwrap_or_else(PoisonError::into_inner) = shutdown;
         *self.handlers.lock().unwrap_or_else(PoisonError::into_inner) = handlers;
     }
@@ -147,21 +161,21 @@ impl Connection {
 }
 
 /// The device for one frontend connection.
-pub struct NetBackend {
+pub struct NetBackend<P: FramePort> {
     cfg: NetConfig,
-    pairs: Vec<Arc<Mutex<QueuePair>>>,
+    pairs: Vec<Arc<Mutex<QueuePair<P>>>>,
     /// The pairs' mailboxes, reachable without their mutex.
-    mailboxes: Vec<Arc<QueueMailbox>>,
+    mailboxes: Vec<Arc<QueueMailbox<P>>>,
     mem: GuestMemoryAtomic<GuestMemoryMmap>,
     acked: AtomicU64,
-    conn: Arc<Connection>,
+    conn: Arc<Connection<P>>,
     /// Raw fds of the exit-event consumers handed to vhost-user-backend,
     /// which registers them in its epoll and never closes them. The server
     /// closes them once this connection's workers are joined.
     exit_consumers: Mutex<Vec<RawFd>>,
 }
 
-impl std::fmt::Debug for NetBackend {
+impl<P: FramePort> std::fmt::Debug for NetBackend<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("NetBackend")
             .field("cfg", &self.cfg)
@@ -169,14 +183,14 @@ impl std::fmt::Debug for NetBackend {
     }
 }
 
-impl NetBackend {
+impl<P: FramePort> NetBackend<P> {
     /// A device over `pairs` (one per queue pair, in order) and the
     /// connection's guest memory.
     pub fn new(
         cfg: NetConfig,
-        pairs: Vec<Arc<Mutex<QueuePair>>>,
+        pairs: Vec<Arc<Mutex<QueuePair<P>>>>,
         mem: GuestMemoryAtomic<GuestMemoryMmap>,
-        conn: Arc<Connection>,
+        conn: Arc<Connection<P>>,
     ) -> Self {
         let mailboxes = pairs
             .iter()
@@ -222,7 +236,7 @@ impl NetBackend {
     }
 }
 
-impl VhostUserBackend for NetBackend {
+impl<P: FramePort> VhostUserBackend for NetBackend<P> {
     type Bitmap = ();
     type Vring = VringRwLock;
 
@@ -329,7 +343,7 @@ impl VhostUserBackend for NetBackend {
         if device_event == nq + XSK_EVENT_OFFSET
             && evset.intersects(EventSet::ERROR | EventSet::HANG_UP)
         {
-            // The interface under the socket is gone. Closing the socket
+            // The interface under the socket is gone. Closing the port
             // takes it out of this epoll; the connection ends in order.
             qp.socket_failed(None);
         }

@@ -31,7 +31,7 @@ impl std::ops::Deref for QueueCounters {
 
 impl QueueCounters {
     /// Stores the kernel's XDP_STATISTICS (absolute values).
-    pub fn set_xdp_stats(&self, s: &crate::xsk::XdpStats) {
+    pub fn set_xdp_stats(&self, s: &crate::port::PortStats) {
         self.xdp_rx_dropped.store(s.rx_dropped, Relaxed);
         self.xdp_rx_invalid_descs.store(s.rx_invalid_descs, Relaxed);
         self.xdp_tx_invalid_descs.store(s.tx_invalid_descs, Relaxed);

@@ -3,8 +3,9 @@
 //! A guest may enable fewer queue pairs than the device offers (a
 //! one-vCPU Linux guest starts with one), while the NIC still spreads
 //! frames over all its queues. The worker of a pair whose RX vring is
-//! disabled does not touch another pair's vring (rule 3 of DESIGN.md);
-//! it passes the frame as a message to the worker of an enabled pair.
+//! disabled does not touch another pair's vring (docs/ARCHITECTURE.md,
+//! concurrency rules: changes are messages to the owner); it passes the
+//! frame as a message to the worker of an enabled pair.
 //!
 //! Each pair owns one [`Handoff`]: an inbox (bounded lock-free queue of
 //! filled buffers), a pool of empty buffers allocated once, and an eventfd

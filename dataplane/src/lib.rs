@@ -1,16 +1,20 @@
 //! xdpath dataplane: a vhost-user-net backend whose queue pairs are fed by
 //! AF_XDP sockets.
 //!
-//! - [`port`]: what a queue pair needs of its wire side ([`port::FramePort`])
-//!   and xdpilone-style TX batches.
+//! - [`port`]: what a queue pair needs of its wire side
+//!   ([`port::FramePort`]), how ports are opened ([`port::PortFactory`]),
+//!   xdpilone-style TX batches, and what every port shares (batch size,
+//!   headroom, [`port::PortStats`]). Depends on no port.
 //! - [`xsk`]: one AF_XDP socket with its UMEM, rings and frame lists
-//!   ([`xsk::XskPort`]), the real [`port::FramePort`].
-//! - [`mem_port`]: an in-memory [`port::FramePort`] for tests and benchmarks
-//!   (no root, no NIC).
+//!   ([`xsk::XskPort`]), the real [`port::FramePort`], and its factory
+//!   ([`xsk::XskFactory`]).
+//! - [`mem_port`]: an in-memory [`port::FramePort`] on an in-memory NIC
+//!   ([`mem_port::MemPort`], [`mem_port::MemWire`],
+//!   [`mem_port::MemFactory`]) for tests and benchmarks (no root, no NIC).
 //! - [`chain`]: walking and copying one virtqueue descriptor chain, with
 //!   every guest-controlled address and length checked.
-//! - [`queue_pair`]: the data path of one queue pair (RX: XSK -> guest,
-//!   TX: guest -> XSK), owned by one worker thread.
+//! - [`queue_pair`]: the data path of one queue pair (RX: port -> guest,
+//!   TX: guest -> port), owned by one worker thread.
 //! - [`backend`]: the vhost-user-net device for one frontend connection;
 //!   routes each worker's events to its queue pair.
 //! - [`relay`]: passes vhost-user messages between the frontend and the
@@ -23,7 +27,12 @@
 //!   batch, readable by anyone.
 //! - [`virtio_net`]: feature bits, header and config space.
 //!
-//! There is no global state: everything hangs off a [`server::Server`].
+//! Everything from the queue pair up ([`queue_pair::QueuePair`],
+//! [`backend::NetBackend`], [`server::Server`], [`server::ServerHandle`])
+//! is generic over the [`port::FramePort`] and monomorphized: the daemon
+//! runs it on [`xsk::XskPort`], the non-root tests on
+//! [`mem_port::MemPort`]. There is no global state: everything hangs off a
+//! [`server::Server`].
 
 pub mod backend;
 #[doc(hidden)]
@@ -41,5 +50,7 @@ pub mod xsk;
 
 pub use backend::NetConfig;
 pub use counters::CounterSnapshot;
+pub use mem_port::{MemFactory, MemPort, MemQueue, MemWire};
+pub use port::{FramePort, PortFactory, PortStats};
 pub use server::{ConnectionEvent, Server, ServerError, ServerHandle};
-pub use xsk::{XskConfig, XskPort};
+pub use xsk::{XskConfig, XskFactory, XskPort};

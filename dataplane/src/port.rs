@@ -1,24 +1,64 @@
-//! What a queue pair needs of its frame port, as a trait.
+//! What a queue pair needs of its frame port, as traits, and the few facts
+//! every port shares.
 //!
 //! A [`FramePort`] is the wire side of one queue pair: an RX ring the
-//! worker takes received frames from and gives them back to, and a TX side
-//! it reserves frames of, fills and commits. [`crate::xsk::XskPort`] (an
-//! AF_XDP socket) is the real one; [`crate::mem_port::MemPort`] is an
-//! in-memory double for unit tests and benchmarks that need no root and no
-//! NIC.
+//! worker takes received frames from and gives them back to, a TX side it
+//! reserves frames of, fills and commits, and an fd that is readable while
+//! received frames wait. [`crate::xsk::XskPort`] (an AF_XDP socket) is the
+//! real one; [`crate::mem_port::MemPort`] is an in-memory double for tests
+//! and benchmarks that need no root and no NIC. A [`PortFactory`] opens a
+//! fresh port on a queue, for socket replacement
+//! ([`crate::xsk::XskFactory`], [`crate::mem_port::MemFactory`]).
+//!
+//! This module also owns what the ports and the queue pair share: the batch
+//! size ([`BATCH`]), the headroom in front of every received frame
+//! ([`XDP_PACKET_HEADROOM`]) and the port statistics ([`PortStats`]). It
+//! depends on no port and on no queue pair.
 //!
 //! Ownership: a port belongs to exactly one queue-pair worker, which calls
-//! every method here; nothing is shared, so nothing locks. Frames named by
-//! a [`FramePort::Desc`] belong to the worker between `rx_consume` and
-//! `rx_release` (RX) and between a [`TxBatch::push`] and the batch's
-//! commit or drop (TX); otherwise they belong to the port (or its kernel).
+//! every [`FramePort`] method; nothing is shared, so nothing locks (a port
+//! is an owned `Send + 'static` value: the control plane opens it and hands
+//! it over). Frames named by a [`FramePort::Desc`] belong to the worker
+//! between `rx_consume` and `rx_release` (RX) and between a
+//! [`TxBatch::push`] and the batch's commit or drop (TX); otherwise they
+//! belong to the port (or its kernel).
 //!
-//! [`crate::queue_pair::QueuePair`] is generic over the port, so the real
-//! path is monomorphized for `XskPort`: no dynamic dispatch per frame.
+//! Everything above the port ([`crate::queue_pair::QueuePair`],
+//! [`crate::backend::NetBackend`], [`crate::server::Server`]) is generic
+//! over it, so the real path is monomorphized for `XskPort`: no dynamic
+//! dispatch per frame.
 
-use crate::xsk::XdpStats;
 use std::io;
-use std::os::fd::RawFd;
+use std::os::fd::AsFd;
+
+/// Frames per batch: what a worker takes from a port (and from a guest
+/// vring) at most per round, and the kernel's busy-poll budget.
+pub const BATCH: usize = 64;
+
+/// Headroom in front of every received frame in a port's buffer memory
+/// (the kernel's XDP_PACKET_HEADROOM; `MemPort` lays out its frames the
+/// same way).
+pub const XDP_PACKET_HEADROOM: usize = 256;
+
+/// A port's drop statistics, laid out as the kernel's
+/// `struct xdp_statistics` (AF_XDP's XDP_STATISTICS socket option fills
+/// it directly). Ports without a kernel report zeros.
+#[repr(C)]
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct PortStats {
+    /// Dropped for reasons other than invalid descriptors.
+    pub rx_dropped: u64,
+    /// Dropped due to invalid descriptors.
+    pub rx_invalid_descs: u64,
+    /// Dropped due to invalid descriptors.
+    pub tx_invalid_descs: u64,
+    /// Dropped because the RX ring was full.
+    pub rx_ring_full: u64,
+    /// Times the fill ring was empty when a frame arrived.
+    pub rx_fill_ring_empty_descs: u64,
+    /// Times the TX ring was empty when the kernel looked.
+    pub tx_ring_empty_descs: u64,
+}
 
 /// Outcome of [`TxBatch::push`].
 #[derive(Debug, PartialEq, Eq)]
@@ -38,10 +78,14 @@ pub enum Push<E> {
 /// The `tx_*` methods below `tx_capacity` are the raw steps of a TX batch;
 /// callers use them through [`TxBatch`] ([`FramePort::tx_batch`]), which
 /// guarantees that frames staged but not committed return to the port.
-pub trait FramePort {
+///
+/// [`AsFd`]: the fd a worker polls; it is readable while received frames
+/// wait for `rx_consume` (an AF_XDP socket, or `MemPort`'s eventfd), and it
+/// names the port in the classifier's XSKMAP.
+pub trait FramePort: AsFd + Send + 'static {
     /// Names one frame of the port's buffer memory (for `XskPort`, xsk-rs's
     /// `FrameDesc`). `Default` is a placeholder for scratch arrays.
-    type Desc: Copy + Default;
+    type Desc: Copy + Default + Send;
 
     /// Largest frame (Ethernet header included) one port frame holds.
     fn max_frame_len(&self) -> usize;
@@ -86,14 +130,25 @@ pub trait FramePort {
         TxBatch { port: self }
     }
 
-    /// The kernel's XDP_STATISTICS for this port.
-    fn stats(&self) -> io::Result<XdpStats>;
+    /// The port's drop statistics (the kernel's XDP_STATISTICS for an
+    /// AF_XDP socket).
+    fn stats(&self) -> io::Result<PortStats>;
 
     /// Why the port failed (for the failure report).
     fn socket_error(&self) -> io::Error;
+}
 
-    /// The fd to poll for received frames, or -1 if the port has none.
-    fn fd(&self) -> RawFd;
+/// Opens ports, one per queue: how the control plane replaces a queue
+/// pair's port (close the old one, open a new one on the same queue).
+pub trait PortFactory {
+    /// The ports it opens.
+    type Port: FramePort;
+    /// Why opening failed; a queue still held by a closing port is an
+    /// error the caller may retry.
+    type Error: std::error::Error + Send + Sync + 'static;
+
+    /// Opens a fresh port on `queue`.
+    fn open(&self, queue: u32) -> Result<Self::Port, Self::Error>;
 }
 
 /// A TX batch in the xdpilone style: reserve a frame, fill it, and either

@@ -1,5 +1,6 @@
-//! One queue pair: the bridge between one AF_XDP socket and one virtio-net
-//! RX/TX vring pair. This is the data path; read it top to bottom.
+//! One queue pair: the bridge between one frame port (an AF_XDP socket in
+//! production, see [`crate::port`]) and one virtio-net RX/TX vring pair.
+//! This is the data path; read it top to bottom.
 //!
 //! ```text
 //!  wire -> NIC rxq i -> XDP -> XSK i RX ring --process_rx--> guest RX vring 2i -> notify
@@ -7,11 +8,15 @@
 //!                                      (completions return frames to the free list)
 //! ```
 //!
+//! [`QueuePair`] is generic over its [`FramePort`] and monomorphized for
+//! each (the daemon's `XskPort`, the tests' and benchmarks' `MemPort`);
+//! the batch size ([`BATCH`]) is the port module's.
+//!
 //! Ownership: a [`QueuePair`] is owned by the worker thread of pair i (the
 //! vhost-user-backend epoll thread whose `queues_per_thread` mask is
-//! `0b11 << 2i`). Its socket, UMEM, frame lists, scratch vectors, timer and
-//! batch tally are touched by that thread only; the backend keeps it in a
-//! mutex taken once per event, never per frame. Other threads talk to it
+//! `0b11 << 2i`). Its port (socket, UMEM, frame lists), scratch vectors,
+//! timer and batch tally are touched by that thread only; the backend keeps
+//! it in a mutex taken once per event, never per frame. Other threads talk to it
 //! through [`QueueMailbox`] (atomic flags it reads between batches) and read
 //! its [`QueueCounters`] without stopping it.
 //!
@@ -35,9 +40,9 @@
 use crate::chain::{self, ChainError, Segment};
 use crate::counters::{QueueCounters, Tally};
 use crate::handoff::{Peers, HANDOFF_SLOTS};
-use crate::port::{FramePort, Push};
+use crate::port::{FramePort, Push, BATCH};
 use crate::virtio_net::{rx_header, HDR_LEN};
-use crate::xsk::XskPort;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
@@ -46,8 +51,6 @@ use virtio_queue::{Queue, QueueOwnedT, QueueT};
 use vm_memory::{GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use vmm_sys_util::timerfd::TimerFd;
 
-/// Frames per batch.
-pub const BATCH: usize = 64;
 /// TX batches per event before the worker yields to RX (via the timer).
 const TX_ROUNDS: usize = 4;
 /// Retry delay when TX is out of UMEM frames or XSK slots.
@@ -57,12 +60,13 @@ const TX_YIELD: Duration = Duration::from_micros(1);
 /// How often the kernel's XDP_STATISTICS are copied into the counters.
 const STATS_EVERY: Duration = Duration::from_millis(100);
 
-/// A change of the pair's AF_XDP socket, sent by the control plane.
-pub enum SocketChange<P = XskPort> {
-    /// Close the socket: the kernel removes it from the XSKMAP and the
-    /// queue's traffic fails open to the host. Guest TX waits in its ring.
+/// A change of the pair's port (AF_XDP socket), sent by the control plane.
+pub enum SocketChange<P> {
+    /// Close the port: the kernel removes its socket from the XSKMAP and
+    /// the queue's traffic fails open to the host. Guest TX waits in its
+    /// ring.
     Release,
-    /// Use this socket from now on (the old one, if any, is closed).
+    /// Use this port from now on (the old one, if any, is closed).
     Install(Box<P>),
 }
 
@@ -78,7 +82,7 @@ impl<P> std::fmt::Debug for SocketChange<P> {
 /// Messages from other threads, applied by the worker between batches
 /// (after the sender rang the pair's doorbell, the handoff eventfd).
 #[derive(Debug)]
-pub struct QueueMailbox<P = XskPort> {
+pub struct QueueMailbox<P> {
     /// The frontend stopped or reset the RX vring: clear its broken state.
     pub reset_rx: AtomicBool,
     /// Same for the TX vring.
@@ -143,10 +147,10 @@ enum VringStop {
 /// One queue pair: socket, scratch and state of the worker that owns it.
 ///
 /// Generic over its wire side so that the same code runs on an AF_XDP
-/// socket ([`XskPort`], the default) and on the in-memory
+/// socket ([`crate::xsk::XskPort`]) and on the in-memory
 /// [`crate::mem_port::MemPort`] of tests and benchmarks; each is
 /// monomorphized, nothing is dispatched dynamically.
-pub struct QueuePair<P: FramePort = XskPort> {
+pub struct QueuePair<P: FramePort> {
     index: u16,
     /// `None` after a release or a socket failure, until a new one is
     /// installed.
@@ -236,10 +240,10 @@ impl<P: FramePort> QueuePair<P> {
         self.mailbox.clone()
     }
 
-    /// The AF_XDP socket's fd (epoll: readable = frames to receive), if
-    /// the pair has a socket.
-    pub fn xsk_fd(&self) -> Option<std::os::fd::RawFd> {
-        self.port.as_ref().map(P::fd)
+    /// The port's fd (epoll: readable = frames to receive; the XSKMAP
+    /// names the socket by it), if the pair has a port.
+    pub fn port_fd(&self) -> Option<RawFd> {
+        self.port.as_ref().map(|p| p.as_fd().as_raw_fd())
     }
 
     /// The pair's port, if it has one (tests and benchmarks load and
@@ -254,8 +258,7 @@ impl<P: FramePort> QueuePair<P> {
     }
 
     /// The TX retry timer's fd (epoll: readable = retry TX).
-    pub fn timer_fd(&self) -> std::os::fd::RawFd {
-        use std::os::fd::AsRawFd;
+    pub fn timer_fd(&self) -> RawFd {
         self.timer.as_raw_fd()
     }
 
@@ -544,7 +547,7 @@ impl<P: FramePort> QueuePair<P> {
     }
 
     /// The handoff eventfd (epoll: readable = frames from other pairs).
-    pub fn handoff_fd(&self) -> Option<std::os::fd::RawFd> {
+    pub fn handoff_fd(&self) -> Option<RawFd> {
         self.peers
             .handoff(usize::from(self.index))
             .map(|h| h.wake_fd())
@@ -934,7 +937,7 @@ mod tests {
         let (mut guest, mut rxq) = setup();
         let bufs = guest.post_rx(&mut rxq, 8, 2048).expect("post RX");
         let frames = [frame(60, 1), frame(1500, 2), frame(64, 3)];
-        let mut port = MemPort::new(64, 64, 2048);
+        let mut port = MemPort::new(64, 64, 2048).expect("eventfd");
         for f in &frames {
             assert!(port.push_rx(f));
         }
@@ -965,7 +968,7 @@ mod tests {
         let (mut guest, mut rxq) = setup();
         let bufs = guest.post_rx(&mut rxq, 3, 1024).expect("post RX");
         let frames = [frame(1500, 9), frame(100, 8), frame(100, 7)];
-        let mut port = MemPort::new(64, 64, 2048);
+        let mut port = MemPort::new(64, 64, 2048).expect("eventfd");
         for f in &frames {
             assert!(port.push_rx(f));
         }
@@ -1012,7 +1015,7 @@ mod tests {
         let big = guest
             .post_tx(&mut txq, &hdr, &frame(1519, 0), false)
             .expect("post TX");
-        let mut qp = pair(MemPort::new(0, 64, 2048));
+        let mut qp = pair(MemPort::new(0, 64, 2048).expect("eventfd"));
         qp.process_tx(txq.vring(), guest.memory(), NO_MRG);
 
         let port = qp.port().expect("port");

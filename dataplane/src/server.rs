@@ -25,15 +25,20 @@
 //! [`ServerHandle::install_socket`]) are messages to the pair's worker,
 //! applied between batches; a new socket's fd joins the worker's epoll only
 //! after the message is posted.
+//!
+//! [`Server`] and [`ServerHandle`] are generic over the queue pairs'
+//! [`FramePort`]: the daemon runs `Server<XskPort>` (AF_XDP sockets), the
+//! non-root tests `Server<MemPort>` (an in-memory wire), with the same
+//! code, monomorphized for each.
 
 use crate::backend::{
     Connection, NetBackend, NetConfig, HANDOFF_EVENT_OFFSET, TIMER_EVENT_OFFSET, XSK_EVENT_OFFSET,
 };
 use crate::counters::{CounterSnapshot, QueueCounters};
 use crate::handoff::Peers;
+use crate::port::FramePort;
 use crate::queue_pair::{QueuePair, SocketChange};
 use crate::virtio_net::MAX_QUEUE_PAIRS;
-use crate::xsk::XskPort;
 use std::os::fd::{AsRawFd, RawFd};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -83,12 +88,11 @@ pub enum ServerError {
 }
 
 /// Handle to a running server: stop it, change sockets, read counters.
-#[derive(Clone)]
-pub struct ServerHandle {
+pub struct ServerHandle<P: FramePort> {
     stop: Arc<EventFd>,
     stopping: Arc<AtomicBool>,
-    conn: Arc<Connection>,
-    pairs: Vec<Arc<Mutex<QueuePair>>>,
+    conn: Arc<Connection<P>>,
+    pairs: Vec<Arc<Mutex<QueuePair<P>>>>,
     peers: Arc<Peers>,
     /// Number of vrings (event ids above it are ours).
     nq: u16,
@@ -96,13 +100,28 @@ pub struct ServerHandle {
     connections: Arc<AtomicU64>,
 }
 
-impl std::fmt::Debug for ServerHandle {
+impl<P: FramePort> Clone for ServerHandle<P> {
+    fn clone(&self) -> Self {
+        Self {
+            stop: self.stop.clone(),
+            stopping: self.stopping.clone(),
+            conn: self.conn.clone(),
+            pairs: self.pairs.clone(),
+            peers: self.peers.clone(),
+            nq: self.nq,
+            counters: self.counters.clone(),
+            connections: self.connections.clone(),
+        }
+    }
+}
+
+impl<P: FramePort> std::fmt::Debug for ServerHandle<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ServerHandle").finish_non_exhaustive()
     }
 }
 
-impl ServerHandle {
+impl<P: FramePort> ServerHandle<P> {
     /// Asks the server to end: the current connection is shut down, its
     /// workers joined, and `run` returns.
     pub fn stop(&self) {
@@ -131,32 +150,27 @@ impl ServerHandle {
         self.connections.load(Ordering::Acquire)
     }
 
-    /// Closes queue pair `qp`'s AF_XDP socket. Returns once the worker
-    /// applied it. Remove the queue's XSKMAP entry first (DESIGN.md's
-    /// teardown order): the kernel drops a closed socket from the map too,
-    /// but only once its last reference is gone, which is not guaranteed to
-    /// happen before the next frame.
+    /// Closes queue pair `qp`'s port (AF_XDP socket). Returns once the
+    /// worker applied it. Remove the queue's XSKMAP entry first (the
+    /// teardown order of docs/ARCHITECTURE.md): the kernel drops a closed
+    /// socket from the map too, but only once its last reference is gone,
+    /// which is not guaranteed to happen before the next frame.
     pub fn release_socket(&self, qp: usize, timeout: Duration) -> Result<(), ServerError> {
         self.change_socket(qp, SocketChange::Release, None, timeout)
     }
 
-    /// Gives queue pair `qp` a new AF_XDP socket (bound to the same NIC
-    /// queue and registered in the XSKMAP by the caller). Returns once the
-    /// worker uses it.
-    pub fn install_socket(
-        &self,
-        qp: usize,
-        port: XskPort,
-        timeout: Duration,
-    ) -> Result<(), ServerError> {
-        let fd = port.fd();
+    /// Gives queue pair `qp` a new port (an AF_XDP socket bound to the same
+    /// NIC queue and registered in the XSKMAP by the caller). Returns once
+    /// the worker uses it.
+    pub fn install_socket(&self, qp: usize, port: P, timeout: Duration) -> Result<(), ServerError> {
+        let fd = port.as_fd().as_raw_fd();
         self.change_socket(qp, SocketChange::Install(Box::new(port)), Some(fd), timeout)
     }
 
     fn change_socket(
         &self,
         qp: usize,
-        change: SocketChange,
+        change: SocketChange<P>,
         new_fd: Option<RawFd>,
         timeout: Duration,
     ) -> Result<(), ServerError> {
@@ -167,7 +181,7 @@ impl ServerHandle {
             .ok_or(ServerError::NoSuchQueuePair(qp))?;
         let (mailbox, old_fd) = {
             let qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
-            (qp.mailbox(), qp.xsk_fd())
+            (qp.mailbox(), qp.port_fd())
         };
         let xsk_id = u64::from(self.nq + XSK_EVENT_OFFSET);
         // The old socket leaves the worker's epoll first: whenever the
@@ -211,14 +225,15 @@ impl ServerHandle {
     }
 }
 
-/// The vhost-user-net server over a set of AF_XDP ports.
-pub struct Server {
+/// The vhost-user-net server over a set of frame ports (AF_XDP sockets
+/// for the daemon).
+pub struct Server<P: FramePort> {
     cfg: NetConfig,
     path: PathBuf,
     listener: Listener,
-    pairs: Vec<Arc<Mutex<QueuePair>>>,
+    pairs: Vec<Arc<Mutex<QueuePair<P>>>>,
     peers: Arc<Peers>,
-    handle: ServerHandle,
+    handle: ServerHandle<P>,
     on_connection: Option<ConnectionHook>,
 }
 
@@ -236,7 +251,7 @@ pub enum ConnectionEvent<'a> {
     Down,
 }
 
-impl std::fmt::Debug for Server {
+impl<P: FramePort> std::fmt::Debug for Server<P> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Server")
             .field("path", &self.path)
@@ -248,10 +263,10 @@ fn io_err(what: &'static str) -> impl FnOnce(std::io::Error) -> ServerError {
     move |source| ServerError::Io { what, source }
 }
 
-impl Server {
+impl<P: FramePort> Server<P> {
     /// Listens on `path` (replacing a stale socket file) with one queue
     /// pair per port, in order (`ports[i]` serves vrings 2i and 2i+1).
-    pub fn new(path: &Path, cfg: NetConfig, ports: Vec<XskPort>) -> Result<Self, ServerError> {
+    pub fn new(path: &Path, cfg: NetConfig, ports: Vec<P>) -> Result<Self, ServerError> {
         if cfg.queue_pairs == 0 || cfg.queue_pairs > MAX_QUEUE_PAIRS {
             return Err(ServerError::Config(format!(
                 "queue pairs must be 1 to {MAX_QUEUE_PAIRS}, not {}",
@@ -271,7 +286,7 @@ impl Server {
                 cfg.max_queue_size
             )));
         }
-        let frame_len = ports.iter().map(XskPort::max_frame_len).max().unwrap_or(0);
+        let frame_len = ports.iter().map(P::max_frame_len).max().unwrap_or(0);
         let peers = Arc::new(
             Peers::new(ports.len(), frame_len).map_err(io_err("creating the handoff eventfds"))?,
         );
@@ -313,15 +328,15 @@ impl Server {
     /// Calls `f` (on the server's thread, never holding a lock of the
     /// server) when a frontend's workers start and after they stopped, so
     /// the caller can steer traffic to the sockets only while someone reads
-    /// them (DESIGN.md: a dead worker's XSKMAP entry goes, traffic fails
-    /// open).
+    /// them (docs/ARCHITECTURE.md, control path: a dead worker's XSKMAP
+    /// entry goes, traffic fails open).
     pub fn on_connection(&mut self, f: impl Fn(ConnectionEvent<'_>) + Send + 'static) {
         self.on_connection = Some(Box::new(f));
     }
 
     /// A handle to stop the server, change sockets and read counters from
     /// other threads.
-    pub fn handle(&self) -> ServerHandle {
+    pub fn handle(&self) -> ServerHandle<P> {
         self.handle.clone()
     }
 
@@ -422,7 +437,7 @@ impl Server {
 
     fn run_connection(
         &mut self,
-        daemon: &mut VhostUserDaemon<Arc<NetBackend>>,
+        daemon: &mut VhostUserDaemon<Arc<NetBackend<P>>>,
     ) -> Result<(), ServerError> {
         let nq = 2 * self.cfg.queue_pairs;
         let handlers = daemon.get_epoll_handlers();
@@ -432,7 +447,7 @@ impl Server {
             };
             let qp = pair.lock().unwrap_or_else(PoisonError::into_inner);
             let fds = [
-                qp.xsk_fd().map(|fd| (fd, nq + XSK_EVENT_OFFSET)),
+                qp.port_fd().map(|fd| (fd, nq + XSK_EVENT_OFFSET)),
                 Some((qp.timer_fd(), nq + TIMER_EVENT_OFFSET)),
                 qp.handoff_fd().map(|fd| (fd, nq + HANDOFF_EVENT_OFFSET)),
             ];
@@ -493,7 +508,7 @@ impl Server {
                 .filter_map(|(q, p)| {
                     p.lock()
                         .unwrap_or_else(PoisonError::into_inner)
-                        .xsk_fd()
+                        .port_fd()
                         .map(|fd| (q as u32, fd))
                 })
                 .collect();

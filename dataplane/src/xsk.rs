@@ -1,4 +1,5 @@
-//! One AF_XDP socket with its own UMEM and frame allocator.
+//! One AF_XDP socket with its own UMEM and frame allocator, and the
+//! factory that opens them.
 //!
 //! An [`XskPort`] is owned by exactly one queue-pair worker: the UMEM, the
 //! four rings (fill, completion, RX, TX) and the free-frame list are only
@@ -10,22 +11,21 @@
 //! xsk-rs's `produce` calls are all-or-nothing; every call here offers at
 //! most the free slots it just counted.
 //!
-//! `XskPort` implements [`FramePort`], the interface the queue pair uses;
-//! its TX batches are [`crate::port::TxBatch`]es.
+//! `XskPort` implements [`FramePort`], the interface the queue pair uses
+//! (import the trait to call its data-path methods); its inherent methods
+//! are only what the trait does not cover (`bind`, `queue`). An
+//! [`XskFactory`] is the [`PortFactory`] that binds sockets of one
+//! interface with one set of settings (the socket pool's replacements).
 
 use std::io;
 use std::num::NonZeroU32;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use xsk_rs::config::{
     BindFlags, FrameSize, Interface, LibxdpFlags, QueueSize, SocketConfig, UmemConfig,
 };
 use xsk_rs::{CompQueue, FillQueue, FrameDesc, RxQueue, TxQueue, Umem};
 
-use crate::port::FramePort;
-pub use crate::port::Push;
-
-/// Headroom the kernel keeps in front of every received frame.
-pub const XDP_PACKET_HEADROOM: usize = 256;
+use crate::port::{FramePort, PortFactory, PortStats, Push, BATCH, XDP_PACKET_HEADROOM};
 
 /// How to create an [`XskPort`].
 #[derive(Debug, Clone)]
@@ -133,24 +133,6 @@ pub fn get_sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     Ok(val)
 }
 
-/// The kernel's `struct xdp_statistics`.
-#[repr(C)]
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct XdpStats {
-    /// Dropped for reasons other than invalid descriptors.
-    pub rx_dropped: u64,
-    /// Dropped due to invalid descriptors.
-    pub rx_invalid_descs: u64,
-    /// Dropped due to invalid descriptors.
-    pub tx_invalid_descs: u64,
-    /// Dropped because the RX ring was full.
-    pub rx_ring_full: u64,
-    /// Times the fill ring was empty when a frame arrived.
-    pub rx_fill_ring_empty_descs: u64,
-    /// Times the TX ring was empty when the kernel looked.
-    pub tx_ring_empty_descs: u64,
-}
-
 /// An AF_XDP socket bound to one queue, with its UMEM and frames.
 pub struct XskPort {
     umem: Umem,
@@ -231,7 +213,7 @@ impl XskPort {
             for (opt, val) in [
                 (libc::SO_PREFER_BUSY_POLL, 1),
                 (libc::SO_BUSY_POLL, BUSY_POLL_USECS),
-                (libc::SO_BUSY_POLL_BUDGET, crate::queue_pair::BATCH as i32),
+                (libc::SO_BUSY_POLL_BUDGET, BATCH as i32),
             ] {
                 set_sockopt(fd, opt, val)
                     .map_err(|e| bind_err(format!("enabling busy polling: {e}")))?;
@@ -267,63 +249,6 @@ impl XskPort {
     /// The NIC queue this socket is bound to.
     pub fn queue(&self) -> u32 {
         self.queue
-    }
-
-    /// Largest frame a UMEM frame holds.
-    pub fn max_frame_len(&self) -> usize {
-        self.max_frame_len
-    }
-
-    /// Takes up to `descs.len()` received frames from the RX ring.
-    pub fn rx_consume(&mut self, descs: &mut [FrameDesc]) -> usize {
-        // SAFETY: descriptors come from our own RX ring and describe frames
-        // of our own UMEM.
-        unsafe { self.rx.consume(descs) }
-    }
-
-    /// The bytes of a received frame.
-    pub fn rx_data(&self, desc: &FrameDesc) -> &[u8] {
-        // SAFETY: `desc` came from our RX ring (so it is a frame of this
-        // UMEM) and is not in the fill ring until `rx_release` gives it back.
-        unsafe { self.umem.data(desc) }.contents()
-    }
-
-    /// Gives consumed RX frames back to the fill ring.
-    pub fn rx_release(&mut self, descs: &[FrameDesc]) {
-        // The fill ring is not always able to take them all: when the RX
-        // ring overflows, copy mode keeps the fill frame of the dropped
-        // packet in the kernel's own cache and later delivers through the
-        // RX ring again, so more frames than the fill ring holds can be
-        // between fill and RX. What does not fit serves TX instead.
-        let room = (self.fill.nb_free(descs.len() as u32) as usize).min(descs.len());
-        // SAFETY: the frames came from our RX ring and are no longer read;
-        // the ring has `room` free slots.
-        let n = unsafe { self.fill.produce(&descs[..room]) };
-        self.free.extend_from_slice(&descs[n..]);
-    }
-
-    /// Moves finished TX frames from the completion ring to the free list;
-    /// returns how many.
-    pub fn reap_completions(&mut self) -> usize {
-        // SAFETY: completions describe frames of our UMEM that the kernel no
-        // longer uses.
-        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
-        self.free.extend_from_slice(&self.comp_batch[..n]);
-        n
-    }
-
-    /// How many frames can go to the TX ring right now (free frames and
-    /// free ring slots, whichever is fewer).
-    pub fn tx_capacity(&mut self) -> usize {
-        self.free
-            .len()
-            .min(self.tx.nb_free(self.ring_size) as usize)
-    }
-
-    /// Starts a TX batch: frames are taken from the free list as they are
-    /// filled and go back to it if the batch is dropped uncommitted.
-    pub fn tx_batch(&mut self) -> TxBatch<'_> {
-        FramePort::tx_batch(self)
     }
 
     /// Hands `n` filled frames to the kernel and wakes it when it asks to
@@ -373,65 +298,23 @@ impl XskPort {
         }
         Ok(wakeups)
     }
-
-    /// The kernel's XDP_STATISTICS for this socket.
-    pub fn stats(&self) -> io::Result<XdpStats> {
-        let mut s = XdpStats::default();
-        let mut len = std::mem::size_of::<XdpStats>() as libc::socklen_t;
-        // SAFETY: `s` is a writable xdp_statistics of `len` bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd(),
-                libc::SOL_XDP,
-                libc::XDP_STATISTICS,
-                (&mut s as *mut XdpStats).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
-        Ok(s)
-    }
-
-    /// The socket's pending error (SO_ERROR), e.g. ENETDOWN once its
-    /// interface is gone.
-    pub fn socket_error(&self) -> io::Error {
-        let mut err: libc::c_int = 0;
-        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-        // SAFETY: `err` is a writable int of `len` bytes.
-        let rc = unsafe {
-            libc::getsockopt(
-                self.fd(),
-                libc::SOL_SOCKET,
-                libc::SO_ERROR,
-                (&mut err as *mut libc::c_int).cast(),
-                &mut len,
-            )
-        };
-        if rc != 0 {
-            return io::Error::last_os_error();
-        }
-        if err == 0 {
-            return io::Error::other("the socket signalled an error or hang-up");
-        }
-        io::Error::from_raw_os_error(err)
-    }
-
-    /// The socket's fd (for epoll and XSKMAP registration).
-    pub fn fd(&self) -> RawFd {
-        self.rx.fd().as_raw_fd()
-    }
 }
 
 impl AsRawFd for XskPort {
     fn as_raw_fd(&self) -> RawFd {
-        self.fd()
+        self.rx.fd().as_raw_fd()
     }
 }
 
-/// A TX batch of an [`XskPort`] (see [`crate::port::TxBatch`]).
-pub type TxBatch<'a> = crate::port::TxBatch<'a, XskPort>;
+impl AsFd for XskPort {
+    /// The socket's fd (for epoll and XSKMAP registration).
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        // SAFETY: the fd is the socket's, owned by `self.rx` (xsk-rs closes
+        // it when the socket is dropped), so it stays open for as long as
+        // `self` is borrowed.
+        unsafe { BorrowedFd::borrow_raw(self.rx.fd().as_raw_fd()) }
+    }
+}
 
 impl FramePort for XskPort {
     type Desc = FrameDesc;
@@ -443,27 +326,48 @@ impl FramePort for XskPort {
 
     #[inline]
     fn rx_consume(&mut self, descs: &mut [FrameDesc]) -> usize {
-        XskPort::rx_consume(self, descs)
+        // SAFETY: descriptors come from our own RX ring and describe frames
+        // of our own UMEM.
+        unsafe { self.rx.consume(descs) }
     }
 
     #[inline]
     fn rx_data(&self, desc: &FrameDesc) -> &[u8] {
-        XskPort::rx_data(self, desc)
+        // SAFETY: `desc` came from our RX ring (so it is a frame of this
+        // UMEM) and is not in the fill ring until `rx_release` gives it back.
+        unsafe { self.umem.data(desc) }.contents()
     }
 
     #[inline]
     fn rx_release(&mut self, descs: &[FrameDesc]) {
-        XskPort::rx_release(self, descs)
+        // The fill ring is not always able to take them all: when the RX
+        // ring overflows, copy mode keeps the fill frame of the dropped
+        // packet in the kernel's own cache and later delivers through the
+        // RX ring again, so more frames than the fill ring holds can be
+        // between fill and RX. What does not fit serves TX instead.
+        let room = (self.fill.nb_free(descs.len() as u32) as usize).min(descs.len());
+        // SAFETY: the frames came from our RX ring and are no longer read;
+        // the ring has `room` free slots.
+        let n = unsafe { self.fill.produce(&descs[..room]) };
+        self.free.extend_from_slice(&descs[n..]);
     }
 
+    /// Moves finished TX frames from the completion ring to the free list.
     #[inline]
     fn reap_completions(&mut self) -> usize {
-        XskPort::reap_completions(self)
+        // SAFETY: completions describe frames of our UMEM that the kernel no
+        // longer uses.
+        let n = unsafe { self.comp.consume(&mut self.comp_batch) };
+        self.free.extend_from_slice(&self.comp_batch[..n]);
+        n
     }
 
+    /// Free frames and free TX ring slots, whichever is fewer.
     #[inline]
     fn tx_capacity(&mut self) -> usize {
-        XskPort::tx_capacity(self)
+        self.free
+            .len()
+            .min(self.tx.nb_free(self.ring_size) as usize)
     }
 
     #[inline]
@@ -515,16 +419,87 @@ impl FramePort for XskPort {
         self.free.append(&mut self.staged);
     }
 
-    fn stats(&self) -> io::Result<XdpStats> {
-        XskPort::stats(self)
+    /// The kernel's XDP_STATISTICS for this socket.
+    fn stats(&self) -> io::Result<PortStats> {
+        let mut s = PortStats::default();
+        let mut len = std::mem::size_of::<PortStats>() as libc::socklen_t;
+        // SAFETY: `s` is a writable, repr(C) xdp_statistics of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.as_raw_fd(),
+                libc::SOL_XDP,
+                libc::XDP_STATISTICS,
+                (&mut s as *mut PortStats).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(s)
     }
 
+    /// The socket's pending error (SO_ERROR), e.g. ENETDOWN once its
+    /// interface is gone.
     fn socket_error(&self) -> io::Error {
-        XskPort::socket_error(self)
+        let mut err: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: `err` is a writable int of `len` bytes.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_ERROR,
+                (&mut err as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        if rc != 0 {
+            return io::Error::last_os_error();
+        }
+        if err == 0 {
+            return io::Error::other("the socket signalled an error or hang-up");
+        }
+        io::Error::from_raw_os_error(err)
+    }
+}
+
+/// Binds [`XskPort`]s of one interface with one set of settings: the
+/// [`PortFactory`] the socket pool replaces sockets with.
+#[derive(Debug, Clone)]
+pub struct XskFactory {
+    template: XskConfig,
+}
+
+impl XskFactory {
+    /// Sockets like `template` (interface, frames, rings, copy mode, busy
+    /// polling); its `queue` is ignored, [`PortFactory::open`] names one.
+    pub fn new(template: XskConfig) -> Self {
+        Self { template }
     }
 
-    #[inline]
-    fn fd(&self) -> RawFd {
-        XskPort::fd(self)
+    /// Sockets on `iface` with [`XskConfig::new`]'s defaults, and preferred
+    /// busy polling if `busy_poll` (what the daemon uses).
+    pub fn for_iface(iface: impl Into<String>, busy_poll: bool) -> Self {
+        let mut template = XskConfig::new(iface, 0);
+        template.busy_poll = busy_poll;
+        Self { template }
+    }
+
+    /// The configuration a socket on `queue` is bound with.
+    pub fn config(&self, queue: u32) -> XskConfig {
+        XskConfig {
+            queue,
+            ..self.template.clone()
+        }
+    }
+}
+
+impl PortFactory for XskFactory {
+    type Port = XskPort;
+    type Error = XskError;
+
+    fn open(&self, queue: u32) -> Result<XskPort, XskError> {
+        XskPort::bind(&self.config(queue))
     }
 }

@@ -1,11 +1,17 @@
-//! A complete bridge for tests: a private netns + veth pair, the XDP
-//! classifier on the host end steering [`GUEST_MAC`] to AF_XDP sockets (one
-//! per queue), xdpath's vhost-user server over them, and the peer namespace
-//! as the wire (an AF_XDP socket per queue to send on exactly that queue, an
-//! AF_PACKET capture for what the guest transmits).
+//! Complete bridges for tests, from the wire to xdpath's vhost-user server
+//! (the guest is the caller's [`TestFrontend`]):
 //!
-//! Dropping a [`Bridge`] tears down in the DESIGN.md order: server (workers
-//! joined, sockets closed), classifier (detach, unpin), namespaces.
+//! - [`Bridge`] (root): a private netns + veth pair, the XDP classifier on
+//!   the host end steering [`GUEST_MAC`] to AF_XDP sockets (one per queue),
+//!   the server over them, and the peer namespace as the wire (an AF_XDP
+//!   socket per queue to send on exactly that queue, an AF_PACKET capture
+//!   for what the guest transmits). Dropping it tears down in the order of
+//!   docs/ARCHITECTURE.md: server (workers joined, sockets closed),
+//!   classifier (detach, unpin), namespaces.
+//! - [`MemBridge`] (no root): the same server, relay and workers over
+//!   in-memory ports on an in-memory NIC ([`MemWire`]): the test injects
+//!   frames on a queue and captures what the guest sends there. No
+//!   classifier: every injected frame goes to the queue's port.
 
 use crate::frames::*;
 use crate::frontend::{FrontendOptions, TestFrontend};
@@ -19,7 +25,10 @@ use std::time::Duration;
 use xdpath_common::{Action, RuleValue};
 use xdpath_control::{Classifier, ClassifierConfig};
 use xdpath_dataplane::backend::DEFAULT_POLL_IDLE;
-use xdpath_dataplane::{CounterSnapshot, NetConfig, Server, ServerHandle, XskConfig, XskPort};
+use xdpath_dataplane::{
+    CounterSnapshot, MemFactory, MemPort, MemWire, NetConfig, PortFactory, Server, ServerError,
+    ServerHandle, XskConfig, XskPort,
+};
 
 /// The guest's MAC: the classifier steers it to the guest.
 pub const GUEST_MAC: [u8; 6] = [0x52, 0x54, 0x00, 0xab, 0xcd, 0x01];
@@ -33,12 +42,12 @@ pub const MTU: u16 = 1500;
 static SOCKETS: AtomicU32 = AtomicU32::new(0);
 
 /// Everything between the wire and the guest, torn down on drop in the
-/// DESIGN.md order: server (workers joined, sockets closed), then the
+/// order of docs/ARCHITECTURE.md: server (workers joined, sockets closed), then the
 /// classifier (detach, unpin), then the namespaces.
 pub struct Bridge {
-    server: Option<std::thread::JoinHandle<Result<(), xdpath_dataplane::ServerError>>>,
+    server: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
     /// The server's handle.
-    pub handle: ServerHandle,
+    pub handle: ServerHandle<XskPort>,
     classifier: Option<Classifier>,
     /// The vhost-user socket the guest connects to.
     pub sock: PathBuf,
@@ -198,6 +207,137 @@ impl Drop for Bridge {
         let _ = std::fs::remove_file(&self.sock);
         let _ = self.queue_pairs;
         let _ = &self.topo;
+    }
+}
+
+/// RX frames of each in-memory port of a [`MemBridge`].
+pub const MEM_RX_FRAMES: usize = 256;
+/// TX frames of each in-memory port of a [`MemBridge`].
+pub const MEM_TX_FRAMES: usize = 256;
+/// Frame size of the in-memory ports (a UMEM's default).
+pub const MEM_FRAME_SIZE: usize = 2048;
+
+/// xdpath's vhost-user server over in-memory ports, running on its own
+/// thread; needs no root. Dropping it stops the server and joins it.
+pub struct MemBridge {
+    server: Option<std::thread::JoinHandle<Result<(), ServerError>>>,
+    /// The server's handle.
+    pub handle: ServerHandle<MemPort>,
+    /// The in-memory NIC: inject and capture frames per queue.
+    pub wire: MemWire,
+    /// Opens more ports on `wire` (socket replacement).
+    pub factory: MemFactory,
+    /// The vhost-user socket.
+    pub sock: PathBuf,
+}
+
+impl MemBridge {
+    /// A server with `queue_pairs` pairs, one port per queue of a fresh
+    /// wire.
+    pub fn new(queue_pairs: u16) -> Self {
+        let factory = Self::factory(queue_pairs);
+        let ports = (0..u32::from(queue_pairs))
+            .map(|q| factory.open(q))
+            .collect::<Result<Vec<_>, _>>()
+            .expect("in-memory ports");
+        Self::start(factory, ports, |_| {})
+    }
+
+    /// The factory of a fresh wire of `queues` queues, with this bridge's
+    /// port geometry.
+    pub fn factory(queues: u16) -> MemFactory {
+        MemFactory::new(
+            MemWire::new(u32::from(queues)),
+            MEM_RX_FRAMES,
+            MEM_TX_FRAMES,
+            MEM_FRAME_SIZE,
+        )
+    }
+
+    /// A server over `ports` (opened by `factory`, in queue order), set up
+    /// by `setup` (e.g. [`Server::on_connection`]) before it runs.
+    pub fn start(
+        factory: MemFactory,
+        ports: Vec<MemPort>,
+        setup: impl FnOnce(&mut Server<MemPort>),
+    ) -> Self {
+        let n = SOCKETS.fetch_add(1, Ordering::Relaxed);
+        let sock = std::env::temp_dir().join(format!("xdpath-mem-{}-{n}.sock", std::process::id()));
+        let cfg = NetConfig {
+            queue_pairs: u16::try_from(ports.len()).expect("queue pairs"),
+            mac: Some(GUEST_MAC),
+            mtu: MTU,
+            max_queue_size: 1024,
+            poll_idle: DEFAULT_POLL_IDLE,
+        };
+        let mut server = Server::new(&sock, cfg, ports).expect("vhost-user server");
+        setup(&mut server);
+        let handle = server.handle();
+        let server = std::thread::Builder::new()
+            .name("mem-server".into())
+            .spawn(move || server.run())
+            .expect("server thread");
+        Self {
+            server: Some(server),
+            handle,
+            wire: factory.wire().clone(),
+            factory,
+            sock,
+        }
+    }
+
+    /// Connects the in-repo frontend.
+    pub fn connect(&self, opts: FrontendOptions) -> TestFrontend {
+        TestFrontend::connect(&self.sock, opts).expect("frontend connects and negotiates")
+    }
+
+    /// Wire queue `q`.
+    pub fn queue(&self, q: u32) -> &xdpath_dataplane::MemQueue {
+        self.wire.queue(q).expect("the wire has this queue")
+    }
+
+    /// Counters of queue pair `qp`.
+    pub fn counters(&self, qp: u16) -> CounterSnapshot {
+        self.handle
+            .counters(usize::from(qp))
+            .expect("queue pair exists")
+    }
+
+    /// Waits until `f` holds for the counters of `qp`; returns the last
+    /// ones read.
+    pub fn wait_counters(&self, qp: u16, f: impl Fn(&CounterSnapshot) -> bool) -> CounterSnapshot {
+        let mut c = self.counters(qp);
+        wait_until(WAIT, || {
+            c = self.counters(qp);
+            f(&c)
+        });
+        c
+    }
+
+    /// Waits up to `timeout` for the server thread to end by itself and
+    /// returns its result (`None` if it is still running).
+    pub fn server_result(&mut self, timeout: Duration) -> Option<Result<(), ServerError>> {
+        if !wait_until(timeout, || {
+            self.server.as_ref().is_none_or(|t| t.is_finished())
+        }) {
+            return None;
+        }
+        let t = self.server.take()?;
+        Some(t.join().expect("server thread panicked"))
+    }
+}
+
+impl Drop for MemBridge {
+    fn drop(&mut self) {
+        self.handle.stop();
+        if let Some(t) = self.server.take() {
+            match t.join() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => eprintln!("server ended with: {e}"),
+                Err(_) => eprintln!("server thread panicked"),
+            }
+        }
+        let _ = std::fs::remove_file(&self.sock);
     }
 }
 

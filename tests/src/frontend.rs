@@ -13,6 +13,12 @@
 //! backend wants a kick (`avail_event` with EVENT_IDX, `VRING_USED_F_NO_NOTIFY`
 //! without), and reads used rings, reassembling mergeable RX buffers.
 //!
+//! It needs no privileges (a memfd and a Unix socket), so the non-root
+//! tests drive the dataplane's server with it over an in-memory wire.
+//! [`FrontendOptions::early_vring_enable`] makes it send SET_VRING_ENABLE
+//! before SET_FEATURES acks PROTOCOL_FEATURES, as QEMU 7.2 does (by hand on
+//! the socket: `vhost::Frontend` refuses that order).
+//!
 //! What the backend writes into the used rings is treated as untrusted: bad
 //! ids, lengths beyond a buffer, or a used index that runs ahead of what was
 //! posted are skipped or clamped and counted ([`TestFrontend::bad_used`]),
@@ -72,6 +78,8 @@ const PAGE: u64 = 4096;
 const CALL_POLL: Duration = Duration::from_millis(10);
 /// vhost-user request code of GET_CONFIG and the config space size limit.
 const REQ_GET_CONFIG: u32 = 24;
+/// vhost-user request code of SET_VRING_ENABLE.
+const REQ_SET_VRING_ENABLE: u32 = 18;
 const CONFIG_SPACE_MAX: u32 = 0x1000;
 const VHOST_USER_HDR_LEN: usize = 12;
 const VHOST_USER_CONFIG_HDR_LEN: usize = 12;
@@ -96,6 +104,12 @@ pub struct FrontendOptions {
     pub mrg_rxbuf: bool,
     /// Guest memory bytes: one memfd region at guest address 0.
     pub mem_size: usize,
+    /// Send the SET_VRING_ENABLE requests the way QEMU 7.2 does: before
+    /// SET_FEATURES acks VHOST_USER_F_PROTOCOL_FEATURES (enable for the
+    /// vrings of the first `enabled_pairs` pairs, disable for the rest),
+    /// and not again after the vring setup. A backend that drops or
+    /// rejects them leaves every vring disabled, or the connection dead.
+    pub early_vring_enable: bool,
 }
 
 impl Default for FrontendOptions {
@@ -107,6 +121,7 @@ impl Default for FrontendOptions {
             event_idx: true,
             mrg_rxbuf: true,
             mem_size: 64 << 20,
+            early_vring_enable: false,
         }
     }
 }
@@ -462,6 +477,59 @@ fn connect_retry(path: &Path, total: Duration) -> Result<UnixStream> {
     }
 }
 
+/// Sends SET_VRING_ENABLE(`vring`, `enable`) on `sock` by hand, bypassing
+/// `vhost::Frontend`, which refuses it before PROTOCOL_FEATURES is acked;
+/// with `need_reply` waits (up to 5 s) for the reply and checks it says
+/// success.
+fn raw_vring_enable(sock: &UnixStream, vring: u32, enable: bool, need_reply: bool) -> Result<()> {
+    let mut flags = 1u32; // version 1
+    if need_reply {
+        flags |= VhostUserHeaderFlag::NEED_REPLY.bits();
+    }
+    let mut msg = Vec::with_capacity(VHOST_USER_HDR_LEN + 8);
+    msg.extend_from_slice(&REQ_SET_VRING_ENABLE.to_le_bytes());
+    msg.extend_from_slice(&flags.to_le_bytes());
+    msg.extend_from_slice(&8u32.to_le_bytes());
+    msg.extend_from_slice(&vring.to_le_bytes());
+    msg.extend_from_slice(&u32::from(enable).to_le_bytes());
+    (&*sock)
+        .write_all(&msg)
+        .context("sending SET_VRING_ENABLE")?;
+    if !need_reply {
+        return Ok(());
+    }
+    let mut reply = [0u8; VHOST_USER_HDR_LEN + 8];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut got = 0;
+    while got < reply.len() {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || !poll_in(sock.as_raw_fd(), left) {
+            bail!("no reply to SET_VRING_ENABLE within 5 s");
+        }
+        match (&*sock).read(&mut reply[got..]) {
+            Ok(0) => bail!("backend closed the connection"),
+            Ok(n) => got += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e).context("reading the SET_VRING_ENABLE reply"),
+        }
+    }
+    let word = |i: usize| u32::from_le_bytes([reply[i], reply[i + 1], reply[i + 2], reply[i + 3]]);
+    ensure!(
+        word(0) == REQ_SET_VRING_ENABLE
+            && word(4) & VhostUserHeaderFlag::REPLY.bits() != 0
+            && word(8) == 8,
+        "unexpected reply to SET_VRING_ENABLE: request {}, flags {:#x}, size {}",
+        word(0),
+        word(4),
+        word(8)
+    );
+    let status = u64::from_le_bytes([
+        reply[12], reply[13], reply[14], reply[15], reply[16], reply[17], reply[18], reply[19],
+    ]);
+    ensure!(status == 0, "backend refused SET_VRING_ENABLE ({status})");
+    Ok(())
+}
+
 /// Waits up to `timeout` for `fd` to become readable.
 fn poll_in(fd: RawFd, timeout: Duration) -> bool {
     let mut pfd = libc::pollfd {
@@ -484,7 +552,9 @@ impl TestFrontend {
     /// MRG_RXBUF/EVENT_IDX per options, INDIRECT_DESC, each if offered),
     /// SET_MEM_TABLE with the memfd region, then per vring SET_VRING_NUM,
     /// SET_VRING_ADDR, SET_VRING_BASE(0), SET_VRING_CALL, SET_VRING_KICK, and
-    /// SET_VRING_ENABLE(1) for the vrings of the first `enabled_pairs` pairs.
+    /// SET_VRING_ENABLE(1) for the vrings of the first `enabled_pairs` pairs
+    /// (with `early_vring_enable`, SET_VRING_ENABLE for every vring right
+    /// before SET_FEATURES instead, as QEMU 7.2 does).
     /// With REPLY_ACK every request that has no reply of its own asks for
     /// one, so a backend's refusal surfaces here as an error.
     /// Retries the connect for up to 5 s (the backend may still be starting).
@@ -574,6 +644,18 @@ impl TestFrontend {
             // Like QEMU: requests without a reply of their own get acked.
             fe.set_hdr_flags(VhostUserHeaderFlag::NEED_REPLY);
         }
+        if opts.early_vring_enable {
+            ensure!(
+                has_proto,
+                "early SET_VRING_ENABLE needs VHOST_USER_F_PROTOCOL_FEATURES"
+            );
+            let ack = protocol.contains(VhostUserProtocolFeatures::REPLY_ACK);
+            for i in 0..nvrings {
+                let enable = i < 2 * usize::from(opts.enabled_pairs);
+                raw_vring_enable(&sock, i as u32, enable, ack)
+                    .with_context(|| format!("early SET_VRING_ENABLE {i} {}", u8::from(enable)))?;
+            }
+        }
 
         let mut features = bit(VIRTIO_F_VERSION_1);
         if has_proto {
@@ -644,7 +726,7 @@ impl TestFrontend {
             fe.set_vring_kick(i, &v.kick)
                 .with_context(|| format!("SET_VRING_KICK {i}"))?;
         }
-        if has_proto {
+        if has_proto && !opts.early_vring_enable {
             for i in 0..2 * usize::from(opts.enabled_pairs) {
                 fe.set_vring_enable(i, true)
                     .with_context(|| format!("SET_VRING_ENABLE {i} 1"))?;

@@ -8,6 +8,7 @@
 //! Every test needs root and is marked ignored: a non-root run lists them
 //! as ignored; `cargo xtask test` as root runs them.
 
+use std::os::fd::AsRawFd;
 use std::time::Duration;
 use xdpath_dataplane::CounterSnapshot;
 use xdpath_tests::bridge::{from_guest, to_guest, Bridge, GUEST_MAC, WAIT};
@@ -629,7 +630,7 @@ fn busy_poll_sets_the_socket_options() {
         let mut cfg = xdpath_dataplane::XskConfig::new(&host_if, 0);
         cfg.busy_poll = true;
         let p = xdpath_dataplane::XskPort::bind(&cfg).expect("bind with busy polling");
-        let get = |opt| xdpath_dataplane::xsk::get_sockopt(p.fd(), opt).expect("getsockopt");
+        let get = |opt| xdpath_dataplane::xsk::get_sockopt(p.as_raw_fd(), opt).expect("getsockopt");
         // SO_PREFER_BUSY_POLL and SO_BUSY_POLL_BUDGET cannot be read back
         // (ENOPROTOOPT); setting them failed the bind if the kernel refused.
         assert_eq!(
@@ -648,7 +649,7 @@ fn busy_poll_sets_the_socket_options() {
         });
         let plain = plain.expect("the queue is free again after the busy-polling socket closed");
         assert_eq!(
-            xdpath_dataplane::xsk::get_sockopt(plain.fd(), libc::SO_BUSY_POLL).unwrap(),
+            xdpath_dataplane::xsk::get_sockopt(plain.as_raw_fd(), libc::SO_BUSY_POLL).unwrap(),
             0
         );
     });

@@ -24,7 +24,7 @@ use xdpath_control::config::{DaemonConfig, GUEST_PORT};
 use xdpath_control::flow_table::{FlowTable, GuestEntries};
 use xdpath_control::socket_pool::SocketPool;
 use xdpath_control::{preflight, Classifier, ClassifierConfig};
-use xdpath_dataplane::{ConnectionEvent, NetConfig, Server};
+use xdpath_dataplane::{ConnectionEvent, NetConfig, Server, XskFactory};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -252,7 +252,8 @@ fn run(flags: &Flags) -> Result<()> {
     flows.set_guests(&mut classifier, guests)?;
 
     // Sockets, then the dataplane.
-    let (pool, ports) = SocketPool::create(&cfg.iface, u32::from(cfg.queues), cfg.busy_poll)?;
+    let factory = XskFactory::for_iface(&cfg.iface, cfg.busy_poll);
+    let (pool, ports) = SocketPool::create(factory, u32::from(cfg.queues))?;
     let vhost = cfg.vhost_socket();
     if let Some(dir) = vhost.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;

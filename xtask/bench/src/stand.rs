@@ -25,7 +25,8 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use xdpath_control::Classifier;
-use xdpath_dataplane::XskPort;
+use xdpath_dataplane::port::Push;
+use xdpath_dataplane::{FramePort, XskPort};
 use xdpath_tests::bridge::{guest_sockets, Bridge, GUEST_IP, GUEST_MAC};
 use xdpath_tests::frontend::{FrontendOptions, TestFrontend};
 use xdpath_tests::testpmd::{Testpmd, TestpmdConfig};
@@ -507,7 +508,7 @@ fn limit_send(
                     buf.copy_from_slice(f);
                     Ok::<(), ()>(())
                 });
-                if !matches!(pushed, xdpath_dataplane::xsk::Push::Staged) {
+                if !matches!(pushed, Push::Staged) {
                     break;
                 }
             }
