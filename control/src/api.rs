@@ -40,9 +40,9 @@
 //! blocking thread), the socket pool (its own mutex, see `socket_pool`), and
 //! the dataplane's handle (atomics).
 
-use crate::classifier::Classifier;
 use crate::config::DaemonConfig;
 use crate::flow_table::{FlowTable, FlowTableError};
+use crate::platform::{ClassifierMaps, Platform};
 use crate::rules::{flow_specs_from_json, prefix_specs_from_json, FlowRuleSpec, PrefixRuleSpec};
 use crate::socket_pool::{self, PoolError, SocketPool};
 use axum::body::{Body, Bytes};
@@ -65,30 +65,34 @@ use xdpath_api::{
     ClassifierCounters, Endpoint, ErrorBody, Guest, Health, Method, QueueCounterValues,
     QueueSocket, QueueStats, QueueStatus, SocketState, Stats,
 };
-use xdpath_dataplane::{ServerHandle, XskFactory, XskPort};
+use xdpath_dataplane::{PortFactory, ServerHandle};
 
 /// The maps' source of truth and their projection, behind one mutex.
-pub struct Tables {
-    /// The attached classifier (maps).
-    pub classifier: Classifier,
-    /// The flow table (exact and prefix rules).
+pub struct Tables<M> {
+    /// The classifier's maps (the attached classifier, or fakes).
+    pub classifier: M,
+    /// The flow table (exact and prefix rules, guest entries).
     pub flows: FlowTable,
 }
 
-impl AsMut<Classifier> for Tables {
-    fn as_mut(&mut self) -> &mut Classifier {
+impl<M> AsMut<M> for Tables<M> {
+    fn as_mut(&mut self) -> &mut M {
         &mut self.classifier
     }
 }
 
-/// Everything the handlers share.
-pub struct ControlState {
+/// The dataplane's handle on platform `P`.
+pub type Dataplane<P> = ServerHandle<<<P as Platform>::Ports as PortFactory>::Port>;
+
+/// Everything the handlers share, on the kernel or in memory
+/// ([`crate::platform`]).
+pub struct ControlState<P: Platform> {
     /// Classifier + flow table.
-    pub tables: Mutex<Tables>,
+    pub tables: Mutex<Tables<P::Maps>>,
     /// The socket pool.
-    pub pool: SocketPool<XskFactory>,
+    pub pool: SocketPool<P::Ports>,
     /// The dataplane.
-    pub server: ServerHandle<XskPort>,
+    pub server: Dataplane<P>,
     /// The configuration the daemon runs with.
     pub cfg: DaemonConfig,
     /// When the daemon started.
@@ -209,32 +213,32 @@ pub fn build<S: Clone + Send + Sync + 'static>(
 }
 
 /// The daemon's handler of each endpoint, under the endpoint's method.
-pub fn handler(e: Endpoint) -> MethodRouter<Arc<ControlState>> {
+pub fn handler<P: Platform>(e: Endpoint) -> MethodRouter<Arc<ControlState<P>>> {
     let m = method_filter(e.method());
     match e {
-        Endpoint::Health => on(m, health),
-        Endpoint::ListFlows => on(m, list_flows),
-        Endpoint::AddFlow => on(m, add_flow),
-        Endpoint::ReplaceFlows => on(m, replace_flows),
-        Endpoint::DeleteFlow => on(m, delete_flow),
-        Endpoint::ListPrefixes => on(m, list_prefixes),
-        Endpoint::AddPrefix => on(m, add_prefix),
-        Endpoint::ReplacePrefixes => on(m, replace_prefixes),
-        Endpoint::DeletePrefix => on(m, delete_prefix),
-        Endpoint::Guests => on(m, guests),
-        Endpoint::Queues => on(m, queues),
-        Endpoint::ReplaceQueue => on(m, replace_queue),
-        Endpoint::Stats => on(m, stats),
-        Endpoint::Metrics => on(m, metrics),
+        Endpoint::Health => on(m, health::<P>),
+        Endpoint::ListFlows => on(m, list_flows::<P>),
+        Endpoint::AddFlow => on(m, add_flow::<P>),
+        Endpoint::ReplaceFlows => on(m, replace_flows::<P>),
+        Endpoint::DeleteFlow => on(m, delete_flow::<P>),
+        Endpoint::ListPrefixes => on(m, list_prefixes::<P>),
+        Endpoint::AddPrefix => on(m, add_prefix::<P>),
+        Endpoint::ReplacePrefixes => on(m, replace_prefixes::<P>),
+        Endpoint::DeletePrefix => on(m, delete_prefix::<P>),
+        Endpoint::Guests => on(m, guests::<P>),
+        Endpoint::Queues => on(m, queues::<P>),
+        Endpoint::ReplaceQueue => on(m, replace_queue::<P>),
+        Endpoint::Stats => on(m, stats::<P>),
+        Endpoint::Metrics => on(m, metrics::<P>),
     }
 }
 
 /// The daemon's router.
-pub fn router(state: Arc<ControlState>) -> Router {
-    build(handler).with_state(state)
+pub fn router<P: Platform>(state: Arc<ControlState<P>>) -> Router {
+    build(handler::<P>).with_state(state)
 }
 
-async fn health(State(s): State<Arc<ControlState>>) -> Json<Health> {
+async fn health<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> Json<Health> {
     Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -259,7 +263,7 @@ fn id_param(raw: &str, field: &str) -> Result<u32, ApiError> {
 
 macro_rules! table_routes {
     ($list:ident, $add:ident, $replace:ident, $delete:ident, $one:expr, $many:expr, $m_list:ident, $m_add:ident, $m_replace:ident, $m_delete:ident) => {
-        async fn $list(State(s): State<Arc<ControlState>>) -> ApiResult {
+        async fn $list<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
             let rules = blocking(move || {
                 s.tables
                     .lock()
@@ -271,7 +275,10 @@ macro_rules! table_routes {
             Ok(Json(rules).into_response())
         }
 
-        async fn $add(State(s): State<Arc<ControlState>>, body: Bytes) -> ApiResult {
+        async fn $add<P: Platform>(
+            State(s): State<Arc<ControlState<P>>>,
+            body: Bytes,
+        ) -> ApiResult {
             let spec = $one(&body)?;
             let rule = blocking(move || {
                 let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
@@ -282,7 +289,10 @@ macro_rules! table_routes {
             Ok((StatusCode::CREATED, Json(rule)).into_response())
         }
 
-        async fn $replace(State(s): State<Arc<ControlState>>, body: Bytes) -> ApiResult {
+        async fn $replace<P: Platform>(
+            State(s): State<Arc<ControlState<P>>>,
+            body: Bytes,
+        ) -> ApiResult {
             let specs = $many(&body)?;
             let rules = blocking(move || {
                 let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
@@ -293,7 +303,10 @@ macro_rules! table_routes {
             Ok(Json(rules).into_response())
         }
 
-        async fn $delete(State(s): State<Arc<ControlState>>, Path(raw): Path<String>) -> ApiResult {
+        async fn $delete<P: Platform>(
+            State(s): State<Arc<ControlState<P>>>,
+            Path(raw): Path<String>,
+        ) -> ApiResult {
             let id = id_param(&raw, "id")?;
             blocking(move || {
                 let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
@@ -331,7 +344,7 @@ table_routes!(
     delete_prefix
 );
 
-async fn guests(State(s): State<Arc<ControlState>>) -> Json<Vec<Guest>> {
+async fn guests<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> Json<Vec<Guest>> {
     Json(vec![Guest {
         port: crate::config::GUEST_PORT,
         mac: s.cfg.guest_mac,
@@ -354,7 +367,7 @@ fn socket_state(s: socket_pool::SocketState) -> SocketState {
     }
 }
 
-async fn queues(State(s): State<Arc<ControlState>>) -> Json<Vec<QueueStatus>> {
+async fn queues<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> Json<Vec<QueueStatus>> {
     let counters = s.server.all_counters();
     Json(
         s.pool
@@ -370,7 +383,10 @@ async fn queues(State(s): State<Arc<ControlState>>) -> Json<Vec<QueueStatus>> {
     )
 }
 
-async fn replace_queue(State(s): State<Arc<ControlState>>, Path(raw): Path<String>) -> ApiResult {
+async fn replace_queue<P: Platform>(
+    State(s): State<Arc<ControlState<P>>>,
+    Path(raw): Path<String>,
+) -> ApiResult {
     let queue: u32 = raw.parse().map_err(|_| {
         ApiError::bad_field(
             "queue",
@@ -386,7 +402,9 @@ async fn replace_queue(State(s): State<Arc<ControlState>>, Path(raw): Path<Strin
     .into_response())
 }
 
-async fn classifier_counters(s: Arc<ControlState>) -> Result<ClassifierCounters, ApiError> {
+async fn classifier_counters<P: Platform>(
+    s: Arc<ControlState<P>>,
+) -> Result<ClassifierCounters, ApiError> {
     blocking(move || {
         s.tables
             .lock()
@@ -406,8 +424,8 @@ fn queue_stats(snaps: Vec<QueueCounterValues>) -> Vec<QueueStats> {
         .collect()
 }
 
-async fn stats(State(s): State<Arc<ControlState>>) -> ApiResult {
-    let classifier = classifier_counters(s.clone()).await?;
+async fn stats<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
+    let classifier = classifier_counters::<P>(s.clone()).await?;
     Ok(Json(Stats {
         classifier,
         queues: queue_stats(s.server.all_counters()),
@@ -415,8 +433,8 @@ async fn stats(State(s): State<Arc<ControlState>>) -> ApiResult {
     .into_response())
 }
 
-async fn metrics(State(s): State<Arc<ControlState>>) -> ApiResult {
-    let c = classifier_counters(s.clone()).await?;
+async fn metrics<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
+    let c = classifier_counters::<P>(s.clone()).await?;
     let text = metrics_text(Scrape {
         iface: s.cfg.iface.clone(),
         classifier: c,

@@ -18,12 +18,16 @@
 //! - [`maps`]: the boundary to the classifier's rule maps, the [`maps::RuleMaps`]
 //!   trait (implemented by [`Classifier`] and by the in-memory
 //!   [`maps::FakeMaps`] that tests fail on purpose).
+//! - [`platform`]: what the control plane runs on: the kernel (the
+//!   attached classifier, AF_XDP sockets) or memory (fake maps, in-memory
+//!   ports), so the API, the flow table and the socket pool test without
+//!   root.
 //! - [`flow_table`]: the flow table, source of truth of the rules, projected
 //!   with the guest entries into the classifier's maps with atomic bulk
 //!   replace (two generations and a switch), persisted in a state file.
 //!
 //! The daemon `xdpathd`, its API, the flow table and the socket pool build
-//! on these (see DESIGN.md, control path).
+//! on these (docs/ARCHITECTURE.md, "Control path").
 
 pub mod api;
 pub mod classifier;
@@ -32,6 +36,7 @@ pub mod config;
 pub mod flow_table;
 pub mod maps;
 pub mod netlink;
+pub mod platform;
 pub mod preflight;
 pub mod rules;
 pub mod socket_pool;

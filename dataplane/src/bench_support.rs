@@ -324,3 +324,161 @@ impl MockVring {
         self.call.read().unwrap_or(0)
     }
 }
+
+/// One worker batch on a mock guest, as both micro-benchmarks run it
+/// (`dataplane/benches/batch.rs` times it, `dataplane/benches/instructions.rs`
+/// counts its instructions under callgrind): one [`crate::queue_pair::QueuePair`] on a
+/// [`crate::mem_port::MemPort`] and one 256-entry guest vring with EVENT_IDX.
+pub mod rig {
+    use super::{MockGuest, MockVring};
+    use crate::handoff::Peers;
+    use crate::mem_port::MemPort;
+    use crate::port::BATCH;
+    use crate::queue_pair::{DataPathFeatures, QueuePair};
+    use crate::virtio_net::HDR_LEN;
+    use std::io;
+
+    /// Entries of the vring.
+    pub const QUEUE: u16 = 256;
+    /// UMEM-like frame size of the port.
+    pub const FRAME_SIZE: usize = 2048;
+    /// Guest MTU (bounds TX frames).
+    pub const MTU: u16 = 1500;
+
+    /// What one call of [`BatchRig::step`] measures.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Case {
+        /// `process_rx` delivering `BATCH` frames of `frame_len` bytes into
+        /// guest buffers of `buf_len` bytes, one descriptor each.
+        Rx {
+            /// Frame length.
+            frame_len: usize,
+            /// Guest RX buffer length.
+            buf_len: u32,
+            /// VIRTIO_NET_F_MRG_RXBUF negotiated.
+            mrg_rxbuf: bool,
+        },
+        /// `process_tx` moving `BATCH` guest chains of `frame_len`-byte
+        /// frames, header and frame in one descriptor or (`split`) two.
+        Tx {
+            /// Frame length.
+            frame_len: usize,
+            /// Header and frame in separate descriptors.
+            split: bool,
+        },
+    }
+
+    /// Frame `len` bytes long whose bytes depend on `seed`.
+    pub fn frame(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// One worker and one guest vring, loaded for one [`Case`].
+    pub struct BatchRig {
+        guest: MockGuest,
+        vq: MockVring,
+        qp: QueuePair<MemPort>,
+        features: DataPathFeatures,
+        rx: bool,
+    }
+
+    impl std::fmt::Debug for BatchRig {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("BatchRig").field("rx", &self.rx).finish()
+        }
+    }
+
+    impl BatchRig {
+        /// The guest posts a full ring of RX buffers (RX) or one batch of TX
+        /// chains (TX); the port holds one batch of frames (RX).
+        pub fn new(case: Case) -> io::Result<Self> {
+            let mut guest = MockGuest::new(4 << 20)?;
+            let mut vq = guest.vring(QUEUE, true)?;
+            let (port, mrg_rxbuf, rx) = match case {
+                Case::Rx {
+                    frame_len,
+                    buf_len,
+                    mrg_rxbuf,
+                } => {
+                    guest.post_rx(&mut vq, usize::from(QUEUE), buf_len)?;
+                    let mut port = MemPort::new(BATCH, BATCH, FRAME_SIZE)?;
+                    for i in 0..BATCH {
+                        if !port.push_rx(&frame(frame_len, i as u8)) {
+                            return Err(io::Error::other("the port takes no more frames"));
+                        }
+                    }
+                    (port, mrg_rxbuf, true)
+                }
+                Case::Tx { frame_len, split } => {
+                    for i in 0..BATCH {
+                        guest.post_tx(&mut vq, &[0; HDR_LEN], &frame(frame_len, i as u8), split)?;
+                    }
+                    vq.request_interrupt()?;
+                    (MemPort::new(0, 4 * BATCH, FRAME_SIZE)?, false, false)
+                }
+            };
+            let peers = Peers::new(1, FRAME_SIZE)?;
+            Ok(Self {
+                guest,
+                vq,
+                qp: QueuePair::new(0, port, MTU, peers.into())?,
+                features: DataPathFeatures {
+                    mrg_rxbuf,
+                    indirect: false,
+                },
+                rx,
+            })
+        }
+
+        /// Before every measured call: the guest reposts what was used, the
+        /// port redelivers what was released, the counters are published
+        /// (as the backend does after every event).
+        pub fn reset(&mut self) -> io::Result<()> {
+            self.vq.recycle()?;
+            if let Some(p) = self.qp.port_mut() {
+                p.rx_replay();
+            }
+            self.qp.flush_counters();
+            Ok(())
+        }
+
+        /// The measured call: one `process_rx` or `process_tx`. Inlined, so
+        /// the data path is compiled in the measuring crate as it is in a
+        /// crate that runs `Server<P>`.
+        #[inline]
+        pub fn step(&mut self) {
+            if self.rx {
+                self.qp
+                    .process_rx(self.vq.vring(), self.guest.memory(), self.features);
+            } else {
+                self.qp
+                    .process_tx(self.vq.vring(), self.guest.memory(), self.features);
+            }
+        }
+
+        /// Runs one reset and one step and checks that the step moved a
+        /// full batch with one guest notification and no drop, so a
+        /// measurement is never that of a drop path.
+        pub fn check(&mut self) -> Result<(), String> {
+            let before = self.qp.counters().snapshot();
+            self.reset().map_err(|e| e.to_string())?;
+            self.step();
+            self.qp.flush_counters();
+            let after = self.qp.counters().snapshot();
+            let moved = (after.rx_frames - before.rx_frames) + (after.tx_frames - before.tx_frames);
+            let notified = after.guest_notifications - before.guest_notifications;
+            let dropped = (after.rx_drop_no_guest_buffer - before.rx_drop_no_guest_buffer)
+                + (after.rx_drop_oversize - before.rx_drop_oversize)
+                + (after.tx_drop_oversize - before.tx_drop_oversize);
+            if (moved, notified, dropped) != (BATCH as u64, 1, 0) {
+                return Err(format!(
+                    "one call moved {moved} frames (want {BATCH}), notified {notified} times \
+                     (want 1) and dropped {dropped} (want 0)"
+                ));
+            }
+            Ok(())
+        }
+    }
+}

@@ -45,7 +45,8 @@ enum Cmd {
     Demo,
     /// Set up, then benchmark: xdpath against DPDK testpmd and the bare
     /// AF_XDP limit (root; writes target/bench/results.{json,md,svg}),
-    /// then the criterion micro-benchmarks.
+    /// then the criterion micro-benchmarks; `--instructions` counts the
+    /// worker batches' instructions per frame with callgrind instead.
     Bench(bench::BenchArgs),
     /// Build the QEMU test guest (Debian kernel + busybox initramfs) into
     /// target/guest/ from Debian packages; cached, a second run does nothing.
@@ -84,7 +85,7 @@ fn main() -> Result<()> {
             demo::run()
         }
         Cmd::Bench(a) => {
-            if !a.micro_only {
+            if !a.micro_only && !a.instructions {
                 setup::run()?;
             }
             bench::run(&a)

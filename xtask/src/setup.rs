@@ -53,6 +53,9 @@ const PACKAGES: &[&str] = &[
     "qemu-system-x86",
     "xz-utils",
     "zstd",
+    // `cargo xtask bench --instructions`: instructions per frame counted by
+    // callgrind.
+    "valgrind",
 ];
 
 /// Hugepages (2 MiB each) DPDK gets; testpmd runs with `--in-memory`.

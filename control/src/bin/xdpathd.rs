@@ -22,6 +22,7 @@ use xdpath_api::{Action, MacAddr, XdpAttachMode};
 use xdpath_control::api::{router, ControlState, Tables};
 use xdpath_control::config::{DaemonConfig, GUEST_PORT};
 use xdpath_control::flow_table::{FlowTable, GuestEntries};
+use xdpath_control::platform::Kernel;
 use xdpath_control::socket_pool::SocketPool;
 use xdpath_control::{preflight, Classifier, ClassifierConfig};
 use xdpath_dataplane::{ConnectionEvent, NetConfig, Server, XskFactory};
@@ -267,7 +268,7 @@ fn run(flags: &Flags) -> Result<()> {
     };
     let mut server = Server::new(&vhost, net, ports)?;
     let handle = server.handle();
-    let state = Arc::new(ControlState {
+    let state = Arc::new(ControlState::<Kernel> {
         tables: Mutex::new(Tables { classifier, flows }),
         pool,
         server: handle.clone(),
@@ -337,7 +338,7 @@ fn run(flags: &Flags) -> Result<()> {
 /// Serves the API until SIGTERM/SIGINT or until the dataplane ends.
 fn serve_api(
     cfg: &DaemonConfig,
-    state: Arc<ControlState>,
+    state: Arc<ControlState<Kernel>>,
     dataplane_done: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()

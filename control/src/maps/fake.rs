@@ -25,6 +25,13 @@
 //! call, e.g. `Map FLOWS operation failed: bpf_map_update_batch failed:
 //! Cannot allocate memory (os error 12).`
 //!
+//! # XSKMAP and counters
+//!
+//! For the daemon's API running on the fake (see `crate::platform`), it
+//! also keeps the XSKMAP entries (queue -> socket fd number, written through
+//! [`SocketMap`], never a fault step) and a classifier counter block that a
+//! test sets ([`FakeMaps::set_counters`]).
+//!
 //! # Readers
 //!
 //! The fake also checks the one rule the maps cannot enforce: after a
@@ -38,9 +45,11 @@ use super::{
     RuleMaps,
 };
 use crate::classifier::ClassifierError;
+use crate::socket_pool::SocketMap;
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, BorrowedFd, RawFd};
 use std::sync::atomic::{AtomicU32, Ordering};
-use xdpath_common::{self as common, AddrKey, FlowKey, MacKey, PrefixData, RuleValue};
+use xdpath_common::{self as common, AddrKey, Counters, FlowKey, MacKey, PrefixData, RuleValue};
 
 /// A planned failure.
 #[derive(Clone, Copy, Debug)]
@@ -83,6 +92,10 @@ pub struct FakeMaps {
     /// Per group: a generation switched away from since the last wait.
     draining: [Option<u8>; 2],
     violations: Vec<String>,
+    /// XSKMAP: queue -> the fd number registered for it.
+    xsks: BTreeMap<u32, RawFd>,
+    /// What [`FakeMaps::counters`] reports.
+    counters: Counters,
 }
 
 impl Default for FakeMaps {
@@ -162,7 +175,24 @@ impl FakeMaps {
             waits: 0,
             draining: [None; 2],
             violations: Vec::new(),
+            xsks: BTreeMap::new(),
+            counters: Counters::default(),
         }
+    }
+
+    /// The fd number registered for `queue` in the XSKMAP, if any.
+    pub fn xsk(&self, queue: u32) -> Option<RawFd> {
+        self.xsks.get(&queue).copied()
+    }
+
+    /// The classifier counters [`FakeMaps::counters`] reports from now on.
+    pub fn set_counters(&mut self, c: Counters) {
+        self.counters = c;
+    }
+
+    /// The classifier's counters, as a test set them.
+    pub fn counters(&self) -> Counters {
+        self.counters
     }
 
     /// The `n`th mutating step from now (1 = the next one) fails, once.
@@ -262,6 +292,20 @@ impl FakeMaps {
                 M::NAME
             ));
         }
+    }
+}
+
+impl SocketMap for FakeMaps {
+    type Error = ClassifierError;
+
+    fn register(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error> {
+        self.xsks.insert(queue, fd.as_raw_fd());
+        Ok(())
+    }
+
+    fn unregister(&mut self, queue: u32) -> Result<(), Self::Error> {
+        self.xsks.remove(&queue);
+        Ok(())
     }
 }
 

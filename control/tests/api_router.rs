@@ -1,0 +1,249 @@
+//! The daemon's API through its router, without a socket and without root:
+//! the real handlers on `ControlState<InMemory>` (fake maps, the real flow
+//! table on a private state directory, the real socket pool and vhost-user
+//! server over in-memory ports).
+//!
+//! - the OpenAPI document and the router agree: every documented operation
+//!   is served and answers in its documented shape, nothing else is;
+//! - what the handlers do reaches the maps, the pool and the counters; bad
+//!   input changes nothing.
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use axum::Router;
+use serde_json::{json, Value};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+use tower::ServiceExt;
+use xdpath_common::Counters;
+use xdpath_control::api::{check_router, router, ControlState, Tables};
+use xdpath_control::config::DaemonConfig;
+use xdpath_control::flow_table::{FlowTable, GuestEntries};
+use xdpath_control::maps::{FakeContents, FakeMaps, Flows, RuleMaps};
+use xdpath_control::platform::InMemory;
+use xdpath_control::socket_pool::SocketPool;
+use xdpath_dataplane::{MemFactory, MemWire, NetConfig, Server};
+
+const QUEUES: u16 = 2;
+
+/// A daemon's state in memory, its private directory removed on drop.
+struct Rig {
+    state: Arc<ControlState<InMemory>>,
+    dir: PathBuf,
+    // Keeps the vhost-user listener (and so the handle's server) alive.
+    _server: Server<xdpath_dataplane::MemPort>,
+}
+
+impl Drop for Rig {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+impl Rig {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "xdpath-api-router-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed)
+        ));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("state directory");
+        let cfg = DaemonConfig::from_toml(&format!(
+            "iface = \"mem0\"\nqueues = {QUEUES}\nguest_mac = \"52:54:00:00:00:11\"\n\
+             guest_ip = [\"10.0.0.11\"]\nstate_dir = {:?}\nvhost_socket = {:?}",
+            dir.display().to_string(),
+            dir.join("vhost.sock").display().to_string(),
+        ))
+        .expect("config");
+        cfg.validate().expect("a valid config");
+
+        let mut maps = FakeMaps::new();
+        let mut flows = FlowTable::load(&cfg.state_file()).expect("flow table");
+        let guests = GuestEntries::for_guest(1, cfg.guest_mac.map(|m| m.octets()), &cfg.guest_ip);
+        flows.set_guests(&mut maps, guests).expect("guest entries");
+
+        let factory = MemFactory::new(MemWire::new(u32::from(QUEUES)), 256, 256, 2048);
+        let (pool, ports) =
+            SocketPool::create(factory, u32::from(QUEUES)).expect("in-memory sockets");
+        let net = NetConfig {
+            queue_pairs: cfg.queues,
+            mac: cfg.guest_mac.map(|m| m.octets()),
+            mtu: cfg.mtu,
+            max_queue_size: 1024,
+            poll_idle: std::time::Duration::ZERO,
+        };
+        let server = Server::new(&cfg.vhost_socket(), net, ports).expect("vhost-user server");
+        let state = Arc::new(ControlState::<InMemory> {
+            tables: Mutex::new(Tables {
+                classifier: maps,
+                flows,
+            }),
+            pool,
+            server: server.handle(),
+            cfg,
+            started: Instant::now(),
+            prog_id: 7,
+        });
+        Self {
+            state,
+            dir,
+            _server: server,
+        }
+    }
+
+    fn router(&self) -> Router {
+        router(self.state.clone())
+    }
+
+    fn maps<T>(&self, f: impl FnOnce(&mut FakeMaps) -> T) -> T {
+        f(&mut self.state.tables.lock().expect("tables").classifier)
+    }
+
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        let req = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", "application/json")
+            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .expect("request");
+        let resp = self.router().oneshot(req).await.expect("an answer");
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+            .await
+            .expect("body");
+        let v = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()));
+        (status, v)
+    }
+}
+
+#[tokio::test]
+async fn the_openapi_document_matches_the_router() {
+    let rig = Rig::new();
+    let problems = check_router(rig.router(), &xdpath_api::openapi::document()).await;
+    assert_eq!(problems, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn rules_reach_the_maps_and_bad_input_changes_nothing() {
+    let rig = Rig::new();
+    let before: FakeContents = rig.maps(|m| m.contents());
+    assert_eq!(before.macs.len(), 1, "the guest's MAC is projected");
+    assert_eq!(before.neigh.len(), 1, "the guest's address is projected");
+
+    // Bad input: a 400 naming the field, nothing written.
+    let (status, body) = rig
+        .call(
+            "POST",
+            "/v1/flows",
+            Some(json!({"src": "10.0.0.2", "dst": "10.0.0.300", "proto": "udp", "action": "drop"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "dst");
+    assert_eq!(rig.maps(|m| m.contents()), before);
+
+    // A good rule lands in the active generation of FLOWS.
+    let (status, body) = rig
+        .call(
+            "POST",
+            "/v1/flows",
+            Some(
+                json!({"src": "10.0.0.2", "dst": "10.0.0.11", "proto": "udp",
+                        "dst_port": 53, "action": "guest"}),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(body["id"], 1);
+    let (gen, flows) = rig.maps(|m| {
+        (
+            m.generations().expect("generations").rules,
+            m.entries_of::<Flows>().expect("entries"),
+        )
+    });
+    assert_eq!(flows.len(), 1);
+    assert_eq!(flows[0].0.gen, gen);
+    assert_eq!((flows[0].1.rule_id, flows[0].1.port), (1, 1));
+
+    // A bulk replace switches generation; the listing says what is there.
+    let (status, body) = rig
+        .call(
+            "PUT",
+            "/v1/flows",
+            Some(
+                json!([{"src": "10.0.0.2", "dst": "10.0.0.12", "proto": "tcp", "action": "drop"},
+                        {"src": "10.0.0.3", "dst": "10.0.0.12", "proto": "tcp", "action": "drop"}]),
+            ),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body.as_array().map(Vec::len), Some(2));
+    let (new_gen, flows) = rig.maps(|m| {
+        (
+            m.generations().expect("generations").rules,
+            m.entries_of::<Flows>().expect("entries"),
+        )
+    });
+    assert_ne!(new_gen, gen, "a bulk replace switches generation");
+    assert!(flows.iter().all(|(k, _)| k.gen == new_gen), "{flows:?}");
+    assert_eq!(flows.len(), 2);
+    assert!(rig.maps(|m| m.violations().is_empty()));
+
+    // Deleting an unknown id: 404, nothing changed.
+    let before = rig.maps(|m| m.contents());
+    let (status, _) = rig.call("DELETE", "/v1/flows/99", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert_eq!(rig.maps(|m| m.contents()), before);
+}
+
+#[tokio::test]
+async fn queues_are_replaced_through_the_pool_and_counters_are_shown() {
+    let rig = Rig::new();
+    let (status, body) = rig.call("POST", "/v1/queues/1/replace", None).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["generation"], 2);
+    // No guest connected: the new socket stays out of the XSKMAP (its
+    // traffic fails open to the host).
+    assert_eq!(rig.maps(|m| m.xsk(1)), None);
+    let (_, queues) = rig.call("GET", "/v1/queues", None).await;
+    assert_eq!(queues[1]["socket_generation"], 2);
+    assert_eq!(queues[0]["socket_generation"], 1);
+    let (status, _) = rig.call("POST", "/v1/queues/9/replace", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+
+    rig.maps(|m| {
+        m.set_counters(Counters {
+            frames: 42,
+            action_host: 40,
+            action_drop: 2,
+            ..Counters::default()
+        })
+    });
+    let (_, stats) = rig.call("GET", "/v1/stats", None).await;
+    assert_eq!(stats["classifier"]["frames"], 42);
+    assert_eq!(stats["queues"].as_array().map(Vec::len), Some(2));
+    let (status, metrics) = rig.call("GET", "/metrics", None).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = metrics.as_str().expect("metrics text");
+    assert!(
+        text.contains("xdpath_classifier_frames_total{iface=\"mem0\"} 42"),
+        "{text}"
+    );
+    assert!(
+        text.contains("xdpath_queue_rx_frames_total{iface=\"mem0\",queue=\"1\"} 0"),
+        "{text}"
+    );
+    let (_, health) = rig.call("GET", "/v1/health", None).await;
+    assert_eq!(
+        (
+            health["xdp_prog_id"].clone(),
+            health["guest_connected"].clone()
+        ),
+        (json!(7), json!(false))
+    );
+}
