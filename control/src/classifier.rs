@@ -29,7 +29,7 @@
 //! entry writes (`insert_flow`, `insert_mac`, ...) are for tests and tools
 //! that work around a flow table.
 
-use crate::maps::{Flows, Generations, Macs, MapTable, MapsId, Neigh, Prefixes, RuleMaps};
+use crate::maps::{Flows, Generations, Macs, MapTable, MapsId, Neigh, Prefixes, RuleMap, RuleMaps};
 use crate::netlink::{self, AttachMode};
 use aya::maps::lpm_trie::{Key, LpmTrie};
 use aya::maps::{Array, HashMap, IterableMap, MapData, PerCpuArray, XskMap};
@@ -846,47 +846,35 @@ impl Classifier {
     }
 }
 
-impl MapTable<Flows> for Classifier {
-    fn entries(&self) -> Result<Vec<(FlowKey, RuleValue)>> {
-        self.hash_entries(common::MAP_FLOWS)
-    }
+/// Implements [`MapTable`] for the hash map `$m`: batch system calls where
+/// the kernel has them.
+macro_rules! hash_table {
+    ($m:ty) => {
+        impl MapTable<$m> for Classifier {
+            fn entries(&self) -> Result<Vec<(<$m as RuleMap>::Key, RuleValue)>> {
+                self.hash_entries(<$m as RuleMap>::NAME)
+            }
 
-    fn insert(&mut self, entries: &[(FlowKey, RuleValue)]) -> std::result::Result<(), BatchError> {
-        self.hash_insert(common::MAP_FLOWS, entries)
-    }
+            fn insert(
+                &mut self,
+                entries: &[(<$m as RuleMap>::Key, RuleValue)],
+            ) -> std::result::Result<(), BatchError> {
+                self.hash_insert(<$m as RuleMap>::NAME, entries)
+            }
 
-    fn remove(&mut self, keys: &[FlowKey]) -> std::result::Result<usize, BatchError> {
-        self.hash_remove(common::MAP_FLOWS, keys)
-    }
+            fn remove(
+                &mut self,
+                keys: &[<$m as RuleMap>::Key],
+            ) -> std::result::Result<usize, BatchError> {
+                self.hash_remove(<$m as RuleMap>::NAME, keys)
+            }
+        }
+    };
 }
 
-impl MapTable<Macs> for Classifier {
-    fn entries(&self) -> Result<Vec<(MacKey, RuleValue)>> {
-        self.hash_entries(common::MAP_MACS)
-    }
-
-    fn insert(&mut self, entries: &[(MacKey, RuleValue)]) -> std::result::Result<(), BatchError> {
-        self.hash_insert(common::MAP_MACS, entries)
-    }
-
-    fn remove(&mut self, keys: &[MacKey]) -> std::result::Result<usize, BatchError> {
-        self.hash_remove(common::MAP_MACS, keys)
-    }
-}
-
-impl MapTable<Neigh> for Classifier {
-    fn entries(&self) -> Result<Vec<(AddrKey, RuleValue)>> {
-        self.hash_entries(common::MAP_NEIGH)
-    }
-
-    fn insert(&mut self, entries: &[(AddrKey, RuleValue)]) -> std::result::Result<(), BatchError> {
-        self.hash_insert(common::MAP_NEIGH, entries)
-    }
-
-    fn remove(&mut self, keys: &[AddrKey]) -> std::result::Result<usize, BatchError> {
-        self.hash_remove(common::MAP_NEIGH, keys)
-    }
-}
+hash_table!(Flows);
+hash_table!(Macs);
+hash_table!(Neigh);
 
 /// `PREFIXES` is an LPM trie: one system call per entry.
 impl MapTable<Prefixes> for Classifier {

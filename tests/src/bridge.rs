@@ -175,19 +175,13 @@ impl Bridge {
 
     /// Counters of queue pair `qp`.
     pub fn counters(&self, qp: u16) -> CounterSnapshot {
-        self.handle
-            .counters(usize::from(qp))
-            .expect("queue pair exists")
+        counters_of(&self.handle, qp)
     }
 
-    /// Waits until `f` holds for the counters of `qp`.
+    /// Waits until `f` holds for the counters of `qp`; returns the last
+    /// ones read.
     pub fn wait_counters(&self, qp: u16, f: impl Fn(&CounterSnapshot) -> bool) -> CounterSnapshot {
-        let mut c = self.counters(qp);
-        wait_until(WAIT, || {
-            c = self.counters(qp);
-            f(&c)
-        });
-        c
+        wait_counters_of(&self.handle, qp, f)
     }
 }
 
@@ -298,20 +292,13 @@ impl MemBridge {
 
     /// Counters of queue pair `qp`.
     pub fn counters(&self, qp: u16) -> CounterSnapshot {
-        self.handle
-            .counters(usize::from(qp))
-            .expect("queue pair exists")
+        counters_of(&self.handle, qp)
     }
 
     /// Waits until `f` holds for the counters of `qp`; returns the last
     /// ones read.
     pub fn wait_counters(&self, qp: u16, f: impl Fn(&CounterSnapshot) -> bool) -> CounterSnapshot {
-        let mut c = self.counters(qp);
-        wait_until(WAIT, || {
-            c = self.counters(qp);
-            f(&c)
-        });
-        c
+        wait_counters_of(&self.handle, qp, f)
     }
 
     /// Waits up to `timeout` for the server thread to end by itself and
@@ -372,6 +359,29 @@ pub fn guest_sockets(
         }
         Ok((c, ports))
     })
+}
+
+/// Counters of queue pair `qp` of the server behind `handle`.
+fn counters_of<P: xdpath_dataplane::FramePort>(
+    handle: &ServerHandle<P>,
+    qp: u16,
+) -> CounterSnapshot {
+    handle.counters(usize::from(qp)).expect("queue pair exists")
+}
+
+/// Waits (up to [`WAIT`]) until `f` holds for the counters of queue pair
+/// `qp`; returns the last ones read.
+fn wait_counters_of<P: xdpath_dataplane::FramePort>(
+    handle: &ServerHandle<P>,
+    qp: u16,
+    f: impl Fn(&CounterSnapshot) -> bool,
+) -> CounterSnapshot {
+    let mut c = counters_of(handle, qp);
+    wait_until(WAIT, || {
+        c = counters_of(handle, qp);
+        f(&c)
+    });
+    c
 }
 
 /// A frame for the guest: dst = guest MAC, tagged payload.

@@ -1,4 +1,6 @@
-//! Test kit for xdpath's privileged tests: real kernel endpoints, no mocks.
+//! Test kit for xdpath's integration tests: real kernel endpoints for the
+//! privileged tests, and the in-repo frontend on in-memory ports for the
+//! tests that run as any user.
 //!
 //! - [`topology`]: a pair of private network namespaces joined by a veth
 //!   pair with several queues; everything is removed on drop, even when the
@@ -7,7 +9,10 @@
 //!   virtio-net driver over memfd guest memory) to drive a vhost-user-net
 //!   backend without a VM.
 //! - [`bridge`]: topology + classifier + vhost-user server + wire sockets,
-//!   the fixture of the dataplane tests.
+//!   the fixture of the dataplane tests; and `MemBridge`, the same server
+//!   over an in-memory wire (no root).
+//! - [`process`]: this process's threads and fds, and the frontend session
+//!   of the reconnect loops, for the lifecycle tests.
 //! - [`daemon`]: a real `xdpathd` process in a topology, and `xdpctl` runs
 //!   against it.
 //! - [`frames`]: builders for the Ethernet frames the tests send, well
@@ -37,6 +42,7 @@ pub mod daemon;
 pub mod frames;
 pub mod frontend;
 pub mod packet;
+pub mod process;
 pub mod qemu;
 pub mod testpmd;
 pub mod topology;

@@ -12,60 +12,11 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use xdpath_tests::bridge::{from_guest, to_guest, Bridge, WAIT};
 use xdpath_tests::frontend::FrontendOptions;
+use xdpath_tests::process::{assert_back_to, fd_list, reconnect_session, threads};
 use xdpath_tests::{require_root, wait_until};
 
 const ROUNDS: u64 = 16;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn count(dir: &str) -> usize {
-    std::fs::read_dir(dir).map_or(0, |d| d.count())
-}
-
-fn fd_list() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| {
-                    let target = std::fs::read_link(e.path())
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    format!("{} -> {target}", e.file_name().to_string_lossy())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// One frontend session: buffers, traffic both ways, memory-table
-/// updates and vring enable toggles, then a disconnect.
-fn session(b: &mut Bridge, round: u64) {
-    let mut fe = b.connect(FrontendOptions {
-        queue_pairs: 2,
-        enabled_pairs: 2,
-        event_idx: round.is_multiple_of(2),
-        ..FrontendOptions::default()
-    });
-    if round % 4 == 3 {
-        // Disconnect at once, mid-traffic, before posting anything.
-        return;
-    }
-    for qp in 0..2 {
-        fe.post_rx_buffers(qp, 128, 2048);
-    }
-    for k in 0..3u32 {
-        fe.update_mem_table().expect("SET_MEM_TABLE again");
-        // Disable and re-enable RX vring 2 while its worker polls.
-        fe.set_vring_enable(2, false).expect("disable vring 2");
-        for qp in 0..2 {
-            assert!(fe.send(qp, &from_guest(qp, k, 64), k % 2 == 1));
-        }
-        fe.set_vring_enable(2, true).expect("enable vring 2");
-        let _ = fe.recv(0, 4, Duration::from_millis(20));
-        let _ = fe.recv(1, 4, Duration::from_millis(20));
-    }
-}
 
 #[test]
 #[ignore = "needs root: network namespaces, XDP, AF_XDP"]
@@ -75,11 +26,11 @@ fn frontends_come_and_go_under_traffic_without_leaks() {
     let mut wire = std::mem::take(&mut b.wire_tx);
     // Warm-up: one full session, so lazily created process state (thread
     // pools of libraries, logging) is in the baseline.
-    session(&mut b, 0);
+    reconnect_session(0, |o| b.connect(o));
     assert!(wait_until(WAIT, || b.handle.connections() == 1));
     std::thread::sleep(Duration::from_millis(300));
     let fds0 = fd_list();
-    let threads0 = count("/proc/self/task");
+    let threads0 = threads();
 
     let stop = AtomicBool::new(false);
     let sent = AtomicU64::new(0);
@@ -102,7 +53,7 @@ fn frontends_come_and_go_under_traffic_without_leaks() {
             if start.elapsed() > DEADLINE {
                 break;
             }
-            session(&mut b, round);
+            reconnect_session(round, |o| b.connect(o));
             assert!(
                 wait_until(WAIT, || b.handle.connections() == round + 1),
                 "round {round}: the server did not take the frontend"
@@ -116,15 +67,7 @@ fn frontends_come_and_go_under_traffic_without_leaks() {
 
     // The last connection is torn down asynchronously: wait for the counts
     // to come back, then compare exactly.
-    let back = wait_until(WAIT, || {
-        count("/proc/self/task") == threads0 && fd_list().len() == fds0.len()
-    });
-    let (fds1, threads1) = (fd_list(), count("/proc/self/task"));
-    assert!(
-        back,
-        "leak after {rounds} sessions: threads {threads0} -> {threads1}; fds before {fds0:#?} after {fds1:#?}"
-    );
-    assert_eq!(fds1, fds0, "the same fds, not just as many");
+    assert_back_to(&format!("after {rounds} sessions"), &fds0, threads0);
 
     // Still serving: a new frontend gets traffic both ways.
     let mut fe = b.connect(FrontendOptions {

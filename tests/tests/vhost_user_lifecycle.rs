@@ -16,74 +16,11 @@ use std::time::{Duration, Instant};
 use xdpath_dataplane::ServerError;
 use xdpath_tests::bridge::{from_guest, to_guest, MemBridge, WAIT};
 use xdpath_tests::frontend::FrontendOptions;
+use xdpath_tests::process::{assert_back_to, fd_list, reconnect_session, threads};
 use xdpath_tests::wait_until;
 
 const ROUNDS: u64 = 16;
 const DEADLINE: Duration = Duration::from_secs(60);
-
-fn threads() -> usize {
-    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
-}
-
-fn fd_list() -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .map(|e| {
-                    let target = std::fs::read_link(e.path())
-                        .map(|p| p.display().to_string())
-                        .unwrap_or_default();
-                    format!("{} -> {target}", e.file_name().to_string_lossy())
-                })
-                .collect()
-        })
-        .unwrap_or_default();
-    v.sort();
-    v
-}
-
-/// Waits until the process has `fds` and `threads` again, then asserts
-/// it exactly.
-fn assert_back_to(what: &str, fds: &[String], threads0: usize) {
-    let back = wait_until(WAIT, || {
-        threads() == threads0 && fd_list().len() == fds.len()
-    });
-    let (fds1, threads1) = (fd_list(), threads());
-    assert!(
-        back,
-        "{what}: threads {threads0} -> {threads1}; fds before {fds:#?} after {fds1:#?}"
-    );
-    assert_eq!(fds1, fds, "{what}: the same fds, not just as many");
-}
-
-/// One frontend session: buffers, traffic both ways, memory-table
-/// updates and vring enable toggles, then a disconnect.
-fn session(b: &MemBridge, round: u64) {
-    let mut fe = b.connect(FrontendOptions {
-        queue_pairs: 2,
-        enabled_pairs: 2,
-        event_idx: round.is_multiple_of(2),
-        ..FrontendOptions::default()
-    });
-    if round % 4 == 3 {
-        // Disconnect at once, mid-traffic, before posting anything.
-        return;
-    }
-    for qp in 0..2 {
-        fe.post_rx_buffers(qp, 128, 2048);
-    }
-    for k in 0..3u32 {
-        fe.update_mem_table().expect("SET_MEM_TABLE again");
-        // Disable and re-enable RX vring 2 while its worker polls.
-        fe.set_vring_enable(2, false).expect("disable vring 2");
-        for qp in 0..2 {
-            assert!(fe.send(qp, &from_guest(qp, k, 64), k % 2 == 1));
-        }
-        fe.set_vring_enable(2, true).expect("enable vring 2");
-        let _ = fe.recv(0, 4, Duration::from_millis(20));
-        let _ = fe.recv(1, 4, Duration::from_millis(20));
-    }
-}
 
 #[test]
 fn reconnects_and_a_failing_port_leave_no_fds_or_threads() {
@@ -91,14 +28,14 @@ fn reconnects_and_a_failing_port_leave_no_fds_or_threads() {
     // (thread pools of libraries, the temp dir) is in the first baseline.
     {
         let b = MemBridge::new(2);
-        session(&b, 0);
+        reconnect_session(0, |o| b.connect(o));
         assert!(wait_until(WAIT, || b.handle.connections() == 1));
     }
     let fds_before_server = fd_list();
     let threads_before_server = threads();
 
     let mut b = MemBridge::new(2);
-    session(&b, 0);
+    reconnect_session(0, |o| b.connect(o));
     assert!(wait_until(WAIT, || b.handle.connections() == 1));
     assert!(wait_until(WAIT, || !b.handle.connected()));
     let fds0 = fd_list();
@@ -128,7 +65,7 @@ fn reconnects_and_a_failing_port_leave_no_fds_or_threads() {
             if start.elapsed() > DEADLINE {
                 break;
             }
-            session(&b, round);
+            reconnect_session(round, |o| b.connect(o));
             assert!(
                 wait_until(WAIT, || b.handle.connections() == round + 1),
                 "round {round}: the server did not take the frontend"

@@ -1,0 +1,75 @@
+//! What a lifecycle test counts in its own process: threads and open fds,
+//! and one frontend session of the reconnect loops (`tests/tests/lifecycle.rs`
+//! over AF_XDP, `tests/tests/vhost_user_lifecycle.rs` in memory).
+
+use crate::bridge::{from_guest, WAIT};
+use crate::frontend::{FrontendOptions, TestFrontend};
+use crate::wait_until;
+use std::time::Duration;
+
+/// Threads of this process.
+pub fn threads() -> usize {
+    std::fs::read_dir("/proc/self/task").map_or(0, |d| d.count())
+}
+
+/// Open fds of this process as "number -> target", sorted.
+pub fn fd_list() -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir("/proc/self/fd")
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .map(|e| {
+                    let target = std::fs::read_link(e.path())
+                        .map(|p| p.display().to_string())
+                        .unwrap_or_default();
+                    format!("{} -> {target}", e.file_name().to_string_lossy())
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    v.sort();
+    v
+}
+
+/// Waits (up to [`WAIT`]) until the process has `threads0` threads and as
+/// many fds as `fds`, then asserts it has exactly those fds.
+pub fn assert_back_to(what: &str, fds: &[String], threads0: usize) {
+    let back = wait_until(WAIT, || {
+        threads() == threads0 && fd_list().len() == fds.len()
+    });
+    let (fds1, threads1) = (fd_list(), threads());
+    assert!(
+        back,
+        "{what}: threads {threads0} -> {threads1}; fds before {fds:#?} after {fds1:#?}"
+    );
+    assert_eq!(fds1, fds, "{what}: the same fds, not just as many");
+}
+
+/// One frontend session of a reconnect loop, on a server with two queue
+/// pairs: `connect` dials it; then buffers, traffic both ways, memory-table
+/// updates and RX vring 2 toggled while its worker polls; every fourth
+/// round disconnects at once instead, mid-traffic. The frontend
+/// disconnects when it is dropped at the end.
+pub fn reconnect_session(round: u64, connect: impl FnOnce(FrontendOptions) -> TestFrontend) {
+    let mut fe = connect(FrontendOptions {
+        queue_pairs: 2,
+        enabled_pairs: 2,
+        event_idx: round.is_multiple_of(2),
+        ..FrontendOptions::default()
+    });
+    if round % 4 == 3 {
+        return;
+    }
+    for qp in 0..2 {
+        fe.post_rx_buffers(qp, 128, 2048);
+    }
+    for k in 0..3u32 {
+        fe.update_mem_table().expect("SET_MEM_TABLE again");
+        fe.set_vring_enable(2, false).expect("disable vring 2");
+        for qp in 0..2 {
+            assert!(fe.send(qp, &from_guest(qp, k, 64), k % 2 == 1));
+        }
+        fe.set_vring_enable(2, true).expect("enable vring 2");
+        let _ = fe.recv(0, 4, Duration::from_millis(20));
+        let _ = fe.recv(1, 4, Duration::from_millis(20));
+    }
+}
