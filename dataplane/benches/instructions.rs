@@ -17,7 +17,7 @@ use xdpath_dataplane::bench_support::rig::{BatchRig, Case};
 use xdpath_dataplane::port::BATCH;
 
 /// The cases: name, what is measured.
-const CASES: [(&str, Case); 7] = [
+const CASES: [(&str, Case); 8] = [
     (
         "rx_64B",
         Case::Rx {
@@ -40,6 +40,14 @@ const CASES: [(&str, Case); 7] = [
             frame_len: 1500,
             buf_len: 1536,
             mrg_rxbuf: false,
+        },
+    ),
+    (
+        "rx_1500B_mrg",
+        Case::Rx {
+            frame_len: 1500,
+            buf_len: 1536,
+            mrg_rxbuf: true,
         },
     ),
     (
