@@ -123,8 +123,9 @@ pub enum RuleClass {
 }
 
 /// Exact 5-tuple rule key. Addresses: IPv4 in the first 4 bytes, the rest
-/// zero. Ports are 0 for protocols without ports and for non-first
-/// fragments.
+/// zero. Ports are 0 for protocols without ports, for non-first fragments
+/// and for frames cut before their TCP/UDP ports (the fragment policy in
+/// the classifier's module docs, `ebpf/xdpath-ebpf/src/main.rs`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct FlowKey {
@@ -275,7 +276,8 @@ pub struct Counters {
     pub action_host: u64,
     /// Frames redirected to an AF_XDP socket.
     pub action_guest: u64,
-    /// Frames dropped by a drop rule or default.
+    /// Frames dropped by a drop rule or default (including the
+    /// `parse_errors` frames under a drop default).
     pub action_drop: u64,
     /// Decisions by exact rules.
     pub class_exact: u64,
@@ -287,7 +289,10 @@ pub struct Counters {
     pub class_neigh: u64,
     /// Decisions by the default action.
     pub class_default: u64,
-    /// Malformed or truncated frames (passed to the host, never redirected).
+    /// Frames no table could decide: malformed or truncated before their
+    /// L3 destination, or whose transport header could not be read and
+    /// that no exact or prefix rule matched. Passed to the host (dropped
+    /// when the default action is drop), never redirected.
     pub parse_errors: u64,
     /// Guest decisions that found no socket on their rx queue and failed
     /// open to the host (also counted in `action_host`).

@@ -1,8 +1,8 @@
 //! The xdpath XDP classifier.
 //!
 //! For every frame on the host NIC: parse (Ethernet, one 802.1Q/802.1ad tag,
-//! ARP, IPv4 with options, IPv6 with common extension headers, TCP, UDP,
-//! ICMP, ICMPv6), then decide in this order:
+//! ARP, IPv4 with options, IPv6 with up to `MAX_EXT_HEADERS` (6) extension
+//! headers, TCP, UDP, ICMP, ICMPv6), then decide in this order:
 //!
 //! 1. exact 5-tuple rules (`FLOWS`, hash map),
 //! 2. destination prefix rules (`PREFIXES`, LPM trie, IPv4 and IPv6),
@@ -18,8 +18,50 @@
 //! Actions: to guest (redirect to the AF_XDP socket of the frame's own rx
 //! queue with `XDP_PASS` as the fallback, so a queue without a live socket
 //! fails open to the host), to host (`XDP_PASS`), drop (`XDP_DROP`).
-//! A malformed or truncated frame is counted in `parse_errors` and passed to
-//! the host; it is never redirected.
+//!
+//! # How far a frame is parsed, and the fragment policy
+//!
+//! A rule applies as soon as the frame shows what the rule matches, so a
+//! frame that matches a drop rule is never passed because the rest of it was
+//! hard to parse. The parser ends at one of these levels (`Level`):
+//!
+//! | level | what the frame is | consulted, in order | nothing matched |
+//! |---|---|---|---|
+//! | L4 | IP with its transport header complete (TCP by its data offset, UDP 8 bytes, ICMP/ICMPv6 8 bytes, ND with its target), or a protocol without one | exact (its ports), prefix, MAC, NEIGH (ND), default | default |
+//! | fragment | a non-first fragment (IPv4 offset != 0, IPv6 Fragment header offset != 0) | exact (ports 0), prefix, MAC, default | default |
+//! | L3 | IP whose destination is known but whose transport header is not: a tiny first fragment, a cut or invalid TCP/UDP/ICMP header, an IPv6 extension header chain longer than the walk, past the frame or past byte `MAX_L4_OFFSET` (512) | exact (ports as far as shown, see below), prefix | host, or drop when the default is drop; counted in `parse_errors` |
+//! | L2 | ARP, or an EtherType we do not parse | MAC, NEIGH (ARP) | default |
+//! | error | not even L3: IPv4/IPv6 header cut or invalid, ARP cut or not Ethernet/IPv4, VLAN tag cut | nothing | as for L3 |
+//!
+//! - The exact key's ports are the first four bytes of the TCP or UDP
+//!   header whenever the frame carries them and is not a non-first
+//!   fragment, even if the rest of the header is cut (the ports of a tiny
+//!   first fragment are on the wire, so a flow's drop rule drops it);
+//!   otherwise 0. An exact rule with ports 0 thus matches non-first
+//!   fragments of its addresses and protocol, and L3 frames that do not show
+//!   ports. The key's protocol is the IPv4 protocol field, or the first
+//!   IPv6 next-header value the walk did not get past.
+//! - An L3 frame no exact or prefix rule decides is never handed to a
+//!   guest: neither the MAC table, the ARP/ND table nor a guest default
+//!   consults it (a guest would reassemble fragments no rule let in). It
+//!   goes to the host, or is dropped when the default action is drop (a
+//!   frame hard to parse never gets a better deal than one no rule
+//!   matched). The same holds for frames that do not even reach L3.
+//! - A non-first fragment is not an error: the first fragment carries the
+//!   ports and meets the flow's exact rules; the others follow the ports-0
+//!   exact rules, the prefix rules, the MAC table and the default, so a
+//!   guest addressed by prefix or MAC gets its whole datagram.
+//! - IPv6: the walk gets past at most `MAX_EXT_HEADERS` hop-by-hop,
+//!   routing, fragment, destination-options and authentication headers,
+//!   each wholly inside the frame; it stops at a non-first fragment's
+//!   Fragment header. An atomic fragment (offset 0, no M flag) or a first
+//!   fragment is walked through.
+//!
+//! Counters: every frame moves `frames`, exactly one `action_*` counter,
+//! and exactly one `class_*` counter or `parse_errors`. A frame at level L3
+//! that an exact or prefix rule decided counts in that rule's class (it was
+//! parsed enough for it); one that no rule decided counts in
+//! `parse_errors`, as a frame that did not reach L3 does.
 //!
 //! Every bounds check compares against `data_end` right before the access,
 //! with offsets that are bounded constants or masked values, so the verifier
@@ -72,13 +114,33 @@ mod prog {
     const IPPROTO_TCP: u8 = 6;
     const IPPROTO_UDP: u8 = 17;
     const IPPROTO_ICMPV6: u8 = 58;
+    const IPPROTO_HOPOPTS: u8 = 0;
+    const IPPROTO_ROUTING: u8 = 43;
+    const IPPROTO_FRAGMENT: u8 = 44;
+    const IPPROTO_AH: u8 = 51;
+    const IPPROTO_DSTOPTS: u8 = 60;
     /// IPv6 extension headers we walk through, at most this many.
     const MAX_EXT_HEADERS: usize = 6;
     /// Upper bound of any L4 offset we accept (keeps offsets verifiable).
     const MAX_L4_OFFSET: usize = 512;
 
-    /// The frame is malformed or truncated.
+    /// The frame is malformed or truncated before its L3 destination (or
+    /// its ARP target) is known.
     struct ParseError;
+
+    /// How far the parser got; it decides which tables are consulted (see
+    /// the module docs, "How far a frame is parsed").
+    #[derive(Clone, Copy, PartialEq, Eq)]
+    enum Level {
+        /// Not IP (ARP, or an EtherType we do not parse).
+        L2,
+        /// IP whose transport header could not be read.
+        L3,
+        /// A non-first fragment: IP without a transport header by design.
+        Fragment,
+        /// IP with its transport header complete.
+        L4,
+    }
 
     /// Per-frame keys, built in place in a per-CPU map because the BPF
     /// stack (512 bytes) cannot hold them all.
@@ -106,8 +168,8 @@ mod prog {
     /// What the parser found; the keys themselves are in [`Scratch`].
     #[derive(Clone, Copy)]
     struct Parsed {
-        /// `flow` and `prefix` are valid (an IPv4 or IPv6 frame).
-        ip: bool,
+        /// `flow` and `prefix` are valid unless this is [`Level::L2`].
+        level: Level,
         /// `neigh` is valid (ARP, or ND solicitation/advertisement).
         neigh: bool,
     }
@@ -167,15 +229,12 @@ mod prog {
         };
         // SAFETY: as for the counters, the slot belongs to this CPU.
         let s = unsafe { &mut *scratch };
-        let parsed = match parse(&ctx, gens, s) {
-            Ok(p) => p,
-            Err(ParseError) => {
-                c.parse_errors += 1;
-                c.action_host += 1;
-                return xdp_action::XDP_PASS;
-            }
+        let Ok(parsed) = parse(&ctx, gens, s) else {
+            return unclassified(c, &cfg);
         };
-        let (rule, class) = decide(parsed, s, &cfg);
+        let Some((rule, class)) = decide(parsed, s, &cfg) else {
+            return unclassified(c, &cfg);
+        };
         match class {
             RuleClass::Exact => c.class_exact += 1,
             RuleClass::Prefix => c.class_prefix += 1,
@@ -219,29 +278,50 @@ mod prog {
         }
     }
 
+    /// A frame no table may decide (it did not reach L3, or it reached
+    /// only L3 and no exact or prefix rule matched): counted in
+    /// `parse_errors`, dropped when the default action is drop, passed to
+    /// the host otherwise, never redirected.
     #[inline(always)]
-    fn decide(p: Parsed, s: &Scratch, cfg: &Config) -> (RuleValue, RuleClass) {
-        if p.ip {
+    fn unclassified(c: &mut Counters, cfg: &Config) -> u32 {
+        c.parse_errors += 1;
+        if cfg.default_action == Action::Drop as u32 {
+            c.action_drop += 1;
+            xdp_action::XDP_DROP
+        } else {
+            c.action_host += 1;
+            xdp_action::XDP_PASS
+        }
+    }
+
+    /// The rule that decides, or `None` for an L3 frame that no exact or
+    /// prefix rule matched.
+    #[inline(always)]
+    fn decide(p: Parsed, s: &Scratch, cfg: &Config) -> Option<(RuleValue, RuleClass)> {
+        if p.level != Level::L2 {
             // SAFETY: hash map values may be replaced concurrently; we copy
             // the value out immediately and never keep the reference.
             if let Some(v) = unsafe { FLOWS.get(&s.flow) } {
-                return (*v, RuleClass::Exact);
+                return Some((*v, RuleClass::Exact));
             }
             if let Some(v) = PREFIXES.get(&s.prefix) {
-                return (*v, RuleClass::Prefix);
+                return Some((*v, RuleClass::Prefix));
             }
+        }
+        if p.level == Level::L3 {
+            return None;
         }
         // SAFETY: as for FLOWS.
         if let Some(v) = unsafe { MACS.get(&s.mac) } {
-            return (*v, RuleClass::Mac);
+            return Some((*v, RuleClass::Mac));
         }
         if p.neigh {
             // SAFETY: as for FLOWS.
             if let Some(v) = unsafe { NEIGH.get(&s.neigh) } {
-                return (*v, RuleClass::Neigh);
+                return Some((*v, RuleClass::Neigh));
             }
         }
-        (
+        Some((
             RuleValue {
                 action: cfg.default_action,
                 port: cfg.default_port,
@@ -249,7 +329,7 @@ mod prog {
                 _pad: 0,
             },
             RuleClass::Default,
-        )
+        ))
     }
 
     #[inline(always)]
@@ -290,7 +370,7 @@ mod prog {
             off += 4;
         }
         let mut parsed = Parsed {
-            ip: false,
+            level: Level::L2,
             neigh: false,
         };
         match proto {
@@ -299,16 +379,15 @@ mod prog {
                 parsed.neigh = true;
             }
             ETH_P_IP => {
-                parse_ipv4(ctx, off, gen, &mut s.flow)?;
-                parsed.ip = true;
+                parsed.level = parse_ipv4(ctx, off, gen, &mut s.flow)?;
             }
             ETH_P_IPV6 => {
-                parsed.neigh = parse_ipv6(ctx, off, gens, &mut s.flow, &mut s.neigh)?;
-                parsed.ip = true;
+                (parsed.level, parsed.neigh) =
+                    parse_ipv6(ctx, off, gens, &mut s.flow, &mut s.neigh)?;
             }
             _ => {}
         }
-        if parsed.ip {
+        if parsed.level != Level::L2 {
             let bits = if s.flow.family == FAMILY_V4 { 32 } else { 128 };
             s.prefix.prefix_len = PREFIX_HEADER_BITS + bits;
             s.prefix.data = PrefixData {
@@ -345,13 +424,15 @@ mod prog {
         Ok(())
     }
 
+    /// Fills `key` (rule generation); an error when the header itself is
+    /// cut or invalid, otherwise how far the frame could be parsed.
     #[inline(always)]
     fn parse_ipv4(
         ctx: &XdpContext,
         off: usize,
         gen: u8,
         key: &mut FlowKey,
-    ) -> Result<(), ParseError> {
+    ) -> Result<Level, ParseError> {
         let vihl: u8 = load(ctx, off)?;
         if vihl >> 4 != 4 {
             return Err(ParseError);
@@ -380,14 +461,27 @@ mod prog {
         key.src[..4].copy_from_slice(&src);
         key.dst[..4].copy_from_slice(&dst);
         // Non-first fragments carry no L4 header: no ports.
-        if frag & 0x1fff == 0 {
-            parse_l4(ctx, l4, key)?;
+        if frag & 0x1fff != 0 {
+            return Ok(Level::Fragment);
         }
-        Ok(())
+        Ok(match parse_l4(ctx, l4, key) {
+            Ok(_) => Level::L4,
+            Err(ParseError) => Level::L3,
+        })
     }
 
-    /// Fills `key` (rule generation); returns whether `target` was filled
-    /// (ND NS/NA, guest generation).
+    /// Whether `nh` is an extension header the walk gets past.
+    #[inline(always)]
+    fn is_ext(nh: u8) -> bool {
+        matches!(
+            nh,
+            IPPROTO_HOPOPTS | IPPROTO_ROUTING | IPPROTO_FRAGMENT | IPPROTO_AH | IPPROTO_DSTOPTS
+        )
+    }
+
+    /// Fills `key` (rule generation); an error when the fixed header is cut
+    /// or invalid, otherwise how far the frame could be parsed and whether
+    /// `target` was filled (ND NS/NA, guest generation).
     #[inline(always)]
     fn parse_ipv6(
         ctx: &XdpContext,
@@ -395,7 +489,7 @@ mod prog {
         gens: Gens,
         key: &mut FlowKey,
         target: &mut AddrKey,
-    ) -> Result<bool, ParseError> {
+    ) -> Result<(Level, bool), ParseError> {
         let vtc: u8 = load(ctx, off)?;
         if vtc >> 4 != 6 {
             return Err(ParseError);
@@ -408,58 +502,53 @@ mod prog {
         key.dst_port = 0;
         key.src = load(ctx, off + 8)?;
         key.dst = load(ctx, off + 24)?;
-        let mut l4 = off + 40;
-        let mut has_ports = true;
-        let mut done = false;
-        for _ in 0..MAX_EXT_HEADERS {
-            match nh {
-                // Hop-by-hop, routing, destination options: (len + 1) * 8.
-                0 | 43 | 60 => {
-                    let next: u8 = load(ctx, l4)?;
-                    let len: u8 = load(ctx, l4 + 1)?;
-                    nh = next;
-                    l4 += (len as usize + 1) * 8;
-                }
-                // Fragment header: fixed 8 bytes.
-                44 => {
-                    let next: u8 = load(ctx, l4)?;
-                    let frag = be16(ctx, l4 + 2)?;
-                    if frag & 0xfff8 != 0 {
-                        has_ports = false;
-                    }
-                    nh = next;
-                    l4 += 8;
-                }
-                // Authentication header: (len + 2) * 4.
-                51 => {
-                    let next: u8 = load(ctx, l4)?;
-                    let len: u8 = load(ctx, l4 + 1)?;
-                    nh = next;
-                    l4 += (len as usize + 2) * 4;
-                }
-                _ => {
-                    done = true;
-                    break;
-                }
-            }
-            if l4 > MAX_L4_OFFSET {
-                return Err(ParseError);
-            }
-        }
-        // A chain longer than we walk, or one that ends past the frame, is
-        // malformed.
-        if !done || ctx.data() + l4 > ctx.data_end() {
-            return Err(ParseError);
-        }
+        // From here on the destination is known: whatever fails below makes
+        // the frame L3, not an error. `key.proto` is always the first
+        // header the walk has not got past.
         key.proto = nh;
-        if !has_ports {
-            return Ok(false);
+        let mut l4 = off + 40;
+        for _ in 0..MAX_EXT_HEADERS {
+            if !is_ext(nh) {
+                break;
+            }
+            // Next header, length, and (Fragment header) the offset field;
+            // every extension header is at least 8 bytes long.
+            let Ok(h) = load::<[u8; 4]>(ctx, l4) else {
+                return Ok((Level::L3, false));
+            };
+            let len = match nh {
+                // Fragment header: fixed 8 bytes.
+                IPPROTO_FRAGMENT => 8,
+                // Authentication header: (len + 2) * 4.
+                IPPROTO_AH => (h[1] as usize + 2) * 4,
+                // Hop-by-hop, routing, destination options: (len + 1) * 8.
+                _ => (h[1] as usize + 1) * 8,
+            };
+            let end = l4 + len;
+            // The whole header inside the frame and below the offset limit.
+            if end > MAX_L4_OFFSET || ctx.data() + end > ctx.data_end() {
+                return Ok((Level::L3, false));
+            }
+            if nh == IPPROTO_FRAGMENT && u16::from_be_bytes([h[2], h[3]]) & 0xfff8 != 0 {
+                // A non-first fragment: what follows is payload.
+                key.proto = h[0];
+                return Ok((Level::Fragment, false));
+            }
+            nh = h[0];
+            key.proto = nh;
+            l4 = end;
+        }
+        // A chain longer than we walk.
+        if is_ext(nh) {
+            return Ok((Level::L3, false));
         }
         let l4 = l4 & (MAX_L4_OFFSET * 2 - 1);
-        let icmp_type = parse_l4(ctx, l4, key)?;
+        let Ok(icmp_type) = parse_l4(ctx, l4, key) else {
+            return Ok((Level::L3, false));
+        };
         // Neighbour solicitation (135) or advertisement (136): the target.
         if nh != IPPROTO_ICMPV6 || (icmp_type != 135 && icmp_type != 136) {
-            return Ok(false);
+            return Ok((Level::L4, false));
         }
         target.gen = gens.guests;
         target.family = FAMILY_V6;
@@ -478,36 +567,40 @@ mod prog {
             )
         };
         if rc != 0 {
-            return Err(ParseError);
+            // An ND message without its target is a cut L4 header.
+            return Ok((Level::L3, false));
         }
-        Ok(true)
+        Ok((Level::L4, true))
     }
 
-    /// Fills the ports of `key`; returns the ICMP/ICMPv6 type (0 otherwise).
+    /// Fills the ports of `key` (zero on entry); returns the ICMP/ICMPv6
+    /// type (0 otherwise), or an error when the transport header is cut or
+    /// invalid. The ports are filled as soon as the frame shows them, even
+    /// when the rest of the header then turns out to be cut (a tiny first
+    /// fragment).
     #[inline(always)]
     fn parse_l4(ctx: &XdpContext, l4: usize, key: &mut FlowKey) -> Result<u8, ParseError> {
         if l4 > MAX_L4_OFFSET {
             return Err(ParseError);
         }
         match key.proto {
-            IPPROTO_TCP => {
-                let sport: u16 = load(ctx, l4)?;
-                let dport: u16 = load(ctx, l4 + 2)?;
-                let doff: u8 = load(ctx, l4 + 12)?;
-                let hdr = ((doff >> 4) as usize) * 4;
-                if hdr < 20 || ctx.data() + l4 + hdr > ctx.data_end() {
-                    return Err(ParseError);
+            IPPROTO_TCP | IPPROTO_UDP => {
+                let ports: [u16; 2] = load(ctx, l4)?;
+                key.src_port = ports[0];
+                key.dst_port = ports[1];
+                if key.proto == IPPROTO_TCP {
+                    let doff: u8 = load(ctx, l4 + 12)?;
+                    let hdr = ((doff >> 4) as usize) * 4;
+                    if hdr < 20 || ctx.data() + l4 + hdr > ctx.data_end() {
+                        return Err(ParseError);
+                    }
+                } else {
+                    let _hdr: u64 = load(ctx, l4)?;
                 }
-                key.src_port = sport;
-                key.dst_port = dport;
-            }
-            IPPROTO_UDP => {
-                let _len: u64 = load(ctx, l4)?;
-                key.src_port = load(ctx, l4)?;
-                key.dst_port = load(ctx, l4 + 2)?;
             }
             IPPROTO_ICMP | IPPROTO_ICMPV6 => {
-                let hdr: [u8; 4] = load(ctx, l4)?;
+                // Type, code, checksum and the 4 bytes every message has.
+                let hdr: [u8; 8] = load(ctx, l4)?;
                 return Ok(hdr[0]);
             }
             _ => {}
@@ -516,7 +609,7 @@ mod prog {
     }
 
     #[panic_handler]
-    fn panic(_info: &core::panic::PanicInfo) -> ! {
+    fn panic(_info: &core::panic::PanicInfo<'_>) -> ! {
         loop {}
     }
 }
