@@ -161,3 +161,24 @@ pub fn tagged(i: u32, len: usize) -> Vec<u8> {
     }
     p
 }
+
+/// IPv6 Fragment header (next header `next`, `offset` in 8-byte units, the
+/// M flag `more`, identification `id`) + payload.
+pub fn ipv6_frag(next: u8, offset: u16, more: bool, id: u32, payload: &[u8]) -> Vec<u8> {
+    let mut h = vec![next, 0];
+    h.extend_from_slice(&((offset << 3) | u16::from(more)).to_be_bytes());
+    h.extend_from_slice(&id.to_be_bytes());
+    h.extend_from_slice(payload);
+    h
+}
+
+/// `n` destination-options headers (8 bytes each) in front of `payload`,
+/// the last one naming `upper` as its next header. The IPv6 header in front
+/// names 60 (destination options), or `upper` when `n` is 0.
+pub fn ipv6_ext_chain(n: usize, upper: u8, payload: &[u8]) -> Vec<u8> {
+    let mut chain = payload.to_vec();
+    for i in 0..n {
+        chain = ipv6_ext(if i == 0 { upper } else { 60 }, &chain);
+    }
+    chain
+}
