@@ -14,6 +14,10 @@
 //! this crate needs neither the control crate nor the nightly eBPF build
 //! under the fuzzer's sanitizer flags.
 //!
+//! Seed corpus (`tests/fuzz/corpus/xdp_classifier`): the privileged test's
+//! edge cases as verbatim frames (`edge-*`), and generated inputs that reach
+//! each combination of parse level, action and deciding table (`gen-*`).
+//!
 //! `cargo xtask fuzz --target xdp_classifier`, or by hand:
 //! `cargo +nightly fuzz run --fuzz-dir tests/fuzz xdp_classifier`.
 #![no_main]
@@ -36,7 +40,11 @@ fn built_object() -> Option<PathBuf> {
             continue;
         };
         for b in builds.flatten() {
-            if !b.file_name().to_string_lossy().starts_with("xdpath-control-") {
+            if !b
+                .file_name()
+                .to_string_lossy()
+                .starts_with("xdpath-control-")
+            {
                 continue;
             }
             let obj = b.path().join("out/xdpath.bpf.o");
