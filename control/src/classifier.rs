@@ -20,7 +20,9 @@
 //! definition (a daemon that was killed), they are opened instead of
 //! created, so rules survive a restart. [`Classifier::shutdown`] detaches
 //! first (traffic falls back to the host), then removes the pins.
-//! Dropping a `Classifier` without `shutdown` does the same, best effort.
+//! Dropping a `Classifier` without `shutdown` does the same, best effort,
+//! except for one that was never attached and reused its pins: those stay
+//! for the next start, as a killed daemon leaves them.
 //!
 //! The caller serialises writes (the control plane owns the flow table);
 //! the XDP program only reads maps, except the per-CPU counters and the

@@ -370,6 +370,7 @@ fn run(flags: &Flags) -> Result<()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
         .classifier
         .attach_program();
+    let live = attached.is_ok();
     let served = match attached {
         Ok(()) => {
             tracing::info!(
@@ -385,9 +386,13 @@ fn run(flags: &Flags) -> Result<()> {
     };
 
     // Teardown, in order, whatever ended the run.
-    tracing::info!(
-        "shutting down: XSKMAP entries out, workers stopped, sockets closed, XDP detached"
-    );
+    if live {
+        tracing::info!(
+            "shutting down: XSKMAP entries out, workers stopped, sockets closed, XDP detached"
+        );
+    } else {
+        tracing::info!("start-up failed at the attach: server stopped, sockets closed");
+    }
     {
         let mut t = state
             .tables
