@@ -271,15 +271,19 @@ impl<F: std::fmt::Debug> std::fmt::Debug for SocketPool<F> {
 }
 
 impl<F: PortFactory> SocketPool<F> {
-    /// Opens one socket per queue `0..queues` through `factory`; returns
+    /// Opens one socket per queue `0..queues` through `factory` (each
+    /// retried for up to [`WORKER_TIMEOUT`] while its queue is busy); returns
     /// the pool and the sockets for the dataplane server (in queue order).
     /// The sockets are registered in the XSKMAP only while a guest's
     /// workers run ([`SocketPool::register_all`] and
     /// [`SocketPool::unregister_all`], driven by the server's connection
     /// events): without a guest, its traffic fails open to the host.
     pub fn create(factory: F, queues: u32) -> Result<(Self, Vec<F::Port>), PoolError> {
+        // A queue may still be held for a moment by a socket closed just
+        // before (a daemon killed and restarted at once): the kernel frees
+        // it asynchronously.
         let ports = (0..queues)
-            .map(|queue| open(&factory, queue))
+            .map(|queue| open_retrying(&factory, queue, WORKER_TIMEOUT))
             .collect::<Result<Vec<_>, _>>()?;
         let infos = (0..queues)
             .map(|queue| QueueInfo {
@@ -475,14 +479,7 @@ impl<F: PortFactory> SocketPool<F> {
         // 3. A new socket on the same queue. The kernel frees the queue from
         //    the old socket asynchronously (its buffer pool is torn down by
         //    a workqueue after close), so opening may fail for a moment.
-        let deadline = Instant::now() + self.timeout;
-        let port = loop {
-            match open(&self.factory, queue) {
-                Ok(p) => break p,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(REOPEN_PAUSE),
-            }
-        };
+        let port = open_retrying(&self.factory, queue, self.timeout)?;
         self.step(queue, ReplaceStep::Opened);
         // 4. Recorded, so a guest that connects from now on is steered to
         //    it, and traffic to it now if a guest's workers run (without a
@@ -529,6 +526,24 @@ fn open<F: PortFactory>(factory: &F, queue: u32) -> Result<F::Port, PoolError> {
         queue,
         detail: e.to_string(),
     })
+}
+
+/// Opens queue `queue`'s port, retrying for up to `timeout` while it fails
+/// (the kernel frees a queue from a closed socket asynchronously); the last
+/// error if it never works.
+fn open_retrying<F: PortFactory>(
+    factory: &F,
+    queue: u32,
+    timeout: Duration,
+) -> Result<F::Port, PoolError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match open(factory, queue) {
+            Ok(p) => return Ok(p),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(REOPEN_PAUSE),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -666,6 +681,20 @@ mod tests {
             r.pool.replace(1, &maps, &handle).unwrap_err().to_string(),
             "Queue 1 does not exist."
         );
+    }
+
+    #[test]
+    fn create_waits_for_a_queue_the_kernel_still_holds() {
+        let wire = MemWire::new(2);
+        // A socket closed just before (a daemon killed and restarted at
+        // once) still holds queue 1 for three attempts.
+        wire.queue(1).expect("queue 1").refuse_opens(3);
+        let factory = MemFactory::new(wire.clone(), 64, 64, 2048);
+        let (pool, ports) = SocketPool::create(factory, 2).expect("pool");
+        assert_eq!(ports.len(), 2);
+        let s = wire.queue(1).expect("queue 1").stats();
+        assert_eq!((s.opened, s.refused), (1, 3), "retried while busy");
+        assert!(pool.list().iter().all(|q| q.state == SocketState::Bound));
     }
 
     #[test]

@@ -824,11 +824,13 @@ fn a_failing_start_never_attaches_xdp() {
     let pins = std::path::Path::new("/sys/fs/bpf/xdpath").join(&t.host_if);
     let valid = big_state(RULES, false);
     let mut failures = Vec::new();
+    // The busy queue last: the kernel frees a closed AF_XDP socket's queue
+    // asynchronously, so a later case could find it still taken.
     let cases = [
         "corrupt state file",
-        "AF_XDP socket busy",
         "vhost-user socket",
         "API socket",
+        "AF_XDP socket busy",
     ];
     for case in cases {
         let mut d = Daemon::prepare(&t, &["--guest-mac", GUEST_MAC]).unwrap();
@@ -895,6 +897,7 @@ fn a_failing_start_never_attaches_xdp() {
     // a failing start, and the next good start reuses them. (A pin root of
     // their own: no other test's daemon removes them while this one is
     // dead.)
+    let t = Topology::new(1).expect("topology");
     let root = PinRoot::new("failing-start");
     let pins = root.0.join(&t.host_if);
     let mut d = Daemon::start(&t, &["--guest-mac", GUEST_MAC, "--pin-root", root.arg()])
