@@ -6,13 +6,23 @@
 //! bpf_link (the attachment lives exactly as long as the link), the map
 //! handles, and the pin directory `/sys/fs/bpf/xdpath/<ifname>/` (one file
 //! per map, named as in `xdpath_common::ALL_MAPS`, so `bpftool map dump
-//! pinned ...` works while it runs).
+//! pinned ...` works while it runs) with its lock ([`crate::pins`]).
+//!
+//! Loading and attaching are two steps: [`Classifier::load`] does
+//! everything that can fail on the program and its maps (the pinned maps
+//! created or reopened, the configuration written, the verifier run) without
+//! touching the interface, and [`Classifier::attach_program`] attaches it.
+//! The daemon writes the maps and opens its sockets in between, so a failed
+//! start never attaches anything (docs/ARCHITECTURE.md, Control path).
+//! [`Classifier::attach`] does both at once.
 //!
 //! Pins are reused: if the directory already holds maps of the same
 //! definition (a daemon that was killed), they are opened instead of
 //! created, so rules survive a restart. [`Classifier::shutdown`] detaches
 //! first (traffic falls back to the host), then removes the pins.
-//! Dropping a `Classifier` without `shutdown` does the same, best effort.
+//! Dropping a `Classifier` without `shutdown` does the same, best effort,
+//! except for one that was never attached and reused its pins: those stay
+//! for the next start, as a killed daemon leaves them.
 //!
 //! The caller serialises writes (the control plane owns the flow table);
 //! the XDP program only reads maps, except the per-CPU counters and the
@@ -158,6 +168,15 @@ pub enum ClassifierError {
         path: PathBuf,
         /// The OS error.
         source: std::io::Error,
+    },
+    /// Another classifier (a running xdpathd) holds the pin directory.
+    #[error(
+        "The pins at {} are in use by another xdpathd (or classifier) on this interface; stop it first.",
+        path.display()
+    )]
+    PinsInUse {
+        /// The pin directory.
+        path: PathBuf,
     },
     /// A netlink query failed.
     #[error("Querying XDP state of {iface} failed: {source}.")]
@@ -316,6 +335,14 @@ pub fn ifindex(iface: &str) -> Result<u32> {
     Ok(idx)
 }
 
+/// The XDP program attached to `ifindex` now, if any.
+fn query(iface: &str, ifindex: u32) -> Result<Option<netlink::Attached>> {
+    netlink::xdp_query(ifindex).map_err(|source| ClassifierError::Netlink {
+        iface: iface.to_string(),
+        source,
+    })
+}
+
 /// The program attached to one interface, with its maps.
 pub struct Classifier {
     iface: String,
@@ -323,6 +350,15 @@ pub struct Classifier {
     pin_dir: PathBuf,
     /// `None` once shut down.
     ebpf: Option<Ebpf>,
+    mode: XdpAttachMode,
+    force: bool,
+    /// The program is attached to the interface.
+    attached: bool,
+    /// The pins were there before [`Classifier::load`] (a killed daemon's).
+    reused_pins: bool,
+    /// The pin directory's lock, released after the teardown (fields drop
+    /// after `Drop::drop`).
+    _pin_lock: Option<crate::pins::PinLock>,
 }
 
 impl std::fmt::Debug for Classifier {
@@ -331,20 +367,34 @@ impl std::fmt::Debug for Classifier {
             .field("iface", &self.iface)
             .field("ifindex", &self.ifindex)
             .field("pin_dir", &self.pin_dir)
+            .field("attached", &self.attached)
             .finish_non_exhaustive()
     }
 }
 
 impl Classifier {
     /// Loads the embedded program, pins (or reopens) its maps, writes the
-    /// configuration and attaches to `cfg.iface`.
+    /// configuration and attaches to `cfg.iface`: [`Classifier::load`], then
+    /// [`Classifier::attach_program`].
     pub fn attach(cfg: &ClassifierConfig) -> Result<Self> {
+        let mut me = Self::load(cfg)?;
+        me.attach_program()?;
+        Ok(me)
+    }
+
+    /// Everything but the attach: refuses if another XDP program is on
+    /// `cfg.iface` (unless `cfg.force`), takes the pin directory's lock,
+    /// creates or reopens the pinned maps, writes the configuration and
+    /// loads the program into the kernel (the verifier runs here). The
+    /// interface is not touched: its traffic goes on as before until
+    /// [`Classifier::attach_program`].
+    ///
+    /// Dropped without being attached, a classifier leaves pins it reused
+    /// (those of a daemon that was killed: the next start needs them) and
+    /// removes the ones it created.
+    pub fn load(cfg: &ClassifierConfig) -> Result<Self> {
         let ifindex = ifindex(&cfg.iface)?;
-        let netlink_err = |source| ClassifierError::Netlink {
-            iface: cfg.iface.clone(),
-            source,
-        };
-        if let Some(existing) = netlink::xdp_query(ifindex).map_err(netlink_err)? {
+        if let Some(existing) = query(&cfg.iface, ifindex)? {
             if !cfg.force {
                 return Err(ClassifierError::AlreadyAttached {
                     iface: cfg.iface.clone(),
@@ -352,31 +402,30 @@ impl Classifier {
                     mode: existing.mode,
                 });
             }
-            tracing::warn!(iface = %cfg.iface, prog_id = existing.prog_id, "--force: detaching the XDP program already attached");
-            netlink::xdp_detach(ifindex, existing.mode).map_err(|source| {
-                ClassifierError::ForceFailed {
-                    iface: cfg.iface.clone(),
-                    prog_id: existing.prog_id,
-                    source,
-                }
-            })?;
         }
         if let Err(e) = raise_memlock() {
             tracing::debug!("raising RLIMIT_MEMLOCK failed: {e}");
         }
 
         let pin_dir = cfg.pin_root.join(&cfg.iface);
-        std::fs::create_dir_all(&pin_dir).map_err(|source| ClassifierError::PinDir {
-            path: pin_dir.clone(),
-            source,
+        let lock = crate::pins::PinLock::acquire(&pin_dir).map_err(|e| match e {
+            crate::pins::PinError::InUse { path } => ClassifierError::PinsInUse { path },
+            crate::pins::PinError::Io { path, source } => ClassifierError::PinDir { path, source },
         })?;
+        let reused = common::ALL_MAPS.iter().any(|m| pin_dir.join(m).exists());
         let mut me = Self {
             iface: cfg.iface.clone(),
             ifindex,
             pin_dir,
             ebpf: None,
+            mode: cfg.mode,
+            force: cfg.force,
+            attached: false,
+            reused_pins: reused,
+            _pin_lock: Some(lock),
         };
-        // From here on, Drop removes the pins if anything fails.
+        // From here on, Drop removes the pins if anything fails (unless
+        // they were reused).
         let pins: Vec<(&str, PathBuf)> = common::ALL_MAPS
             .iter()
             .map(|m| (*m, me.pin_dir.join(m)))
@@ -402,9 +451,63 @@ impl Classifier {
                 0
             },
         })?;
+        me.xdp_mut()?
+            .load()
+            .map_err(|e| ClassifierError::Load(chain(&e)))?;
+        tracing::info!(iface = %me.iface, pins = %me.pin_dir.display(), reused_pins = reused, "XDP classifier loaded (not attached)");
+        Ok(me)
+    }
 
-        let ebpf = me.ebpf_mut();
-        let prog: &mut Xdp = ebpf
+    /// Attaches the loaded program to the interface: from here on every
+    /// frame it receives is classified. With `force`, an XDP program found
+    /// on the interface now is detached first. Attaching twice is a no-op.
+    pub fn attach_program(&mut self) -> Result<()> {
+        if self.attached {
+            return Ok(());
+        }
+        if let Some(existing) = query(&self.iface, self.ifindex)? {
+            if !self.force {
+                return Err(ClassifierError::AlreadyAttached {
+                    iface: self.iface.clone(),
+                    prog_id: existing.prog_id,
+                    mode: existing.mode,
+                });
+            }
+            tracing::warn!(iface = %self.iface, prog_id = existing.prog_id, "--force: detaching the XDP program already attached");
+            netlink::xdp_detach(self.ifindex, existing.mode).map_err(|source| {
+                ClassifierError::ForceFailed {
+                    iface: self.iface.clone(),
+                    prog_id: existing.prog_id,
+                    source,
+                }
+            })?;
+        }
+        let (ifindex, cfg_mode, iface) = (self.ifindex, self.mode, self.iface.clone());
+        let mode = match cfg_mode {
+            XdpAttachMode::Native => XdpMode::Driver,
+            XdpAttachMode::Generic => XdpMode::Skb,
+        };
+        if let Err(e) = self.xdp_mut()?.attach_to_if_index(ifindex, mode) {
+            let detail = chain(&e);
+            return Err(match cfg_mode {
+                XdpAttachMode::Native if attach_errno(&e) == Some(libc::EOPNOTSUPP) => {
+                    ClassifierError::NativeUnsupported { iface, detail }
+                }
+                _ => ClassifierError::Attach { iface, detail },
+            });
+        }
+        self.attached = true;
+        tracing::info!(iface = %self.iface, mode = ?cfg_mode, pins = %self.pin_dir.display(), "XDP classifier attached");
+        Ok(())
+    }
+
+    /// Whether the program is attached to the interface.
+    pub fn is_attached(&self) -> bool {
+        self.attached
+    }
+
+    fn xdp_mut(&mut self) -> Result<&mut Xdp> {
+        self.ebpf_mut()
             .program_mut(common::PROGRAM_NAME)
             .ok_or_else(|| {
                 ClassifierError::Load(format!(
@@ -413,29 +516,7 @@ impl Classifier {
                 ))
             })?
             .try_into()
-            .map_err(|e| ClassifierError::Load(format!("{e}")))?;
-        prog.load().map_err(|e| ClassifierError::Load(chain(&e)))?;
-        let mode = match cfg.mode {
-            XdpAttachMode::Native => XdpMode::Driver,
-            XdpAttachMode::Generic => XdpMode::Skb,
-        };
-        if let Err(e) = prog.attach_to_if_index(ifindex, mode) {
-            let detail = chain(&e);
-            return Err(match cfg.mode {
-                XdpAttachMode::Native if attach_errno(&e) == Some(libc::EOPNOTSUPP) => {
-                    ClassifierError::NativeUnsupported {
-                        iface: cfg.iface.clone(),
-                        detail,
-                    }
-                }
-                _ => ClassifierError::Attach {
-                    iface: cfg.iface.clone(),
-                    detail,
-                },
-            });
-        }
-        tracing::info!(iface = %me.iface, mode = ?cfg.mode, pins = %me.pin_dir.display(), "XDP classifier attached");
-        Ok(me)
+            .map_err(|e| ClassifierError::Load(format!("{e}")))
     }
 
     fn ebpf(&self) -> &Ebpf {
@@ -818,9 +899,10 @@ impl Classifier {
 
     fn teardown(&mut self) -> Result<()> {
         // Dropping the Ebpf drops the bpf_link (detach) and the map fds.
-        if self.ebpf.take().is_some() {
+        if self.ebpf.take().is_some() && self.attached {
             tracing::info!(iface = %self.iface, "XDP classifier detached");
         }
+        self.attached = false;
         let mut first_err = None;
         for m in common::ALL_MAPS {
             let p = self.pin_dir.join(m);
@@ -978,6 +1060,13 @@ impl RuleMaps for Classifier {
 
 impl Drop for Classifier {
     fn drop(&mut self) {
+        if !self.attached && self.reused_pins && self.ebpf.is_some() {
+            // Never attached: the pins of the daemon before stay for the
+            // next start (see `Classifier::load`).
+            self.ebpf = None;
+            tracing::info!(iface = %self.iface, pins = %self.pin_dir.display(), "XDP classifier not attached; its pins stay");
+            return;
+        }
         if let Err(e) = self.teardown() {
             tracing::warn!("classifier teardown: {e}");
         }

@@ -70,6 +70,13 @@ pub struct DaemonConfig {
     /// Directory of the flow table's state file.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Set the NIC's receive queue count to `queues` at start
+    /// (`ethtool -L`) instead of refusing a NIC with another count.
+    #[serde(default)]
+    pub set_channels: bool,
+    /// Root of the per-interface pin directories (on a BPF file system).
+    #[serde(default)]
+    pub pin_root: Option<PathBuf>,
 }
 
 fn one() -> u16 {
@@ -207,6 +214,13 @@ impl DaemonConfig {
             .unwrap_or_else(|| Path::new(DEFAULT_RUN_DIR).join(format!("{}.api.sock", self.iface)))
     }
 
+    /// The root of the pin directories (default `/sys/fs/bpf/xdpath`).
+    pub fn pin_root(&self) -> PathBuf {
+        self.pin_root
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(crate::classifier::DEFAULT_PIN_ROOT))
+    }
+
     /// The flow table's state file.
     pub fn state_file(&self) -> PathBuf {
         self.state_dir
@@ -285,6 +299,8 @@ mod tests {
             (1, 1500, Action::Host, XdpAttachMode::Native)
         );
         assert_eq!(c.poll_idle_us, 50);
+        assert!(!c.set_channels);
+        assert_eq!(c.pin_root(), PathBuf::from("/sys/fs/bpf/xdpath"));
         assert_eq!(
             c.vhost_socket(),
             PathBuf::from("/run/xdpath/eth1.vhost.sock")

@@ -4,6 +4,9 @@
 //!   the shared state behind them).
 //! - [`classifier`]: loads the XDP program, attaches it to one interface,
 //!   pins and writes its maps, reads its counters, detaches and unpins.
+//! - [`pins`]: the pin directories: the lock a classifier holds on its
+//!   own, and which ones are stale (their interface is gone and nobody
+//!   uses them).
 //! - [`netlink`]: the small rtnetlink queries the loader needs (which XDP
 //!   program is attached, detach for `--force`).
 //! - [`client`]: a minimal HTTP-over-Unix-socket client of the API (used by
@@ -36,6 +39,7 @@ pub mod config;
 pub mod flow_table;
 pub mod maps;
 pub mod netlink;
+pub mod pins;
 pub mod platform;
 pub mod preflight;
 pub mod rules;

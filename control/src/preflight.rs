@@ -94,37 +94,168 @@ pub fn if_mtu(name: &str) -> Option<u32> {
     Some(unsafe { r.ifr_ifru.ifru_mtu } as u32)
 }
 
-/// `struct ethtool_channels`.
+/// `struct ethtool_channels`: a NIC's channels (`ethtool -l`).
 #[repr(C)]
-#[derive(Default)]
-struct EthtoolChannels {
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Channels {
     cmd: u32,
-    max_rx: u32,
-    max_tx: u32,
+    /// Most receive-only channels the NIC supports.
+    pub max_rx: u32,
+    /// Most transmit-only channels.
+    pub max_tx: u32,
     max_other: u32,
-    max_combined: u32,
-    rx_count: u32,
-    tx_count: u32,
+    /// Most combined (receive and transmit) channels.
+    pub max_combined: u32,
+    /// Receive-only channels in use.
+    pub rx_count: u32,
+    /// Transmit-only channels in use.
+    pub tx_count: u32,
     other_count: u32,
-    combined_count: u32,
+    /// Combined channels in use.
+    pub combined_count: u32,
+}
+
+impl Channels {
+    /// Receive queues in use: receive-only plus combined channels.
+    pub fn rx_queues(&self) -> u32 {
+        self.rx_count.saturating_add(self.combined_count)
+    }
+
+    /// The most receive queues the NIC can have.
+    pub fn max_rx_queues(&self) -> u32 {
+        self.max_rx.max(self.max_combined)
+    }
+
+    /// Whether the NIC counts its queues in combined channels (most
+    /// multi-queue NICs) rather than in separate receive and transmit
+    /// channels (veth, for one).
+    fn uses_combined(&self) -> bool {
+        self.max_combined > 0 && (self.combined_count > 0 || self.max_rx == 0)
+    }
+
+    /// The `ethtool -L` command that gives `iface` `n` receive queues.
+    pub fn ethtool_fix(&self, iface: &str, n: u16) -> String {
+        if self.uses_combined() {
+            format!("ethtool -L {iface} combined {n}")
+        } else {
+            format!("ethtool -L {iface} rx {n} tx {n}")
+        }
+    }
+
+    /// These channels with `n` receive queues (and as many transmit
+    /// queues, for drivers with separate channels): what
+    /// [`set_rx_queues`] asks the driver for.
+    pub fn with_rx_queues(&self, n: u32) -> Self {
+        let mut c = *self;
+        if self.uses_combined() {
+            c.combined_count = n;
+            c.rx_count = 0;
+        } else {
+            c.rx_count = n;
+            c.tx_count = n;
+        }
+        c
+    }
 }
 
 const ETHTOOL_GCHANNELS: u32 = 0x3c;
+const ETHTOOL_SCHANNELS: u32 = 0x3d;
+
+fn ethtool_channels(name: &str, ch: &mut Channels) -> std::io::Result<()> {
+    let sock = ioctl_socket().ok_or_else(std::io::Error::last_os_error)?;
+    let mut r = ifreq(name);
+    r.ifr_ifru.ifru_data = (ch as *mut Channels).cast();
+    // SAFETY: SIOCETHTOOL with an ifreq pointing at a valid
+    // ethtool_channels that outlives the call.
+    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut r) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The NIC's channels (`ethtool -l`), if the driver reports them.
+pub fn channels(name: &str) -> Option<Channels> {
+    let mut ch = Channels {
+        cmd: ETHTOOL_GCHANNELS,
+        ..Channels::default()
+    };
+    ethtool_channels(name, &mut ch).ok().map(|()| ch)
+}
 
 /// Receive queues the NIC uses now (`ethtool -l`: rx + combined), if the
 /// driver reports channels.
 pub fn rx_queues(name: &str) -> Option<u32> {
-    let sock = ioctl_socket()?;
-    let mut ch = EthtoolChannels {
-        cmd: ETHTOOL_GCHANNELS,
-        ..EthtoolChannels::default()
-    };
-    let mut r = ifreq(name);
-    r.ifr_ifru.ifru_data = (&mut ch as *mut EthtoolChannels).cast();
-    // SAFETY: SIOCETHTOOL with an ifreq pointing at a valid
-    // ethtool_channels that outlives the call.
-    let rc = unsafe { libc::ioctl(sock.as_raw_fd(), libc::SIOCETHTOOL, &mut r) };
-    (rc == 0).then_some(ch.rx_count + ch.combined_count)
+    channels(name).map(|c| c.rx_queues())
+}
+
+/// Gives the NIC `n` receive queues (`ethtool -L`, ETHTOOL_SCHANNELS):
+/// `combined n` on NICs with combined channels, `rx n tx n` on the others.
+/// Returns the channels before and after; nothing is written if it has
+/// `n` already. Some drivers reset their queues when the count changes.
+pub fn set_rx_queues(name: &str, n: u32) -> std::io::Result<(Channels, Channels)> {
+    let before = channels(name).ok_or_else(|| {
+        std::io::Error::other(format!("{name} does not report its channels (ethtool -l)"))
+    })?;
+    if before.rx_queues() == n {
+        return Ok((before, before));
+    }
+    let mut want = before.with_rx_queues(n);
+    want.cmd = ETHTOOL_SCHANNELS;
+    ethtool_channels(name, &mut want)?;
+    let after = channels(name).unwrap_or(want);
+    if after.rx_queues() != n {
+        return Err(std::io::Error::other(format!(
+            "the driver of {name} kept {} receive queues",
+            after.rx_queues()
+        )));
+    }
+    Ok((before, after))
+}
+
+/// The `[queues]` problem of a NIC with `ch` for `queues` queue pairs, if
+/// any. More receive queues than pairs is one: the NIC's RSS puts some
+/// flows on queues without a socket, and those never reach the guest.
+/// With `set_channels` the daemon changes the count itself, so only a
+/// count the NIC cannot have is a problem.
+pub fn queue_issue(iface: &str, ch: &Channels, queues: u16, set_channels: bool) -> Option<Issue> {
+    let n = ch.rx_queues();
+    let want = u32::from(queues);
+    if n == want {
+        return None;
+    }
+    if set_channels {
+        let max = ch.max_rx_queues();
+        return (max < want).then(|| Issue {
+            check: "queues",
+            problem: format!(
+                "{iface} can have at most {max} receive queues but {queues} queue pairs were asked for"
+            ),
+            fix: format!("--queues {max}"),
+        });
+    }
+    let ethtool = ch.ethtool_fix(iface, queues);
+    Some(if n < want {
+        Issue {
+            check: "queues",
+            problem: format!(
+                "{iface} has {n} receive queues but {queues} queue pairs were asked for"
+            ),
+            fix: format!(
+                "{ethtool} (if the NIC allows; --set-channels does it for you), or --queues {n}"
+            ),
+        }
+    } else {
+        Issue {
+            check: "queues",
+            problem: format!(
+                "{iface} has {n} receive queues but only {queues} queue pairs were asked for: \
+                 the flows its RSS spreads over the other {} queues would never reach the guest",
+                n - want
+            ),
+            fix: format!("{ethtool}, or --set-channels to let xdpathd set it, or --queues {n}"),
+        }
+    })
 }
 
 /// Largest frame (Ethernet header and one VLAN tag included) a UMEM frame
@@ -198,20 +329,8 @@ pub fn check(cfg: &DaemonConfig) -> Vec<Issue> {
                     fix: format!("ip link set dev {iface} up"),
                 });
             }
-            if let Some(n) = rx_queues(iface) {
-                if n < u32::from(cfg.queues) {
-                    issues.push(Issue {
-                        check: "queues",
-                        problem: format!(
-                            "{iface} has {n} receive queues but {} queue pairs were asked for",
-                            cfg.queues
-                        ),
-                        fix: format!(
-                            "ethtool -L {iface} combined {} (if the NIC allows), or --queues {n}",
-                            cfg.queues
-                        ),
-                    });
-                }
+            if let Some(ch) = channels(iface) {
+                issues.extend(queue_issue(iface, &ch, cfg.queues, cfg.set_channels));
             }
             if let Some(mtu) = if_mtu(iface) {
                 let limit = max_frame() - 18;
@@ -255,4 +374,95 @@ pub fn check(cfg: &DaemonConfig) -> Vec<Issue> {
         });
     }
     issues
+}
+
+/// What `--check` reports besides the checks, none of them a failure: the
+/// stale pin directories under the pin root (see [`crate::pins`]), which
+/// the daemon removes when it starts.
+pub fn notes(cfg: &DaemonConfig) -> Vec<Issue> {
+    crate::pins::find_stale(&cfg.pin_root())
+        .into_iter()
+        .map(|p| Issue {
+            check: "pins",
+            problem: format!(
+                "stale pin directory {}: interface {} does not exist in this network namespace and no program uses its maps",
+                p.dir.display(),
+                p.iface
+            ),
+            fix: format!(
+                "nothing to do: xdpathd removes it when it starts (or now: `xdpathd --remove-stale-pins`, or `cargo xtask undeploy --iface {}`)",
+                p.iface
+            ),
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn veth(rx: u32, max: u32) -> Channels {
+        Channels {
+            max_rx: max,
+            max_tx: max,
+            rx_count: rx,
+            tx_count: rx,
+            ..Channels::default()
+        }
+    }
+
+    fn nic(combined: u32, max: u32) -> Channels {
+        Channels {
+            max_combined: max,
+            combined_count: combined,
+            ..Channels::default()
+        }
+    }
+
+    #[test]
+    fn more_receive_queues_than_pairs_is_refused_with_the_fix() {
+        let i = queue_issue("eth1", &nic(8, 16), 2, false).expect("refused");
+        assert_eq!(i.check, "queues");
+        assert!(i.problem.contains("has 8 receive queues but only 2"), "{i}");
+        assert!(
+            i.problem
+                .contains("other 6 queues would never reach the guest"),
+            "{i}"
+        );
+        assert_eq!(
+            i.fix,
+            "ethtool -L eth1 combined 2, or --set-channels to let xdpathd set it, or --queues 8"
+        );
+        let i = queue_issue("veth0", &veth(4, 4), 1, false).expect("refused");
+        assert!(i.fix.starts_with("ethtool -L veth0 rx 1 tx 1,"), "{i}");
+        let i = queue_issue("eth1", &nic(1, 16), 2, false).expect("too few");
+        assert_eq!(
+            i.problem,
+            "eth1 has 1 receive queues but 2 queue pairs were asked for"
+        );
+        assert!(
+            i.fix.contains("--set-channels") && i.fix.contains("--queues 1"),
+            "{i}"
+        );
+        assert_eq!(queue_issue("eth1", &nic(2, 16), 2, false), None);
+    }
+
+    #[test]
+    fn set_channels_accepts_any_count_the_nic_can_have() {
+        assert_eq!(queue_issue("eth1", &nic(8, 16), 2, true), None);
+        assert_eq!(queue_issue("eth1", &nic(1, 16), 16, true), None);
+        let i = queue_issue("veth0", &veth(2, 2), 3, true).expect("beyond the maximum");
+        assert_eq!(
+            (i.problem.as_str(), i.fix.as_str()),
+            (
+                "veth0 can have at most 2 receive queues but 3 queue pairs were asked for",
+                "--queues 2"
+            )
+        );
+        // What the driver is asked for: combined channels, or rx and tx.
+        let c = nic(8, 16).with_rx_queues(2);
+        assert_eq!((c.combined_count, c.rx_count, c.rx_queues()), (2, 0, 2));
+        let v = veth(4, 4).with_rx_queues(1);
+        assert_eq!((v.rx_count, v.tx_count, v.combined_count), (1, 1, 0));
+    }
 }

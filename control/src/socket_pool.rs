@@ -6,11 +6,40 @@
 //! themselves belong to the dataplane's workers once handed over; the pool
 //! keeps only what the control plane needs to know about each queue, in
 //! one mutex that is never held across a blocking call (binding a socket,
-//! waiting for a worker). A replacement is a sequence of messages, in the
-//! teardown order of docs/ARCHITECTURE.md: XSKMAP entry out (the queue
-//! fails open to the host) -> the worker releases its socket -> open a new
-//! one (retried while the kernel frees the queue) -> XSKMAP entry in (only
-//! while a guest's workers run) -> the worker installs it.
+//! waiting for a worker, waiting for the maps' lock). A replacement is a
+//! sequence of messages, in the teardown order of docs/ARCHITECTURE.md:
+//! XSKMAP entry out (the queue fails open to the host) -> the worker
+//! releases its socket -> open a new one (retried while the kernel frees
+//! the queue) -> XSKMAP entry in (only while a guest's workers run) -> the
+//! worker installs it.
+//!
+//! # Who writes the XSKMAP, in which order
+//!
+//! Two threads write a queue's entry: the server's, through the connection
+//! events ([`SocketPool::register_all`] when a guest's workers run,
+//! [`SocketPool::unregister_all`] when they stopped), and the one running a
+//! replacement. The pool's mutex orders them, with two records:
+//! - `connected`, set and cleared by the connection events themselves (not
+//!   read from the server, whose state may already have moved on while an
+//!   event is on its way);
+//! - per queue, the fd of the socket its worker owns or is about to be
+//!   given, and `None` from the moment a replacement takes the entry out
+//!   until its new socket exists.
+//!
+//! Every XSKMAP write happens with both records locked (the maps' lock
+//! first, then the pool's), and only a recorded fd is ever registered, and
+//! only while `connected`. So whatever the interleaving, once the events
+//! and the replacement are done, the map holds exactly the current socket
+//! of every queue while a guest is connected and nothing otherwise; a
+//! disconnect can never leave an entry for a socket nobody reads, and an
+//! fd is never registered after its socket was released (the only release
+//! is a replacement's, which clears the record first). The fds a
+//! connection event reports are not trusted for the same reason: a
+//! replacement may have closed one since the server read it.
+//!
+//! A replacement calls an optional hook after each of its steps
+//! ([`SocketPool::on_step`], [`ReplaceStep`]): the deterministic seam the
+//! tests use to put a connection event exactly between two steps.
 //!
 //! Both kernel boundaries are traits, so the sequence runs without root:
 //! sockets come from a [`PortFactory`] (`XskFactory` binds AF_XDP sockets,
@@ -192,25 +221,69 @@ pub enum PoolError {
     },
 }
 
+/// A step of [`SocketPool::replace`], reported to the hook of
+/// [`SocketPool::on_step`] once it is done (no lock held).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplaceStep {
+    /// 1. The queue's XSKMAP entry is out: it fails open to the host.
+    EntryOut,
+    /// 2. The worker released its socket.
+    Released,
+    /// 3. The new socket is open.
+    Opened,
+    /// 4. The new socket is recorded, and registered if a guest is
+    ///    connected.
+    EntryIn,
+    /// 5. The worker installed the new socket.
+    Installed,
+}
+
+type StepHook = Box<dyn Fn(u32, ReplaceStep) + Send + Sync>;
+
+/// What the pool's mutex guards (see the module docs).
+#[derive(Debug)]
+struct PoolState {
+    queues: Vec<QueueInfo>,
+    /// Per queue: the fd of the socket its worker owns or is about to be
+    /// given; `None` while a replacement has none to offer.
+    fds: Vec<Option<RawFd>>,
+    /// A guest's workers run (between the connection events Up and Down).
+    connected: bool,
+}
+
 /// The pool for one interface, over the factory `F` that opens its
 /// sockets.
-#[derive(Debug)]
 pub struct SocketPool<F> {
     factory: F,
     timeout: Duration,
-    queues: Mutex<Vec<QueueInfo>>,
+    state: Mutex<PoolState>,
+    on_step: Option<StepHook>,
+}
+
+impl<F: std::fmt::Debug> std::fmt::Debug for SocketPool<F> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SocketPool")
+            .field("factory", &self.factory)
+            .field("timeout", &self.timeout)
+            .field("state", &self.state)
+            .finish_non_exhaustive()
+    }
 }
 
 impl<F: PortFactory> SocketPool<F> {
-    /// Opens one socket per queue `0..queues` through `factory`; returns
+    /// Opens one socket per queue `0..queues` through `factory` (each
+    /// retried for up to [`WORKER_TIMEOUT`] while its queue is busy); returns
     /// the pool and the sockets for the dataplane server (in queue order).
     /// The sockets are registered in the XSKMAP only while a guest's
     /// workers run ([`SocketPool::register_all`] and
     /// [`SocketPool::unregister_all`], driven by the server's connection
     /// events): without a guest, its traffic fails open to the host.
     pub fn create(factory: F, queues: u32) -> Result<(Self, Vec<F::Port>), PoolError> {
+        // A queue may still be held for a moment by a socket closed just
+        // before (a daemon killed and restarted at once): the kernel frees
+        // it asynchronously.
         let ports = (0..queues)
-            .map(|queue| open(&factory, queue))
+            .map(|queue| open_retrying(&factory, queue, WORKER_TIMEOUT))
             .collect::<Result<Vec<_>, _>>()?;
         let infos = (0..queues)
             .map(|queue| QueueInfo {
@@ -219,14 +292,39 @@ impl<F: PortFactory> SocketPool<F> {
                 generation: 1,
             })
             .collect();
+        let fds = ports.iter().map(|p| Some(p.as_fd().as_raw_fd())).collect();
         Ok((
             Self {
                 factory,
                 timeout: WORKER_TIMEOUT,
-                queues: Mutex::new(infos),
+                state: Mutex::new(PoolState {
+                    queues: infos,
+                    fds,
+                    connected: false,
+                }),
+                on_step: None,
             },
             ports,
         ))
+    }
+
+    /// The same pool, calling `hook(queue, step)` after each step of a
+    /// replacement, with no lock held: a test seam (a connection event can
+    /// be made to happen exactly there). Without a hook a step costs one
+    /// test of an `Option`.
+    pub fn on_step(mut self, hook: impl Fn(u32, ReplaceStep) + Send + Sync + 'static) -> Self {
+        self.on_step = Some(Box::new(hook));
+        self
+    }
+
+    fn step(&self, queue: u32, step: ReplaceStep) {
+        if let Some(h) = &self.on_step {
+            h(queue, step);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, PoolState> {
+        self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The same pool, waiting at most `timeout` (instead of
@@ -241,36 +339,70 @@ impl<F: PortFactory> SocketPool<F> {
         &self.factory
     }
 
-    /// A guest's workers run: steer each queue to its socket, `fds` being
-    /// (queue, socket fd) as the dataplane reports them.
+    /// Connection event Up (a guest's workers run): the pool is connected
+    /// from now on, and every queue that has a socket is steered to it.
+    /// `maps` is the caller's, locked (the maps' lock comes before the
+    /// pool's). `fds` are the (queue, fd) pairs the dataplane reported;
+    /// they are only compared with the pool's records, never registered (a
+    /// replacement may have closed one since they were read). A queue
+    /// being replaced is steered by its replacement. Every queue is tried;
+    /// the first failure is returned.
     pub fn register_all(
         &self,
         maps: &mut impl SocketMap,
         fds: &[(u32, RawFd)],
     ) -> Result<(), PoolError> {
-        for &(queue, fd) in fds {
-            // SAFETY: the dataplane reports the fds of sockets it owns and
-            // keeps open for the duration of the connection event.
+        let mut st = self.lock();
+        st.connected = true;
+        let mut first_err = None;
+        for (queue, fd) in st.fds.iter().enumerate() {
+            let queue = queue as u32;
+            let Some(fd) = *fd else {
+                continue;
+            };
+            if let Some(&(_, reported)) = fds.iter().find(|(q, _)| *q == queue) {
+                if reported != fd {
+                    tracing::debug!(
+                        queue,
+                        reported,
+                        fd,
+                        "the connection event reported another socket than the pool's"
+                    );
+                }
+            }
+            // SAFETY: a recorded fd is that of the socket the queue's worker
+            // owns or is about to be given (module docs): the record is
+            // cleared, under this lock, before the only release of a socket
+            // (a replacement's) is sent, and set only once the new socket is
+            // open and kept until its worker holds it. A socket that failed
+            // (its interface vanished) is closed by its worker too, but that
+            // ends the server, so no connection event follows.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            maps.register(queue, fd).map_err(|e| PoolError::Map {
-                queue,
-                detail: e.to_string(),
-            })?;
+            if let Err(e) = maps.register(queue, fd) {
+                first_err.get_or_insert(PoolError::Map {
+                    queue,
+                    detail: e.to_string(),
+                });
+            }
         }
-        Ok(())
+        first_err.map_or(Ok(()), Err)
     }
 
     /// The queues and their sockets.
     pub fn list(&self) -> Vec<QueueInfo> {
-        self.queues
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .clone()
+        self.lock().queues.clone()
+    }
+
+    /// Whether the pool steers traffic to the sockets: a guest's workers
+    /// run (between [`SocketPool::register_all`] and
+    /// [`SocketPool::unregister_all`]).
+    pub fn connected(&self) -> bool {
+        self.lock().connected
     }
 
     fn set(&self, queue: u32, state: SocketState, bump: bool) {
-        let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-        if let Some(info) = q.get_mut(queue as usize) {
+        let mut st = self.lock();
+        if let Some(info) = st.queues.get_mut(queue as usize) {
             info.state = state;
             if bump {
                 info.generation += 1;
@@ -292,8 +424,9 @@ impl<F: PortFactory> SocketPool<F> {
         M: SocketMap,
     {
         {
-            let mut q = self.queues.lock().unwrap_or_else(PoisonError::into_inner);
-            let info = q
+            let mut st = self.lock();
+            let info = st
+                .queues
                 .get_mut(queue as usize)
                 .ok_or(PoolError::NoSuchQueue(queue))?;
             if info.state == SocketState::Replacing {
@@ -324,12 +457,17 @@ impl<F: PortFactory> SocketPool<F> {
             queue,
             detail: e.to_string(),
         };
-        // 1. Fail open first.
-        maps.lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .as_mut()
-            .unregister(queue)
-            .map_err(map_err)?;
+        // 1. Fail open first; from here on no event registers the old
+        //    socket (its record is cleared with the entry).
+        {
+            let mut m = maps.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = self.lock();
+            m.as_mut().unregister(queue).map_err(map_err)?;
+            if let Some(fd) = st.fds.get_mut(queue as usize) {
+                *fd = None;
+            }
+        }
+        self.step(queue, ReplaceStep::EntryOut);
         // 2. The worker lets go of its socket (blocking; no lock held).
         server
             .release_socket(queue as usize, self.timeout)
@@ -337,38 +475,47 @@ impl<F: PortFactory> SocketPool<F> {
                 queue,
                 detail: e.to_string(),
             })?;
+        self.step(queue, ReplaceStep::Released);
         // 3. A new socket on the same queue. The kernel frees the queue from
         //    the old socket asynchronously (its buffer pool is torn down by
         //    a workqueue after close), so opening may fail for a moment.
-        let deadline = Instant::now() + self.timeout;
-        let port = loop {
-            match open(&self.factory, queue) {
-                Ok(p) => break p,
-                Err(e) if Instant::now() >= deadline => return Err(e),
-                Err(_) => std::thread::sleep(REOPEN_PAUSE),
+        let port = open_retrying(&self.factory, queue, self.timeout)?;
+        self.step(queue, ReplaceStep::Opened);
+        // 4. Recorded, so a guest that connects from now on is steered to
+        //    it, and traffic to it now if a guest's workers run (without a
+        //    guest the queue stays failed open), decided and written under
+        //    the same locks as the connection events.
+        {
+            let mut m = maps.lock().unwrap_or_else(PoisonError::into_inner);
+            let mut st = self.lock();
+            if st.connected {
+                m.as_mut().register(queue, port.as_fd()).map_err(map_err)?;
             }
-        };
-        // 4. Traffic to it again (only while a guest's workers run: without
-        //    a guest the queue stays failed open), 5. the worker takes it.
-        if server.connected() {
-            maps.lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .as_mut()
-                .register(queue, port.as_fd())
-                .map_err(map_err)?;
+            if let Some(fd) = st.fds.get_mut(queue as usize) {
+                *fd = Some(port.as_fd().as_raw_fd());
+            }
         }
+        self.step(queue, ReplaceStep::EntryIn);
+        // 5. The worker takes it (the port moves into its mailbox, so its fd
+        //    stays open whatever the outcome).
         server
             .install_socket(queue as usize, port, self.timeout)
             .map_err(|e| PoolError::Worker {
                 queue,
                 detail: e.to_string(),
-            })
+            })?;
+        self.step(queue, ReplaceStep::Installed);
+        Ok(())
     }
 
-    /// Every queue's XSKMAP entry out, so traffic fails open to the host:
-    /// when a guest's workers stopped, and as teardown step 1.
+    /// Connection event Down (a guest's workers stopped), and teardown
+    /// step 1: the pool is not connected from now on, and every queue's
+    /// XSKMAP entry goes, so traffic fails open to the host. `maps` is the
+    /// caller's, locked.
     pub fn unregister_all(&self, maps: &mut impl SocketMap) {
-        for info in self.list() {
+        let mut st = self.lock();
+        st.connected = false;
+        for info in &st.queues {
             let _ = maps.unregister(info.queue);
         }
     }
@@ -379,6 +526,24 @@ fn open<F: PortFactory>(factory: &F, queue: u32) -> Result<F::Port, PoolError> {
         queue,
         detail: e.to_string(),
     })
+}
+
+/// Opens queue `queue`'s port, retrying for up to `timeout` while it fails
+/// (the kernel frees a queue from a closed socket asynchronously); the last
+/// error if it never works.
+fn open_retrying<F: PortFactory>(
+    factory: &F,
+    queue: u32,
+    timeout: Duration,
+) -> Result<F::Port, PoolError> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        match open(factory, queue) {
+            Ok(p) => return Ok(p),
+            Err(e) if Instant::now() >= deadline => return Err(e),
+            Err(_) => std::thread::sleep(REOPEN_PAUSE),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -436,11 +601,16 @@ mod tests {
         let r = rig(2);
         let q0 = r.wire.queue(0).expect("queue 0").clone();
         let maps = Mutex::new(MemSocketMap::new());
-        // A guest was connected before: queue 0 is steered to its socket.
+        // A guest was connected before (every queue steered to its socket)
+        // and left (every entry out).
         let old_fd = q0.attached_fd().expect("a port is open");
+        let fd1 = r.wire.queue(1).and_then(|q| q.attached_fd()).expect("fd");
         r.pool
-            .register_all(&mut *maps.lock().unwrap(), &[(0, old_fd)])
+            .register_all(&mut *maps.lock().unwrap(), &[(0, old_fd), (1, fd1)])
             .expect("register");
+        assert!(r.pool.connected());
+        r.pool.unregister_all(&mut *maps.lock().unwrap());
+        assert!(!r.pool.connected());
         // The kernel still holds the queue for two more attempts.
         q0.refuse_opens(2);
         let info = r
@@ -457,9 +627,19 @@ mod tests {
         );
         let maps = maps.into_inner().unwrap();
         assert_eq!(
-            maps.writes(),
-            [MapWrite::Register(0, old_fd), MapWrite::Unregister(0)],
+            maps.writes()[4..],
+            [MapWrite::Unregister(0)],
             "entry out; no frontend, so no entry in: the queue stays failed open"
+        );
+        assert_eq!(
+            maps.writes()[..4],
+            [
+                MapWrite::Register(0, old_fd),
+                MapWrite::Register(1, fd1),
+                MapWrite::Unregister(0),
+                MapWrite::Unregister(1)
+            ],
+            "the guest before"
         );
         assert_eq!(maps.entry(0), None);
         let s = q0.stats();
@@ -501,6 +681,20 @@ mod tests {
             r.pool.replace(1, &maps, &handle).unwrap_err().to_string(),
             "Queue 1 does not exist."
         );
+    }
+
+    #[test]
+    fn create_waits_for_a_queue_the_kernel_still_holds() {
+        let wire = MemWire::new(2);
+        // A socket closed just before (a daemon killed and restarted at
+        // once) still holds queue 1 for three attempts.
+        wire.queue(1).expect("queue 1").refuse_opens(3);
+        let factory = MemFactory::new(wire.clone(), 64, 64, 2048);
+        let (pool, ports) = SocketPool::create(factory, 2).expect("pool");
+        assert_eq!(ports.len(), 2);
+        let s = wire.queue(1).expect("queue 1").stats();
+        assert_eq!((s.opened, s.refused), (1, 3), "retried while busy");
+        assert!(pool.list().iter().all(|q| q.state == SocketState::Bound));
     }
 
     #[test]

@@ -783,3 +783,219 @@ fn a_failed_snapshot_whose_switch_back_fails_is_repaired_by_the_next_call() {
     m.heal();
     assert_repaired(&mut t, &mut m, &table0, "snapshot then switch back failed");
 }
+
+// ----- durability: what a reload, and a crash, find after a failing step -----
+
+/// A file's identity (a rename or link keeps it, a rewrite does not):
+/// inode and birth time, so a reused inode number is a new file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct FileId(u64, Option<std::time::SystemTime>);
+
+/// The state directory after one store step.
+#[derive(Clone, Debug)]
+struct Point {
+    /// Name -> file, the lock file left out.
+    listing: std::collections::BTreeMap<String, FileId>,
+    /// This step was a directory fsync that succeeded: everything up to
+    /// here is durable.
+    synced: bool,
+}
+
+/// Every state the directory went through, step by step, and every
+/// content each file had: what a crash at any point can leave.
+#[derive(Debug, Default)]
+struct Recorder {
+    points: Vec<Point>,
+    /// File -> (point, bytes), whenever they changed.
+    contents: std::collections::HashMap<FileId, Vec<(usize, Vec<u8>)>>,
+}
+
+impl Recorder {
+    fn capture(&mut self, dir: &Path, synced: bool) {
+        use std::os::unix::fs::MetadataExt;
+        let at = self.points.len();
+        let mut listing = std::collections::BTreeMap::new();
+        for e in std::fs::read_dir(dir).into_iter().flatten().flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.ends_with(".lock") {
+                continue;
+            }
+            let (Ok(meta), Ok(bytes)) = (e.metadata(), std::fs::read(e.path())) else {
+                continue;
+            };
+            let id = FileId(meta.ino(), meta.created().ok());
+            let history = self.contents.entry(id.clone()).or_default();
+            if history.last().map(|(_, b)| b) != Some(&bytes) {
+                history.push((at, bytes));
+            }
+            listing.insert(name, id);
+        }
+        self.points.push(Point { listing, synced });
+    }
+
+    /// The directories a crash right after point `at` may leave: the
+    /// entries as of any point since the last successful directory fsync
+    /// (a prefix of the changes since then made it to the disk), each file
+    /// with its latest content (file data is fsynced before anything that
+    /// depends on it is acknowledged).
+    fn crash_images(&self, at: usize) -> Vec<Vec<(String, Vec<u8>)>> {
+        let durable = (0..=at).rev().find(|&j| self.points[j].synced).unwrap_or(0);
+        (durable..=at)
+            .map(|j| {
+                self.points[j]
+                    .listing
+                    .iter()
+                    .map(|(name, id)| {
+                        let bytes = self.contents[id]
+                            .iter()
+                            .rev()
+                            .find(|(p, _)| *p <= at)
+                            .map(|(_, b)| b.clone())
+                            .unwrap_or_default();
+                        (name.clone(), bytes)
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+}
+
+type Rules = (Vec<FlowRule>, Vec<PrefixRule>);
+
+/// Rules in short: the flows' (id, port) and the prefixes' ids.
+fn brief(r: &Rules) -> String {
+    let flows: Vec<(u32, u16)> = r.0.iter().map(|f| (f.id, f.dst_port)).collect();
+    let prefixes: Vec<u32> = r.1.iter().map(|p| p.id).collect();
+    format!("flows {flows:?} prefixes {prefixes:?}")
+}
+
+fn rules_of(t: &FlowTable) -> Rules {
+    (t.flows(), t.prefixes())
+}
+
+/// Loads a directory made of `files` (a crash image); what the table
+/// holds, or the load's error.
+fn load_image(files: &[(String, Vec<u8>)]) -> Result<Rules, String> {
+    let d = Dir::new();
+    std::fs::create_dir_all(&d.0).unwrap();
+    for (name, bytes) in files {
+        std::fs::write(d.0.join(name), bytes).unwrap();
+    }
+    FlowTable::load(&d.state())
+        .map(|t| rules_of(&t))
+        .map_err(|e| e.to_string())
+}
+
+/// Runs `case` with the store failing at each of its steps, once, then
+/// three more operations that succeed; records the state directory after
+/// every step. After each operation, every crash image must load to the
+/// table as acknowledged (or, right after the failing operation, as it
+/// was before it, if it failed), and at the end a plain reload must too.
+fn every_store_step_durably(case: &Case) {
+    let (after_ok, _, steps) = reference(case);
+    let after_ok = (after_ok.flows, after_ok.prefixes);
+    for n in 1..=steps + 1 {
+        let what = format!("{}, store step {n} of {steps} failing", case.name);
+        let d = Dir::new();
+        let (mut t, mut m) = (case.setup)(&d);
+        let rec = std::sync::Arc::new(std::sync::Mutex::new(Recorder::default()));
+        rec.lock().unwrap().capture(&d.0, true);
+        let faults = StoreFaults::new();
+        let (r, dir) = (rec.clone(), d.0.clone());
+        faults.watch(move |step, _, ok| {
+            r.lock()
+                .unwrap()
+                .capture(&dir, step == StoreStep::FsyncDir && ok)
+        });
+        t.set_store_faults(Some(faults.clone()));
+        let before = rules_of(&t);
+        faults.fail_at(n);
+        // (rules a crash at this boundary may show, what the operation was)
+        let mut boundaries: Vec<(usize, Vec<Rules>, String)> = Vec::new();
+        let acked = (case.op)(&mut t, &mut m).is_ok();
+        faults.heal();
+        let allowed = if acked {
+            vec![after_ok.clone()]
+        } else {
+            vec![before.clone(), after_ok.clone()]
+        };
+        assert!(allowed.contains(&rules_of(&t)), "{what}: in memory");
+        boundaries.push((
+            rec.lock().unwrap().points.len() - 1,
+            allowed,
+            case.name.into(),
+        ));
+
+        let follow: [(&str, Op); 3] = [
+            (
+                "add_flow",
+                Box::new(|t, m| t.add_flow(m, flow(None, 40, "drop")).map(|_| ())),
+            ),
+            (
+                "add_prefix",
+                Box::new(|t, m| {
+                    t.add_prefix(m, prefix(None, "10.40.0.0/16", "host"))
+                        .map(|_| ())
+                }),
+            ),
+            (
+                "delete_flow",
+                Box::new(|t, m| {
+                    let id = t.flows().iter().find(|r| r.dst_port == 40).unwrap().id;
+                    t.delete_flow(m, id)
+                }),
+            ),
+        ];
+        for (name, op) in follow {
+            op(&mut t, &mut m).unwrap_or_else(|e| panic!("{what}, then {name}: {e}"));
+            boundaries.push((
+                rec.lock().unwrap().points.len() - 1,
+                vec![rules_of(&t)],
+                format!("then {name} (acknowledged)"),
+            ));
+        }
+        let rec = rec.lock().unwrap();
+        for (at, allowed, after) in &boundaries {
+            for (i, image) in rec.crash_images(*at).iter().enumerate() {
+                let names: Vec<&str> = image.iter().map(|(n, _)| n.as_str()).collect();
+                match load_image(image) {
+                    Ok(rules) => assert!(
+                        allowed.contains(&rules),
+                        "{what}: a crash after {after} (image {i}: {names:?}) loses what was \
+                         acknowledged: it loads {}, not one of {:?}",
+                        brief(&rules),
+                        allowed.iter().map(brief).collect::<Vec<_>>()
+                    ),
+                    Err(e) => panic!(
+                        "{what}: a crash after {after} (image {i}: {names:?}) leaves state \
+                         that does not load: {e}"
+                    ),
+                }
+            }
+        }
+        let want = rules_of(&t);
+        drop(t);
+        let t = FlowTable::load(&d.state()).expect("reload");
+        assert_eq!(
+            rules_of(&t),
+            want,
+            "{what}: a reload finds what was acknowledged"
+        );
+    }
+}
+
+#[test]
+fn every_acknowledged_operation_survives_a_reload_and_a_crash_after_any_failing_step() {
+    let cases: Vec<Case> = single_cases()
+        .into_iter()
+        .chain(switch_cases())
+        .chain(
+            sync_cases()
+                .into_iter()
+                .filter(|c| c.name.contains("adopting")),
+        )
+        .collect();
+    for case in &cases {
+        every_store_step_durably(case);
+    }
+}

@@ -70,13 +70,22 @@ impl Daemon {
     /// Starts `xdpathd --iface <host_if> <extra...>` in the host namespace
     /// of `t`, with fresh sockets and state, and waits for its API.
     pub fn start(t: &Topology, extra: &[&str]) -> Result<Self> {
+        let mut d = Self::prepare(t, extra)?;
+        d.spawn()?;
+        Ok(d)
+    }
+
+    /// A daemon set up as [`Daemon::start`] does (fresh directories, the
+    /// same arguments) but not started: write its state file first, or run
+    /// it with [`Daemon::run_to_exit`].
+    pub fn prepare(t: &Topology, extra: &[&str]) -> Result<Self> {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
         let dir = std::env::temp_dir().join(format!("xdpathd-test-{}-{n}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir)?;
         let mut args: Vec<String> = vec!["--iface".into(), t.host_if.clone()];
         args.extend(extra.iter().map(|s| s.to_string()));
-        let mut d = Self {
+        let d = Self {
             child: None,
             api: dir.join("api.sock"),
             vhost: dir.join("vhost.sock"),
@@ -86,20 +95,29 @@ impl Daemon {
             args,
             ns: t.host_ns.clone(),
         };
-        d.spawn()?;
         Ok(d)
     }
 
-    /// Starts the daemon again with the same arguments and directories
-    /// (after [`Daemon::kill9`] or [`Daemon::stop`]).
-    pub fn spawn(&mut self) -> Result<()> {
+    /// Replaces the arguments given after `--iface` (for the next
+    /// [`Daemon::spawn`]: a restart with another configuration).
+    pub fn set_args(&mut self, extra: &[&str]) {
+        self.args.truncate(2);
+        self.args.extend(extra.iter().map(|s| s.to_string()));
+    }
+
+    /// The flow table's state file of a daemon on `iface`.
+    pub fn state_file(&self, iface: &str) -> PathBuf {
+        self.state_dir.join(format!("{iface}.flows.json"))
+    }
+
+    fn command(&self) -> Result<Command> {
         let bin = workspace_bin("xdpathd")?;
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(&self.log)?;
-        let child = Command::new(&bin)
-            .args(["--netns", &self.ns])
+        let mut c = Command::new(&bin);
+        c.args(["--netns", &self.ns])
             .args(&self.args)
             .arg("--api-socket")
             .arg(&self.api)
@@ -109,9 +127,40 @@ impl Daemon {
             .arg(&self.state_dir)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(log)
+            .stderr(log);
+        Ok(c)
+    }
+
+    /// Runs the daemon with its arguments (plus `more`, which come after
+    /// them and so win) and waits, at most `timeout`, for it to exit by
+    /// itself: a start that must fail. Returns its exit code (`None` if it
+    /// had to be killed) and its log.
+    pub fn run_to_exit(
+        &mut self,
+        more: &[&str],
+        timeout: Duration,
+    ) -> Result<(Option<i32>, String)> {
+        let mut child = self
+            .command()?
+            .args(more)
             .spawn()
             .context("starting xdpathd")?;
+        let mut status = None;
+        wait_until(timeout, || {
+            status = child.try_wait().ok().flatten();
+            status.is_some()
+        });
+        if status.is_none() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        Ok((status.and_then(|s| s.code()), self.log_text()))
+    }
+
+    /// Starts the daemon again with the same arguments and directories
+    /// (after [`Daemon::kill9`] or [`Daemon::stop`]).
+    pub fn spawn(&mut self) -> Result<()> {
+        let child = self.command()?.spawn().context("starting xdpathd")?;
         self.child = Some(child);
         let up = wait_until(Duration::from_secs(15), || {
             self.exited().is_none() && self.call("GET", "/v1/health", None).is_ok()
@@ -230,4 +279,80 @@ pub fn ok_stdout(o: &Output) -> Result<String> {
         );
     }
     Ok(String::from_utf8_lossy(&o.stdout).into_owned())
+}
+
+/// What an [`XdpWatch`] saw.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct XdpSeen {
+    /// Netlink queries made.
+    pub polls: u64,
+    /// Every XDP program id found attached, in order, without repeats in a
+    /// row.
+    pub progs: Vec<u32>,
+}
+
+/// Watches the XDP attachment of an interface from its own thread, as fast
+/// as netlink answers, until stopped: it catches a program that is attached
+/// only for the few milliseconds of a failing start.
+pub struct XdpWatch {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: Option<std::thread::JoinHandle<Result<XdpSeen>>>,
+}
+
+/// Longest an [`XdpWatch`] runs if nobody stops it.
+const WATCH_LIMIT: Duration = Duration::from_secs(300);
+
+impl XdpWatch {
+    /// Starts watching `iface` in namespace `ns`; returns once the first
+    /// query was answered.
+    pub fn start(ns: &str, iface: &str) -> Result<Self> {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+        let (ns, iface, flag) = (ns.to_string(), iface.to_string(), stop.clone());
+        let thread = std::thread::Builder::new().name("xdp-watch".into()).spawn(
+            move || -> Result<XdpSeen> {
+                crate::topology::enter_netns(&ns)?;
+                let idx = xdpath_control::classifier::ifindex(&iface)?;
+                let mut seen = XdpSeen::default();
+                let end = std::time::Instant::now() + WATCH_LIMIT;
+                while std::time::Instant::now() < end {
+                    let now = xdpath_control::netlink::xdp_query(idx)?;
+                    seen.polls += 1;
+                    if seen.polls == 1 {
+                        let _ = ready_tx.send(());
+                    }
+                    if let Some(a) = now {
+                        if seen.progs.last() != Some(&a.prog_id) {
+                            seen.progs.push(a.prog_id);
+                        }
+                    }
+                    if flag.load(Ordering::Acquire) {
+                        break;
+                    }
+                }
+                Ok(seen)
+            },
+        )?;
+        let _ = ready_rx.recv_timeout(Duration::from_secs(5));
+        Ok(Self {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// Stops watching and says what was seen.
+    pub fn stop(mut self) -> Result<XdpSeen> {
+        self.stop.store(true, Ordering::Release);
+        let t = self.thread.take().ok_or_else(|| anyhow!("stopped twice"))?;
+        t.join().map_err(|_| anyhow!("the XDP watch panicked"))?
+    }
+}
+
+impl Drop for XdpWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }

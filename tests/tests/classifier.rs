@@ -1318,3 +1318,55 @@ fn the_differential_check_catches_a_bypass_and_a_stray_redirect() {
     let v = check(host, &inexact).expect_err("two classes");
     assert!(v.property.starts_with("(c)"), "{v}");
 }
+
+/// Loading is not attaching: after [`Classifier::load`] the maps are pinned
+/// and written and the program verified, but the interface has no XDP
+/// program until [`Classifier::attach_program`]. The pin directory is
+/// locked: a second classifier on the same interface stops before it
+/// touches the pins. A classifier dropped without being attached removes
+/// the pins it created.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, bpffs"]
+fn load_touches_no_traffic_and_attach_is_the_last_step() {
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    t.in_host(|| {
+        let ifindex = xdpath_control::classifier::ifindex(&t.host_if).unwrap();
+        let cfg = ClassifierConfig::new(&t.host_if);
+        let pins = std::path::Path::new("/sys/fs/bpf/xdpath").join(&t.host_if);
+
+        let mut c = Classifier::load(&cfg).expect("load");
+        assert!(!c.is_attached());
+        assert_eq!(
+            xdpath_control::netlink::xdp_query(ifindex).unwrap(),
+            None,
+            "loaded, not attached"
+        );
+        c.insert_mac(GUEST_MAC, &guest(1, 0))
+            .expect("the maps are writable");
+        assert!(pins.join(xdpath_common::MAP_MACS).exists(), "pinned");
+        let e = Classifier::load(&cfg).expect_err("the pins are locked");
+        assert!(matches!(e, ClassifierError::PinsInUse { .. }), "{e}");
+        assert!(e.to_string().contains("in use by another xdpathd"), "{e}");
+
+        c.attach_program().expect("attach");
+        assert!(c.is_attached());
+        let attached = xdpath_control::netlink::xdp_query(ifindex)
+            .unwrap()
+            .map(|a| a.prog_id);
+        assert_eq!(attached, Some(c.prog_id().unwrap()));
+        c.attach_program().expect("attaching twice is a no-op");
+        // Dropped attached (as a killed daemon would leave its pins, but
+        // detach): everything goes.
+        c.shutdown().unwrap();
+        assert_eq!(xdpath_tests::wait_detached(ifindex), None);
+        assert!(!pins.exists());
+
+        // Never attached, fresh pins: removed (a daemon's start that
+        // failed after loading; `daemon.rs` shows a killed daemon's pins
+        // surviving one).
+        drop(Classifier::load(&cfg).expect("load"));
+        assert!(!pins.exists(), "the pins it created go");
+        assert_eq!(xdpath_control::netlink::xdp_query(ifindex).unwrap(), None);
+    });
+}

@@ -779,3 +779,572 @@ fn guest_traffic_fails_open_while_no_guest_is_connected() {
         "the guest left: fail open again"
     );
 }
+
+/// Rules in the state file of [`a_failing_start_never_attaches_xdp`]: a
+/// daemon that attached first would keep XDP attached for the tenths of a
+/// second it takes to load them (and, for the later steps, to project them).
+const RULES: u32 = 10_000;
+
+/// A state file with `n` valid exact rules, and with `corrupt` a last one
+/// whose id is taken: big enough that loading and projecting it take a
+/// while, which is when a start that attached XDP first had it attached.
+fn big_state(n: u32, corrupt: bool) -> String {
+    let rule = |id: u32, i: u32| {
+        let mut s = xdpath_control::rules::FlowRuleSpec::new(
+            format!("10.{}.{}.{}", 100 + i / 65536, (i / 256) % 256, i % 256),
+            "10.77.0.1",
+            "udp",
+            "host",
+        );
+        s.src_port = 1000;
+        s.dst_port = 9;
+        serde_json::to_string(&s.validate(id).expect("a valid rule")).expect("JSON")
+    };
+    let mut flows: Vec<String> = (1..=n).map(|i| rule(i, i)).collect();
+    if corrupt {
+        flows.push(rule(1, n + 1));
+    }
+    format!(
+        r#"{{"format":"xdpath-flow-table","version":1,"epoch":1,"flows":[{}],"prefixes":[]}}"#,
+        flows.join(",")
+    )
+}
+
+/// A start that fails (a corrupt state file; an AF_XDP socket, the
+/// vhost-user socket or the API socket that cannot be bound) says why and
+/// exits 1, and never attaches XDP to the interface, not even for a
+/// moment: every fallible step runs before the attach (under systemd's
+/// Restart=on-failure a failing start would otherwise blip the NIC every 2
+/// s). It leaves nothing behind: no pins, no socket files.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
+fn a_failing_start_never_attaches_xdp() {
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    let pins = std::path::Path::new("/sys/fs/bpf/xdpath").join(&t.host_if);
+    let valid = big_state(RULES, false);
+    let mut failures = Vec::new();
+    // The busy queue last: the kernel frees a closed AF_XDP socket's queue
+    // asynchronously, so a later case could find it still taken.
+    let cases = [
+        "corrupt state file",
+        "vhost-user socket",
+        "API socket",
+        "AF_XDP socket busy",
+    ];
+    for case in cases {
+        let mut d = Daemon::prepare(&t, &["--guest-mac", GUEST_MAC]).unwrap();
+        std::fs::create_dir_all(&d.state_dir).unwrap();
+        let state = d.state_file(&t.host_if);
+        std::fs::write(
+            &state,
+            if case == cases[0] {
+                big_state(RULES, true)
+            } else {
+                valid.clone()
+            },
+        )
+        .unwrap();
+        // Something that is not a directory, where a socket's directory
+        // should be.
+        let file = d.dir.join("file");
+        std::fs::write(&file, b"not a directory").unwrap();
+        let mut _busy = None;
+        let expect: String = match case {
+            "corrupt state file" => {
+                format!("{}: is not a valid flow-table state file", state.display())
+            }
+            "AF_XDP socket busy" => {
+                let host_if = t.host_if.clone();
+                _busy = Some(t.in_host(move || {
+                    xdpath_tests::xsk::XskReceiver::bind(&host_if, 0).expect("queue 0 taken")
+                }));
+                "Creating the AF_XDP socket of queue 0 failed".into()
+            }
+            "vhost-user socket" => {
+                d.vhost = file.join("vhost.sock");
+                format!("creating {}", file.display())
+            }
+            _ => {
+                d.api = file.join("api.sock");
+                format!("creating {}", file.display())
+            }
+        };
+        let watch = xdpath_tests::daemon::XdpWatch::start(&t.host_ns, &t.host_if).unwrap();
+        let (code, log) = d.run_to_exit(&[], Duration::from_secs(120)).unwrap();
+        let seen = watch.stop().unwrap();
+        assert_eq!(code, Some(1), "{case}: {log}");
+        assert!(
+            log.contains(&expect),
+            "{case}: expected {expect:?} in:\n{log}"
+        );
+        assert!(seen.polls > 10, "{case}: the watch ran: {seen:?}");
+        if !seen.progs.is_empty() {
+            failures.push(format!(
+                "{case}: XDP program {:?} was attached during a start that failed:\n{log}",
+                seen.progs
+            ));
+        }
+        assert!(!pins.exists(), "{case}: pins left behind");
+        assert!(
+            !d.api.exists() && !d.vhost.exists(),
+            "{case}: socket files left behind"
+        );
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n"));
+
+    // A killed daemon's pins (the rules a state file may have lost) survive
+    // a failing start, and the next good start reuses them. (A pin root of
+    // their own: no other test's daemon removes them while this one is
+    // dead.)
+    let t = Topology::new(1).expect("topology");
+    let root = PinRoot::new("failing-start");
+    let pins = root.0.join(&t.host_if);
+    let mut d = Daemon::start(&t, &["--guest-mac", GUEST_MAC, "--pin-root", root.arg()])
+        .unwrap_or_else(|e| panic!("{e:#}"));
+    d.kill9();
+    assert!(pins.join(xdpath_common::MAP_FLOWS).exists());
+    let host_if = t.host_if.clone();
+    // The kernel frees the killed daemon's queue asynchronously.
+    let busy = t.in_host(move || {
+        let mut rx = None;
+        wait_until(WAIT, || {
+            rx = xdpath_tests::xsk::XskReceiver::bind(&host_if, 0).ok();
+            rx.is_some()
+        });
+        rx.expect("queue 0 taken")
+    });
+    let (code, log) = d.run_to_exit(&[], Duration::from_secs(60)).unwrap();
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("its pins stay"), "{log}");
+    assert!(
+        pins.join(xdpath_common::MAP_FLOWS).exists(),
+        "the pins stay:\n{log}"
+    );
+    drop(busy);
+    d.spawn().unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(
+        d.log_text().contains("reused_pins=true"),
+        "{}",
+        d.log_text()
+    );
+}
+
+/// The keys of pinned map `map` of the daemon on `iface` under pin root
+/// `root`, read through libbpf as any tool would.
+fn pinned_keys(root: &std::path::Path, iface: &str, map: &str) -> Vec<Vec<u8>> {
+    use libbpf_rs::MapCore;
+    let path = root.join(iface).join(map);
+    let m = libbpf_rs::MapHandle::from_pinned_path(&path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    m.keys().collect()
+}
+
+/// A guest address that was a mistake (the host's own, so ARP for the
+/// host is steered to the guest) does not outlive a `kill -9`: the restart
+/// with the right address reconciles the pinned maps with the
+/// configuration, so ARP for the host reaches the host again and NEIGH and
+/// MACS hold only what the configuration says.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
+fn a_restart_after_kill_9_drops_guest_entries_the_config_no_longer_has() {
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    let host_ip = "10.77.0.1";
+    let good_ip = "10.77.0.50";
+    // A pin root of its own: no other test's daemon removes these pins
+    // while this one is dead.
+    let root = PinRoot::new("reconcile");
+    let mut d = Daemon::prepare(&t, &[]).unwrap();
+    let arp_for = |fe: &mut TestFrontend, ip: [u8; 4]| {
+        fe.recv(0, 4, Duration::from_secs(2))
+            .iter()
+            .any(|f| f.data.len() >= 42 && f.data[12..14] == [0x08, 0x06] && f.data[38..42] == ip)
+    };
+    // The host answers ARP (and so pings) only if the request reaches it.
+    let ping_host = || {
+        let _ = Topology::exec(&t.peer_ns, &["ip", "neigh", "flush", "dev", &t.peer_if]);
+        Topology::exec(&t.peer_ns, &["ping", "-c", "1", "-W", "1", host_ip]).is_ok()
+    };
+
+    // The mistake: the host's own address given as the guest's.
+    d.set_args(&[
+        "--pin-root",
+        root.arg(),
+        "--guest-mac",
+        GUEST_MAC,
+        "--guest-ip",
+        host_ip,
+    ]);
+    d.spawn().expect("start with the wrong address");
+    let mut fe = TestFrontend::connect(&d.vhost, FrontendOptions::default()).unwrap();
+    fe.post_rx_buffers(0, 64, 2048);
+    assert!(!ping_host(), "the guest steals the host's ARP");
+    assert!(arp_for(&mut fe, HOST_IP), "the request went to the guest");
+    d.kill9();
+    drop(fe);
+
+    // The restart with the right address: its pins are the killed daemon's.
+    d.set_args(&[
+        "--pin-root",
+        root.arg(),
+        "--guest-mac",
+        GUEST_MAC,
+        "--guest-ip",
+        good_ip,
+    ]);
+    d.spawn().expect("restart with the right address");
+    assert!(
+        d.log_text().contains("reused_pins=true"),
+        "the restart reused the killed daemon's maps:\n{}",
+        d.log_text()
+    );
+    let mut fe = TestFrontend::connect(&d.vhost, FrontendOptions::default()).unwrap();
+    fe.post_rx_buffers(0, 64, 2048);
+    assert!(
+        wait_until(WAIT, || d
+            .call("GET", "/v1/health", None)
+            .is_ok_and(|h| h["guest_connected"] == json!(true))),
+        "the guest is connected"
+    );
+    assert!(ping_host(), "ARP for the host reaches the host again");
+    assert!(!arp_for(&mut fe, HOST_IP), "and not the guest");
+
+    let neigh: Vec<[u8; 4]> = pinned_keys(&root.0, &t.host_if, xdpath_common::MAP_NEIGH)
+        .iter()
+        .map(|k| {
+            assert_eq!(k.len(), std::mem::size_of::<xdpath_common::AddrKey>());
+            // SAFETY: AddrKey is repr(C) plain data, and `k` has its size.
+            let key: xdpath_common::AddrKey =
+                unsafe { std::ptr::read_unaligned(k.as_ptr().cast()) };
+            [key.addr[0], key.addr[1], key.addr[2], key.addr[3]]
+        })
+        .collect();
+    assert_eq!(
+        neigh,
+        [[10, 77, 0, 50]],
+        "NEIGH holds the configured address only"
+    );
+    let macs: Vec<[u8; 6]> = pinned_keys(&root.0, &t.host_if, xdpath_common::MAP_MACS)
+        .iter()
+        .map(|k| {
+            assert_eq!(k.len(), std::mem::size_of::<xdpath_common::MacKey>());
+            [k[0], k[1], k[2], k[3], k[4], k[5]]
+        })
+        .collect();
+    assert_eq!(
+        macs,
+        [xdpath_control::config::parse_mac(GUEST_MAC).unwrap()],
+        "MACS holds the configured MAC only"
+    );
+}
+
+/// The NIC's receive queues as `ethtool -l` shows them: (rx, tx).
+fn rx_tx_channels(t: &Topology) -> (u32, u32) {
+    let host_if = t.host_if.clone();
+    let ch = t.in_host(move || xdpath_control::preflight::channels(&host_if).expect("channels"));
+    (ch.rx_queues(), ch.tx_count)
+}
+
+/// A NIC with more receive queues than `--queues` is refused, with the fix
+/// in the message: RSS would put some flows on queues without a socket,
+/// and they would silently miss the guest. So is one with fewer. With
+/// `--set-channels` the daemon sets the count itself and starts.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
+fn a_nic_with_other_queue_counts_is_refused_or_set_with_set_channels() {
+    require_root();
+    let t = Topology::new(2).expect("topology");
+    let xdpathd = workspace_bin("xdpathd").unwrap();
+    let run_once = |args: &[&str]| {
+        let o = std::process::Command::new(&xdpathd)
+            .args([
+                "--netns",
+                &t.host_ns,
+                "--iface",
+                &t.host_if,
+                "--guest-mac",
+                GUEST_MAC,
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let host_if = t.host_if.as_str();
+
+    // More receive queues than pairs: refused, by --check and by a start.
+    for extra in [&["--queues", "1", "--check"][..], &["--queues", "1"]] {
+        let (code, out) = run_once(extra);
+        assert_eq!(code, Some(1), "{extra:?}: {out}");
+        for part in [
+            format!(
+                "[queues] {host_if} has 2 receive queues but only 1 queue pairs were asked for"
+            ),
+            "would never reach the guest".to_string(),
+            format!("ethtool -L {host_if} rx 1 tx 1"),
+            "--set-channels".to_string(),
+            "--queues 2".to_string(),
+        ] {
+            assert!(
+                out.contains(&part),
+                "{extra:?}: {part:?} missing in:\n{out}"
+            );
+        }
+    }
+    assert_eq!(rx_tx_channels(&t), (2, 2), "a refusal changes nothing");
+    // More than the NIC can have: refused even with --set-channels.
+    let (code, out) = run_once(&["--queues", "3", "--set-channels", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains("can have at most 2 receive queues") && out.contains("--queues 2"),
+        "{out}"
+    );
+
+    // veth runs native XDP only with at least as many receive queues as
+    // its peer has transmit queues: the peer sends on one.
+    Topology::exec(&t.peer_ns, &["ethtool", "-L", &t.peer_if, "tx", "1"]).unwrap();
+    let mut d = Daemon::start(
+        &t,
+        &["--guest-mac", GUEST_MAC, "--queues", "1", "--set-channels"],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(rx_tx_channels(&t), (1, 1), "set to --queues");
+    assert!(
+        d.log_text().contains("receive queues set (--set-channels)"),
+        "{}",
+        d.log_text()
+    );
+    let tx = sender(&t);
+    let mut fe = TestFrontend::connect(&d.vhost, FrontendOptions::default()).unwrap();
+    fe.post_rx_buffers(0, 16, 2048);
+    assert!(wait_until(WAIT, || d
+        .call("GET", "/v1/health", None)
+        .is_ok_and(|h| h["guest_connected"] == json!(true))));
+    let guest_mac = xdpath_control::config::parse_mac(GUEST_MAC).unwrap();
+    let f = eth(
+        guest_mac,
+        PEER_MAC,
+        ETH_P_IP,
+        &ipv4(PEER_IP, [10, 77, 0, 50], 17, &udp(1, 2, &tagged(1, 32))),
+    );
+    tx.send_on_queue(0, std::slice::from_ref(&f)).unwrap();
+    assert_eq!(
+        fe.recv(0, 1, WAIT).first().map(|g| &g.data),
+        Some(&f),
+        "the guest's traffic arrives"
+    );
+    drop(fe);
+    assert_eq!(d.stop().and_then(|s| s.code()), Some(0), "{}", d.log_text());
+    assert_eq!(
+        rx_tx_channels(&t),
+        (1, 1),
+        "the count stays after the daemon"
+    );
+
+    // Fewer receive queues than pairs: refused, or raised.
+    let (code, out) = run_once(&["--queues", "2", "--check"]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(
+        out.contains(&format!(
+            "[queues] {host_if} has 1 receive queues but 2 queue pairs"
+        )) && out.contains("--set-channels"),
+        "{out}"
+    );
+    let d = Daemon::start(
+        &t,
+        &["--guest-mac", GUEST_MAC, "--queues", "2", "--set-channels"],
+    )
+    .unwrap_or_else(|e| panic!("{e:#}"));
+    assert_eq!(rx_tx_channels(&t), (2, 2));
+    let queues = d.call("GET", "/v1/queues", None).unwrap();
+    assert_eq!(queues.as_array().map(Vec::len), Some(2), "{queues}");
+}
+
+/// A private root for pin directories on bpffs, removed on drop (only it).
+struct PinRoot(std::path::PathBuf);
+
+impl PinRoot {
+    fn new(name: &str) -> Self {
+        let p = std::path::PathBuf::from(format!(
+            "/sys/fs/bpf/xdpath-test-{}-{name}",
+            std::process::id()
+        ));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).expect("a directory on bpffs");
+        Self(p)
+    }
+
+    fn arg(&self) -> &str {
+        self.0.to_str().expect("UTF-8 path")
+    }
+}
+
+impl Drop for PinRoot {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Pins whose interface no longer exists (a daemon killed, then its NIC
+/// removed) do not stay forever: `xdpathd --check` reports them, and a
+/// daemon's start-up and `xdpathd --remove-stale-pins` remove them. A live
+/// daemon's pins, in another namespace, and a directory with anything but
+/// xdpath's maps in it are left alone.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd, bpffs"]
+fn stale_pins_are_reported_and_removed_and_nothing_else_is() {
+    require_root();
+    let root = PinRoot::new("stale");
+    let with_root = |extra: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["--pin-root".into(), root.arg().into()];
+        v.extend(extra.iter().map(|s| s.to_string()));
+        v
+    };
+    // A live daemon, in a namespace of its own (started first: its start
+    // would remove the stale directory made next).
+    let tb = Topology::new(1).expect("topology");
+    let args = with_root(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let live = Daemon::start(&tb, &args).unwrap_or_else(|e| panic!("{e:#}"));
+    let live_pins = root.0.join(&tb.host_if);
+    // A daemon that was killed, and its interface gone with its namespace.
+    let stale_if = {
+        let t = Topology::new(1).expect("topology");
+        let args = with_root(&[]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut d = Daemon::start(&t, &args).unwrap_or_else(|e| panic!("{e:#}"));
+        d.kill9();
+        t.host_if.clone()
+    };
+    let stale = root.0.join(&stale_if);
+    assert!(
+        stale.join(xdpath_common::MAP_FLOWS).exists(),
+        "pins stay after kill -9"
+    );
+    // A directory with something else in it.
+    let foreign = root
+        .0
+        .join(format!("xdpfk{}", std::process::id() % 100_000));
+    std::fs::create_dir_all(&foreign).unwrap();
+    let other = foreign.join("other");
+    run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            other.to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "other",
+        ],
+    )
+    .unwrap();
+
+    // --check, from a third namespace, reports the stale one only.
+    let tc = Topology::new(1).expect("topology");
+    let xdpathd = workspace_bin("xdpathd").unwrap();
+    let check = || {
+        let o = std::process::Command::new(&xdpathd)
+            .args([
+                "--netns",
+                &tc.host_ns,
+                "--iface",
+                &tc.host_if,
+                "--check",
+                "--pin-root",
+                root.arg(),
+            ])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr),
+        )
+    };
+    let mut out = String::new();
+    // The kernel frees a killed daemon's program asynchronously.
+    let reported = wait_until(WAIT, || {
+        let (code, o) = check();
+        out = o;
+        code == Some(0) && out.contains(&format!("[pins] stale pin directory {}", stale.display()))
+    });
+    assert!(reported, "{out}");
+    assert!(
+        out.contains("all checks passed"),
+        "a note, not a failure: {out}"
+    );
+    assert!(
+        out.contains(&format!("interface {stale_if} does not exist")),
+        "{out}"
+    );
+    assert!(
+        !out.contains(&tb.host_if) && !out.contains(foreign.to_str().unwrap()),
+        "only the stale one: {out}"
+    );
+    assert!(stale.exists(), "--check changes nothing");
+
+    // A daemon's start-up removes it, and only it.
+    let args = with_root(&[]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut dc = Daemon::start(&tc, &args).unwrap_or_else(|e| panic!("{e:#}"));
+    assert!(!stale.exists(), "removed at start-up:\n{}", dc.log_text());
+    assert!(
+        dc.log_text().contains(&format!(
+            "removed the stale pin directory {}",
+            stale.display()
+        )),
+        "{}",
+        dc.log_text()
+    );
+    for m in xdpath_common::ALL_MAPS {
+        assert!(
+            live_pins.join(m).exists(),
+            "the live daemon's {m} pin stays"
+        );
+    }
+    assert!(other.exists(), "the foreign directory stays");
+    assert!(
+        live.call("GET", "/v1/health", None).is_ok(),
+        "the live daemon runs on"
+    );
+
+    // xdpathd --remove-stale-pins (what `cargo xtask undeploy` runs).
+    dc.kill9();
+    let stale_c = root.0.join(&tc.host_if);
+    drop(tc);
+    assert!(stale_c.exists());
+    let mut out = String::new();
+    let removed = wait_until(WAIT, || {
+        let o = std::process::Command::new(&xdpathd)
+            .args(["--remove-stale-pins", "--pin-root", root.arg()])
+            .output()
+            .unwrap();
+        out = String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr);
+        o.status.success() && !stale_c.exists()
+    });
+    assert!(removed, "{out}");
+    assert!(
+        out.contains(&format!(
+            "removed the stale pin directory {}",
+            stale_c.display()
+        )),
+        "{out}"
+    );
+    assert!(live_pins.join(xdpath_common::MAP_FLOWS).exists() && other.exists());
+    drop(live);
+    assert!(
+        !live_pins.exists(),
+        "the live daemon removes its own pins when it stops"
+    );
+}

@@ -104,3 +104,99 @@ fn deploy_checks_installs_prints_the_guest_settings_and_undeploy_removes_it() {
     assert!(!Path::new("/sys/fs/bpf/xdpath").join(&t.host_if).exists());
     let _ = std::fs::remove_dir_all(&root);
 }
+
+/// `cargo xtask undeploy` removes the stale pin directories under the pin
+/// root (their interface is gone and nothing uses them), with the installed
+/// xdpathd deciding which ones are, and leaves a live classifier's alone.
+#[test]
+#[ignore = "needs root: network namespaces, XDP, bpffs, a real xdpathd"]
+fn undeploy_removes_stale_pins_and_only_those() {
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    let pid = std::process::id();
+    let root = std::env::temp_dir().join(format!("xdpath-undeploy-test-{pid}"));
+    let pin_root = std::path::PathBuf::from(format!("/sys/fs/bpf/xdpath-undeploy-test-{pid}"));
+    let _ = std::fs::remove_dir_all(&root);
+    let _ = std::fs::remove_dir_all(&pin_root);
+    let bins = workspace_bin("xdpathd")
+        .unwrap()
+        .parent()
+        .unwrap()
+        .to_path_buf();
+    let (r, b, p) = (
+        root.to_string_lossy().into_owned(),
+        bins.to_string_lossy().into_owned(),
+        pin_root.to_string_lossy().into_owned(),
+    );
+    let (ok, out) = xtask(&[
+        "deploy",
+        "--iface",
+        &t.host_if,
+        "--root",
+        &r,
+        "--bin-dir",
+        &b,
+        "--",
+        "--netns",
+        &t.host_ns,
+    ]);
+    assert!(ok, "{out}");
+
+    // What a daemon killed on a NIC that is gone since leaves behind.
+    let stale = pin_root.join(format!("xdpgone{}", pid % 100_000));
+    std::fs::create_dir_all(&stale).unwrap();
+    let flows = stale.join(xdpath_common::MAP_FLOWS);
+    xdpath_tests::topology::run(
+        "bpftool",
+        &[
+            "map",
+            "create",
+            flows.to_str().unwrap(),
+            "type",
+            "hash",
+            "key",
+            "4",
+            "value",
+            "4",
+            "entries",
+            "1",
+            "name",
+            "flows",
+        ],
+    )
+    .unwrap();
+    // A live classifier, in its namespace (its interface does not exist
+    // where undeploy runs).
+    let host_if = t.host_if.clone();
+    let mut cfg = xdpath_control::ClassifierConfig::new(&host_if);
+    cfg.pin_root = pin_root.clone();
+    let live = t.in_host(move || xdpath_control::Classifier::load(&cfg).expect("load"));
+    let live_pins = live.pin_dir().to_path_buf();
+
+    let (ok, out) = xtask(&[
+        "undeploy",
+        "--iface",
+        &t.host_if,
+        "--root",
+        &r,
+        "--pin-root",
+        &p,
+    ]);
+    assert!(ok, "{out}");
+    assert!(
+        out.contains(&format!(
+            "removed the stale pin directory {}",
+            stale.display()
+        )),
+        "{out}"
+    );
+    assert!(!stale.exists(), "{out}");
+    assert!(
+        live_pins.join(xdpath_common::MAP_FLOWS).exists(),
+        "a live classifier's pins stay: {out}"
+    );
+    assert!(!root.join("usr/local/bin/xdpathd").exists());
+    live.shutdown().unwrap();
+    let _ = std::fs::remove_dir_all(&pin_root);
+    let _ = std::fs::remove_dir_all(&root);
+}

@@ -9,8 +9,11 @@
 //! `--systemd` write and enable `xdpathd@<iface>.service`.
 //!
 //! undeploy reverses it: stop and remove the unit, remove the binaries, the
-//! config, the sockets and any pins left under `/sys/fs/bpf/xdpath/<iface>`.
-//! The flow table's state file is kept unless `--purge`.
+//! config, the sockets and any pins left under `/sys/fs/bpf/xdpath/<iface>`,
+//! and every stale pin directory under `/sys/fs/bpf/xdpath` (one whose
+//! interface no longer exists and that nothing uses: `xdpathd
+//! --remove-stale-pins` decides, see `control/src/pins.rs`). The flow
+//! table's state file is kept unless `--purge`.
 //!
 //! `--root DIR` installs under DIR instead of `/`, and `--bin-dir DIR` takes
 //! prebuilt binaries (tests and packaging).
@@ -32,6 +35,10 @@ pub struct DeployArgs {
     /// Queue pairs (NIC queues used = guest queue pairs offered).
     #[arg(long, default_value_t = 1)]
     pub queues: u16,
+    /// Let xdpathd set the NIC's receive queue count to --queues
+    /// (`ethtool -L`) instead of refusing a NIC with another count.
+    #[arg(long)]
+    pub set_channels: bool,
     /// The guest's MAC address [default: 52:54:00 + 3 bytes derived from the interface name].
     #[arg(long)]
     pub guest_mac: Option<String>,
@@ -67,6 +74,9 @@ pub struct UndeployArgs {
     /// Also remove the flow table's state file.
     #[arg(long)]
     pub purge: bool,
+    /// Root of the pin directories to clear of stale ones.
+    #[arg(long, default_value = "/sys/fs/bpf/xdpath")]
+    pub pin_root: PathBuf,
 }
 
 /// Paths of a deployment under `root`.
@@ -106,12 +116,17 @@ fn config_toml(a: &DeployArgs, mac: &str, vhost: &Path, l: &Layout) -> String {
     format!(
         "# xdpathd configuration for {iface}, written by `cargo xtask deploy`.\n\
          iface = \"{iface}\"\nqueues = {q}\nguest_mac = \"{mac}\"\nvhost_socket = \"{vhost}\"\n\
-         api_socket = \"{api}\"\nstate_dir = \"{state}\"\n",
+         api_socket = \"{api}\"\nstate_dir = \"{state}\"\n{channels}",
         iface = a.iface,
         q = a.queues,
         vhost = vhost.display(),
         api = l.run.join(format!("{}.api.sock", a.iface)).display(),
         state = l.state.display(),
+        channels = if a.set_channels {
+            "set_channels = true\n"
+        } else {
+            ""
+        },
     )
 }
 
@@ -277,6 +292,26 @@ pub fn undeploy(a: &UndeployArgs) -> Result<()> {
             .args(["disable", "--now", &unit_name])
             .status();
     }
+    // Stale pins of any interface, while the installed xdpathd is there to
+    // tell which ones are stale.
+    let daemon = l.bin.join("xdpathd");
+    if daemon.is_file() {
+        let cleaned = Command::new(&daemon)
+            .arg("--remove-stale-pins")
+            .arg("--pin-root")
+            .arg(&a.pin_root)
+            .status()
+            .with_context(|| format!("running {} --remove-stale-pins", daemon.display()))?;
+        if !cleaned.success() {
+            println!("some stale pin directories could not be removed (see above)");
+        }
+    } else {
+        println!(
+            "{} is not installed: stale pins under {} were not looked for",
+            daemon.display(),
+            a.pin_root.display()
+        );
+    }
     let mut removed = Vec::new();
     let mut remove = |p: PathBuf| {
         if std::fs::remove_file(&p).is_ok() {
@@ -343,6 +378,27 @@ mod tests {
                 && x.contains("<driver queues='4'/>")
                 && x.contains("path='/s'")
         );
+    }
+
+    #[test]
+    fn the_config_asks_for_set_channels_only_when_told() {
+        let mut a = DeployArgs {
+            iface: "eth1".into(),
+            queues: 2,
+            set_channels: false,
+            guest_mac: None,
+            vhost_socket: None,
+            config: None,
+            systemd: false,
+            root: None,
+            bin_dir: None,
+            daemon_args: Vec::new(),
+        };
+        let l = Layout::new(None);
+        let v = Path::new("/run/xdpath/eth1.vhost.sock");
+        assert!(!config_toml(&a, "52:54:00:00:00:01", v, &l).contains("set_channels"));
+        a.set_channels = true;
+        assert!(config_toml(&a, "52:54:00:00:00:01", v, &l).contains("\nset_channels = true\n"));
     }
 
     #[test]

@@ -1,10 +1,17 @@
 //! `xdpathd`: one daemon per host NIC.
 //!
-//! Start-up, in order: configuration (file, then flags) -> preflight (every
-//! problem printed with its fix, nothing touched) -> XDP classifier
-//! attached, maps pinned -> guest MAC/IP entries -> flow table loaded from
-//! its state file and projected into the maps -> AF_XDP socket pool -> the
-//! vhost-user server and its workers -> the API socket.
+//! Start-up, in order (docs/ARCHITECTURE.md, Control path): configuration
+//! (file, then flags) -> preflight (every problem printed with its fix,
+//! nothing touched) -> the NIC's channel count (only with `set_channels`)
+//! -> stale pin directories removed -> flow table loaded from its state
+//! file -> XDP classifier loaded, maps pinned, not attached -> guest MAC/IP
+//! entries and rules projected into the maps -> AF_XDP socket pool -> the
+//! vhost-user socket -> the API socket -> the vhost-user server's thread ->
+//! and only then the XDP attach. Every step that can fail runs before the
+//! attach, so a start that fails never attaches XDP: under
+//! `Restart=on-failure` a bad state file or a busy socket does not blip the
+//! NIC every two seconds. What a failed start leaves: the pins it reused
+//! (a killed daemon's, for the next start); nothing it created.
 //!
 //! SIGTERM/SIGINT, or the dataplane ending on its own, shut down in the
 //! teardown order of docs/ARCHITECTURE.md (concurrency rules): XSKMAP
@@ -86,6 +93,20 @@ struct Flags {
     /// Run the preflight checks, print them and exit (0 if all pass).
     #[arg(long)]
     check: bool,
+    /// Set the NIC's receive queue count to --queues (`ethtool -L`) instead
+    /// of refusing a NIC with more or fewer queues. Some drivers reset their
+    /// queues when the count changes.
+    #[arg(long)]
+    set_channels: bool,
+    /// Root of the per-interface pin directories, on a BPF file system
+    /// [default: /sys/fs/bpf/xdpath].
+    #[arg(long, value_name = "DIR")]
+    pin_root: Option<PathBuf>,
+    /// Remove the stale pin directories under the pin root (their interface
+    /// does not exist in this network namespace and nothing uses their
+    /// maps), print them and exit.
+    #[arg(long)]
+    remove_stale_pins: bool,
     /// Enter this network namespace (as named by `ip netns`) first. Only the
     /// network namespace changes, so pins stay on the host's bpffs; `ip
     /// netns exec` would hide /sys/fs/bpf behind a fresh sysfs.
@@ -179,6 +200,10 @@ fn config(f: &Flags) -> Result<DaemonConfig> {
     if f.state_dir.is_some() {
         c.state_dir = f.state_dir.clone();
     }
+    c.set_channels |= f.set_channels;
+    if f.pin_root.is_some() {
+        c.pin_root = f.pin_root.clone();
+    }
     c.validate()?;
     Ok(c)
 }
@@ -210,11 +235,19 @@ fn main() {
 }
 
 fn run(flags: &Flags) -> Result<()> {
+    if flags.remove_stale_pins {
+        return remove_stale_pins(flags);
+    }
     let cfg = config(flags)?;
     let issues = preflight::check(&cfg);
     if flags.check || !issues.is_empty() {
         for i in &issues {
             eprintln!("{i}");
+        }
+        if flags.check {
+            for n in preflight::notes(&cfg) {
+                eprintln!("{n}");
+            }
         }
         if issues.is_empty() {
             println!("preflight: all checks passed for {}", cfg.iface);
@@ -226,25 +259,48 @@ fn run(flags: &Flags) -> Result<()> {
         );
     }
 
-    // The classifier: attach, pin, configure.
-    let mut ccfg = ClassifierConfig::new(&cfg.iface);
-    ccfg.mode = cfg.xdp_mode;
-    ccfg.force = cfg.force;
-    ccfg.default_action = cfg.default_action.into();
-    ccfg.default_port = GUEST_PORT;
-    let mut classifier = Classifier::attach(&ccfg)?;
-    let prog_id = classifier.prog_id()?;
+    // Every step up to the attach may fail; none of them touches the
+    // interface's traffic.
+    if cfg.set_channels {
+        let (before, after) = preflight::set_rx_queues(&cfg.iface, u32::from(cfg.queues))
+            .with_context(|| {
+                format!(
+                    "setting {} to {} receive queues (--set-channels)",
+                    cfg.iface, cfg.queues
+                )
+            })?;
+        if before != after {
+            tracing::info!(iface = %cfg.iface, from = before.rx_queues(), to = after.rx_queues(), "receive queues set (--set-channels)");
+        }
+    }
+    for (pin, res) in xdpath_control::pins::remove_stale(&cfg.pin_root()) {
+        match res {
+            Ok(()) => tracing::info!("removed the stale pin directory {pin}"),
+            Err(e) => tracing::warn!("removing the stale pin directory {pin}: {e}"),
+        }
+    }
 
     // The flow table: the state file is the source of truth of the rules,
-    // the configuration that of the guest entries. Installing the guest
-    // entries syncs the table into the maps: rules and guest entries are
-    // projected, and whatever else the pinned maps hold (say a MAC of an
-    // earlier configuration) is removed.
+    // the configuration that of the guest entries.
     let state_file = cfg.state_file();
     if let Some(dir) = state_file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
     let mut flows = FlowTable::load(&state_file)?;
+
+    // The classifier: loaded, maps pinned, configured; not attached.
+    let mut ccfg = ClassifierConfig::new(&cfg.iface);
+    ccfg.mode = cfg.xdp_mode;
+    ccfg.force = cfg.force;
+    ccfg.default_action = cfg.default_action.into();
+    ccfg.default_port = GUEST_PORT;
+    ccfg.pin_root = cfg.pin_root();
+    let mut classifier = Classifier::load(&ccfg)?;
+    let prog_id = classifier.prog_id()?;
+
+    // Installing the guest entries syncs the table into the maps: rules
+    // and guest entries are projected, and whatever else the pinned maps
+    // hold (say a MAC of an earlier configuration) is removed.
     let guests = GuestEntries::for_guest(
         GUEST_PORT,
         cfg.guest_mac.map(MacAddr::octets),
@@ -252,7 +308,8 @@ fn run(flags: &Flags) -> Result<()> {
     );
     flows.set_guests(&mut classifier, guests)?;
 
-    // Sockets, then the dataplane.
+    // Sockets (the AF_XDP sockets bind without the program attached; the
+    // XSKMAP is a map), then the dataplane and the API's listeners.
     let factory = XskFactory::for_iface(&cfg.iface, cfg.busy_poll);
     let (pool, ports) = SocketPool::create(factory, u32::from(cfg.queues))?;
     let vhost = cfg.vhost_socket();
@@ -267,6 +324,9 @@ fn run(flags: &Flags) -> Result<()> {
         poll_idle: std::time::Duration::from_micros(u64::from(cfg.poll_idle_us)),
     };
     let mut server = Server::new(&vhost, net, ports)?;
+    let vhost_file = RemoveOnDrop(Some(vhost.clone()));
+    let api = bind_api(&cfg)?;
+    let api_file = RemoveOnDrop(Some(cfg.api_socket()));
     let handle = server.handle();
     let state = Arc::new(ControlState::<Kernel> {
         tables: Mutex::new(Tables { classifier, flows }),
@@ -300,17 +360,39 @@ fn run(flags: &Flags) -> Result<()> {
             let _ = done_tx.send(());
             r
         })?;
+    // The server removes its socket file when it ends.
+    vhost_file.disarm();
 
-    tracing::info!(
-        iface = %cfg.iface, queues = cfg.queues, vhost = %vhost.display(), api = %cfg.api_socket().display(),
-        "xdpathd ready: start the guest on the vhost-user socket"
-    );
-    let served = serve_api(&cfg, state.clone(), done_rx);
+    // The last step: attach. From here on the NIC's frames are classified.
+    let attached = state
+        .tables
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .classifier
+        .attach_program();
+    let live = attached.is_ok();
+    let served = match attached {
+        Ok(()) => {
+            tracing::info!(
+                iface = %cfg.iface, queues = cfg.queues, vhost = %vhost.display(), api = %cfg.api_socket().display(),
+                "xdpathd ready: start the guest on the vhost-user socket"
+            );
+            serve_api(&cfg, state.clone(), api, done_rx)
+        }
+        Err(e) => {
+            drop(api);
+            Err(anyhow::Error::new(e))
+        }
+    };
 
     // Teardown, in order, whatever ended the run.
-    tracing::info!(
-        "shutting down: XSKMAP entries out, workers stopped, sockets closed, XDP detached"
-    );
+    if live {
+        tracing::info!(
+            "shutting down: XSKMAP entries out, workers stopped, sockets closed, XDP detached"
+        );
+    } else {
+        tracing::info!("start-up failed at the attach: server stopped, sockets closed");
+    }
     {
         let mut t = state
             .tables
@@ -322,37 +404,102 @@ fn run(flags: &Flags) -> Result<()> {
     let dataplane_result = dataplane
         .join()
         .map_err(|_| anyhow::anyhow!("the vhost-user thread panicked"))?;
-    let _ = std::fs::remove_file(cfg.api_socket());
+    drop(api_file);
     let state = Arc::try_unwrap(state)
         .map_err(|_| anyhow::anyhow!("API state still in use at shutdown"))?;
     let tables = state
         .tables
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
-    tables.classifier.shutdown()?;
+    if tables.classifier.is_attached() {
+        tables.classifier.shutdown()?;
+    } else {
+        // Never attached: pins it reused stay for the next start.
+        drop(tables.classifier);
+    }
     served?;
     dataplane_result.context("the dataplane stopped")?;
     Ok(())
 }
 
+/// A socket file removed when this goes out of scope, unless disarmed: the
+/// listeners bound before the attach, if a later step fails.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// `--remove-stale-pins`: unpin what [`xdpath_control::pins`] calls stale
+/// under the pin root and say what was removed.
+fn remove_stale_pins(flags: &Flags) -> Result<()> {
+    let root = flags
+        .pin_root
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(xdpath_control::classifier::DEFAULT_PIN_ROOT));
+    let mut failed = 0;
+    let mut removed = 0;
+    for (pin, res) in xdpath_control::pins::remove_stale(&root) {
+        match res {
+            Ok(()) => {
+                removed += 1;
+                println!("removed the stale pin directory {pin}");
+            }
+            Err(e) => {
+                failed += 1;
+                eprintln!("xdpathd: removing the stale pin directory {pin}: {e}");
+            }
+        }
+    }
+    if removed == 0 && failed == 0 {
+        println!("no stale pin directory under {}", root.display());
+    }
+    if failed > 0 {
+        bail!("{failed} stale pin director(ies) could not be removed");
+    }
+    Ok(())
+}
+
+/// Binds the API socket (mode 0660, owner root, group `api_group`).
+fn bind_api(cfg: &DaemonConfig) -> Result<std::os::unix::net::UnixListener> {
+    let path = cfg.api_socket();
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    let _ = std::fs::remove_file(&path);
+    let listener = std::os::unix::net::UnixListener::bind(&path)
+        .with_context(|| format!("binding the API socket {}", path.display()))?;
+    if let Err(e) = secure_socket(&path, cfg.api_group.as_deref()) {
+        let _ = std::fs::remove_file(&path);
+        return Err(e);
+    }
+    Ok(listener)
+}
+
 /// Serves the API until SIGTERM/SIGINT or until the dataplane ends.
 fn serve_api(
-    cfg: &DaemonConfig,
+    _cfg: &DaemonConfig,
     state: Arc<ControlState<Kernel>>,
+    listener: std::os::unix::net::UnixListener,
     dataplane_done: tokio::sync::oneshot::Receiver<()>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     rt.block_on(async move {
-        let path = cfg.api_socket();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path)
-            .with_context(|| format!("binding the API socket {}", path.display()))?;
-        secure_socket(&path, cfg.api_group.as_deref())?;
+        listener.set_nonblocking(true)?;
+        let listener =
+            tokio::net::UnixListener::from_std(listener).context("serving the API socket")?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
             tokio::select! {

@@ -27,6 +27,25 @@
 //! off again (or, for the journal's first line, the file removed), so the
 //! journal is as it was.
 //!
+//! # Durability
+//!
+//! An operation is acknowledged (its call returns `Ok`) only once what it
+//! wrote is durable: file contents fsynced, and every change to the
+//! directory it depends on (the snapshot renamed into place, a new journal)
+//! followed by a successful fsync of the directory. When a directory fsync
+//! fails, whatever the store did to the directory since the last good one
+//! may or may not survive a crash: after a failed snapshot commit the
+//! previous snapshot is renamed back, but that rename is no more durable
+//! than the first, and a crash could bring back the new snapshot (a newer
+//! epoch), next to which the journal's later entries would be stale and
+//! ignored. So after a failed directory fsync the store is *unsure*, and
+//! the next journal append or snapshot first fsyncs the directory again;
+//! until that succeeds nothing more is acknowledged. Each acknowledged
+//! operation therefore survives a reload, and a crash, after any single
+//! failing disk step: the table's tests check every step of every
+//! operation against a model of what a crash can leave (see
+//! `control/tests/flow_table_rollback.rs`).
+//!
 //! `<state>.lock` is held (flock) for the store's lifetime: one table per
 //! state file.
 //!
@@ -39,8 +58,9 @@
 //! by a [`StoreFaults`] plan if the table has one
 //! ([`FlowTable::set_store_faults`](super::FlowTable::set_store_faults)).
 //! The plan can make the Nth step (of all, or of one kind) fail with `EIO`
-//! before it touches the disk. Without a plan a step costs one test of an
-//! `Option`.
+//! before it touches the disk, and can call a watcher after every step with
+//! its outcome ([`StoreFaults::watch`]: a test can look at the directory at
+//! every point). Without a plan a step costs one test of an `Option`.
 
 use super::rule_set::{RuleSet, Rules};
 use super::{FlowTableError, Result};
@@ -161,11 +181,24 @@ struct Fault {
     sticky: bool,
 }
 
-#[derive(Debug, Default)]
+/// What [`StoreFaults::watch`] calls after every step.
+type Watcher = Arc<dyn Fn(StoreStep, &Path, bool) + Send + Sync>;
+
+#[derive(Default)]
 struct FaultPlan {
     /// Every step attempted, failed ones included, in order.
     log: Vec<(StoreStep, PathBuf)>,
     fault: Option<Fault>,
+    watcher: Option<Watcher>,
+}
+
+impl std::fmt::Debug for FaultPlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FaultPlan")
+            .field("log", &self.log)
+            .field("fault", &self.fault)
+            .finish_non_exhaustive()
+    }
 }
 
 impl FaultPlan {
@@ -235,6 +268,19 @@ impl StoreFaults {
         self.plan().log.clone()
     }
 
+    /// Calls `f(step, path, succeeded)` after every step from now on, once
+    /// it is done (an injected failure included), outside the plan's lock.
+    pub fn watch(&self, f: impl Fn(StoreStep, &Path, bool) + Send + Sync + 'static) {
+        self.plan().watcher = Some(Arc::new(f));
+    }
+
+    fn done(&self, step: StoreStep, path: &Path, ok: bool) {
+        let w = self.plan().watcher.clone();
+        if let Some(w) = w {
+            w(step, path, ok);
+        }
+    }
+
     fn check(&self, step: StoreStep, path: &Path) -> std::io::Result<()> {
         let mut p = self.plan();
         p.log.push((step, path.to_path_buf()));
@@ -259,59 +305,64 @@ struct Io {
 }
 
 impl Io {
-    fn step(&self, step: StoreStep, path: &Path) -> std::io::Result<()> {
-        match &self.faults {
-            None => Ok(()),
-            Some(f) => f.check(step, path),
-        }
+    /// Runs `op` as step `step` on `path`: counted (and maybe failed)
+    /// first, reported to the watcher after.
+    fn run<T>(
+        &self,
+        step: StoreStep,
+        path: &Path,
+        op: impl FnOnce() -> std::io::Result<T>,
+    ) -> std::io::Result<T> {
+        let Some(f) = &self.faults else {
+            return op();
+        };
+        let r = f.check(step, path).and_then(|()| op());
+        f.done(step, path, r.is_ok());
+        r
     }
 
     fn create(&self, path: &Path) -> std::io::Result<File> {
-        self.step(StoreStep::Open, path)?;
-        File::create(path)
+        self.run(StoreStep::Open, path, || File::create(path))
     }
 
     fn open_append(&self, path: &Path) -> std::io::Result<File> {
-        self.step(StoreStep::Open, path)?;
-        OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
+        self.run(StoreStep::Open, path, || {
+            OpenOptions::new()
+                .create(true)
+                .truncate(false)
+                .write(true)
+                .open(path)
+        })
     }
 
     fn set_len(&self, f: &File, path: &Path, len: u64) -> std::io::Result<()> {
-        self.step(StoreStep::Truncate, path)?;
-        f.set_len(len)
+        self.run(StoreStep::Truncate, path, || f.set_len(len))
     }
 
     fn sync_data(&self, f: &File, path: &Path) -> std::io::Result<()> {
-        self.step(StoreStep::Fsync, path)?;
-        f.sync_data()
+        self.run(StoreStep::Fsync, path, || f.sync_data())
     }
 
     fn sync_all(&self, f: &File, path: &Path) -> std::io::Result<()> {
-        self.step(StoreStep::Fsync, path)?;
-        f.sync_all()
+        self.run(StoreStep::Fsync, path, || f.sync_all())
     }
 
     fn link(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.step(StoreStep::Link, to)?;
-        std::fs::hard_link(from, to)
+        self.run(StoreStep::Link, to, || std::fs::hard_link(from, to))
     }
 
     fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
-        self.step(StoreStep::Rename, to)?;
-        std::fs::rename(from, to)
+        self.run(StoreStep::Rename, to, || std::fs::rename(from, to))
     }
 
     /// Removes `path`; a missing file is no error.
     fn remove(&self, path: &Path) -> std::io::Result<()> {
-        self.step(StoreStep::Remove, path)?;
-        match std::fs::remove_file(path) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        self.run(StoreStep::Remove, path, || {
+            match std::fs::remove_file(path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => Ok(()),
+            }
+        })
     }
 
     /// fsyncs the directory that holds `path`.
@@ -320,8 +371,7 @@ impl Io {
             Some(d) if !d.as_os_str().is_empty() => d,
             _ => Path::new("."),
         };
-        self.step(StoreStep::FsyncDir, dir)?;
-        File::open(dir)?.sync_all()
+        self.run(StoreStep::FsyncDir, dir, || File::open(dir)?.sync_all())
     }
 }
 
@@ -334,8 +384,8 @@ struct StepWriter<'a> {
 
 impl Write for StepWriter<'_> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        self.io.step(StoreStep::Write, self.path)?;
-        self.file.write(buf)
+        let file = &mut *self.file;
+        self.io.run(StoreStep::Write, self.path, || file.write(buf))
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
@@ -385,6 +435,11 @@ pub(super) struct Store {
     /// An append failed and could not be cut off again: the journal must
     /// not be appended to before a compaction supersedes it.
     journal_broken: bool,
+    /// A directory fsync failed: the directory's entries (which snapshot
+    /// `<state>` is, whether the journal exists) are not known to be
+    /// durable until the next one succeeds (module docs, Durability).
+    /// A `Cell` because a snapshot is written through `&self`.
+    unsure: std::cell::Cell<bool>,
     io: Io,
 }
 
@@ -414,6 +469,7 @@ impl Store {
             journal_len: 0,
             journal_ops: 0,
             journal_broken: false,
+            unsure: std::cell::Cell::new(false),
             io: Io::default(),
         };
         let mut rules = Rules::default();
@@ -476,6 +532,25 @@ impl Store {
     /// The journal cannot be appended to before a snapshot supersedes it.
     pub(super) fn journal_broken(&self) -> bool {
         self.journal_broken
+    }
+
+    /// fsyncs the state directory, recording whether its entries are known
+    /// to be durable now.
+    fn sync_dir(&self) -> std::io::Result<()> {
+        let r = self.io.sync_dir(&self.path);
+        self.unsure.set(r.is_err());
+        r
+    }
+
+    /// If a directory fsync failed before, fsyncs the directory now: what
+    /// is about to be acknowledged must not stand on directory entries that
+    /// may not survive a crash.
+    fn settle(&self) -> std::io::Result<()> {
+        if self.unsure.get() {
+            self.sync_dir()?;
+            tracing::info!(path = %self.path.display(), "the state directory is synced again");
+        }
+        Ok(())
     }
 
     fn load_snapshot(&mut self, rules: &mut Rules) -> Result<bool> {
@@ -605,6 +680,7 @@ impl Store {
                 tracing::warn!(path = %p.display(), "removing a leftover file: {e}");
             }
         };
+        self.settle().map_err(fail)?;
         let write = || -> std::io::Result<()> {
             let mut f = io.create(&tmp)?;
             let mut w = BufWriter::with_capacity(
@@ -649,9 +725,11 @@ impl Store {
             }
             return Err(fail(e));
         }
-        if let Err(e) = io.sync_dir(&self.path) {
+        if let Err(e) = self.sync_dir() {
             // The new snapshot is in place but may not be durable: put the
             // previous one back, so the state file still matches the table.
+            // That is no more durable than the first rename: the store is
+            // unsure until a directory fsync succeeds (module docs).
             let restored = if had_state {
                 io.rename(&prev, &self.path)
             } else {
@@ -711,6 +789,7 @@ impl Store {
         }
         serde_json::to_writer(&mut line, op).map_err(|e| err(e.into()))?;
         line.push(b'\n');
+        self.settle().map_err(err)?;
         let created = self.journal.is_none() && !jp.exists();
         let res = self.write_line(&line);
         if let Err(e) = res {
@@ -733,7 +812,9 @@ impl Store {
             f.seek(SeekFrom::Start(self.journal_len))?;
             if self.journal_len == 0 {
                 // A new file must survive a crash too.
-                io.sync_dir(jp)?;
+                let r = io.sync_dir(jp);
+                self.unsure.set(r.is_err());
+                r?;
             }
             self.journal = Some(f);
         }
@@ -1104,6 +1185,45 @@ mod tests {
                 .collect();
             assert!(leftovers.is_empty(), "{leftovers:?}");
         }
+    }
+
+    #[test]
+    fn after_a_failed_directory_fsync_nothing_is_acknowledged_before_the_next_good_one() {
+        let d = Dir::new("unsure");
+        let (mut s, mut r) = open(&d);
+        add(&mut s, &mut r, flow(1, 1));
+        compact(&mut s, &r);
+        add(&mut s, &mut r, flow(2, 2));
+        let faults = StoreFaults::new();
+        s.set_faults(Some(faults.clone()));
+        let mut next = r.clone();
+        next.flows.insert(flow(3, 3)).unwrap();
+        faults.fail_nth(StoreStep::FsyncDir, 1);
+        s.write_snapshot(s.epoch() + 1, &next.flows, &next.prefixes)
+            .expect_err("the directory fsync fails");
+        // The next append first makes the directory durable (the previous
+        // snapshot, renamed back), then writes.
+        let start = faults.log().len();
+        faults.fail_nth(StoreStep::FsyncDir, 1);
+        s.append(&JournalOp::AddFlow { rule: flow(4, 4) })
+            .expect_err("still unsure: not acknowledged");
+        let kinds: Vec<StoreStep> = faults.log()[start..].iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [StoreStep::FsyncDir], "nothing written");
+        let start = faults.log().len();
+        add(&mut s, &mut r, flow(4, 4));
+        let kinds: Vec<StoreStep> = faults.log()[start..].iter().map(|(k, _)| *k).collect();
+        assert_eq!(
+            kinds,
+            [StoreStep::FsyncDir, StoreStep::Write, StoreStep::Fsync],
+            "synced, then appended"
+        );
+        let start = faults.log().len();
+        add(&mut s, &mut r, flow(5, 5));
+        let kinds: Vec<StoreStep> = faults.log()[start..].iter().map(|(k, _)| *k).collect();
+        assert_eq!(kinds, [StoreStep::Write, StoreStep::Fsync], "sure again");
+        drop(s);
+        let (_s, loaded) = open(&d);
+        assert_eq!(contents(&loaded), contents(&r));
     }
 
     #[test]
