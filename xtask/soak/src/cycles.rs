@@ -6,8 +6,9 @@
 //! (virtio_user, `--forward-mode=macswap`: it transmits every frame it
 //! receives, back to the sink) and the in-repo frontend as its own process
 //! (`xdpath-soak-frontend`: it sends at a fixed rate and receives). Each
-//! frontend is SIGKILLed at a random moment: mostly while traffic flows,
-//! sometimes during its handshake.
+//! frontend is SIGKILLed at a random moment: mostly while traffic flows
+//! (up to 1 s after it connected), one cycle in eight during its start-up
+//! or handshake.
 //!
 //! Figures: xdpathd's fds and threads before the first cycle, its RSS
 //! after a warm-up (a tenth of the cycles, at least 10), and all three at
@@ -42,8 +43,8 @@ const TO_GUEST_PPS: u32 = 2000;
 const FROM_GUEST_PPS: u32 = 1000;
 /// The latest random kill moment after a frontend is up.
 const MAX_KILL_DELAY_MS: u64 = 1000;
-/// One DPDK cycle in this many kills testpmd during its start or
-/// handshake instead of while traffic flows.
+/// One cycle of each kind in this many kills the frontend during its
+/// start or handshake instead of while traffic flows.
 const EARLY_KILL_EVERY: u32 = 8;
 /// RSS growth allowed between the warm-up and the end.
 const RSS_SLACK_KIB: u64 = 4 * 1024;
@@ -151,18 +152,20 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
         let tally = if use_dpdk { &mut dpdk } else { &mut inrepo };
         tally.cycles += 1;
         let spawned = Instant::now();
+        // Some kills aim at the start-up and handshake: a moment up to the
+        // mean time to connected (testpmd), or twice that (the in-repo
+        // frontend, which connects within milliseconds).
+        let early = (done / 2) % EARLY_KILL_EVERY == EARLY_KILL_EVERY - 1;
+        let mean_connect_ms =
+            (tally.connect_ms.iter().sum::<f64>() / tally.connect_ms.len().max(1) as f64) as u64;
         // (connected: how long it took, if it got there; traffic both ways
         // before the kill)
         let (connect, both) = if use_dpdk {
             let mut cfg = TestpmdConfig::new(&d.vhost, QUEUE_PAIRS, "macswap");
             cfg.mac = Some(GUEST_MAC);
             let mut pmd = Testpmd::spawn(&cfg)?;
-            if (done / 2) % EARLY_KILL_EVERY == EARLY_KILL_EVERY - 1 {
-                // During EAL start-up or the handshake: a moment before the
-                // mean time to connected.
-                let n = tally.connect_ms.len().max(1) as f64;
-                let mean = tally.connect_ms.iter().sum::<f64>() / n;
-                stop::sleep(Duration::from_millis(rng.u64(0..=(mean as u64).max(1))));
+            if early {
+                stop::sleep(Duration::from_millis(rng.u64(0..=mean_connect_ms.max(1))));
                 let up = connected(&d);
                 pmd.kill()?;
                 (up.then_some(None), false)
@@ -187,7 +190,12 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
             }
         } else {
             let mut g = GuestProcess::spawn(&guest_opts)?;
-            stop::sleep(Duration::from_millis(rng.u64(0..=MAX_KILL_DELAY_MS)));
+            let latest = if early {
+                (2 * mean_connect_ms).max(1)
+            } else {
+                MAX_KILL_DELAY_MS
+            };
+            stop::sleep(Duration::from_millis(rng.u64(0..=latest)));
             let r = g.report();
             g.kill()?;
             let s = r.last();

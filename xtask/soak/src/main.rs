@@ -8,7 +8,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Parser;
-use serde_json::json;
+use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::time::Instant;
 use xdpath_soak::plan::{PartKind, Plan, FULL_MINUTES};
@@ -21,7 +21,7 @@ use xdpath_soak::{abuse, cycles, restarts, stop};
     about = "Soak a real xdpathd: frontend kill cycles, kill -9 restarts, API abuse"
 )]
 struct Args {
-    /// The CI form: 60 cycles, 5 restarts, a reduced abuse (2-3 minutes).
+    /// The CI form: 100 cycles, 10 restarts, a reduced abuse (about 90 s).
     #[arg(long, conflicts_with = "minutes")]
     ci: bool,
     /// The long form's time budget; the counts scale with it (1,000 cycles
@@ -107,6 +107,8 @@ fn main() -> Result<()> {
         done.push(part);
     }
     let wall = started.elapsed();
+    let figures = summary(&done);
+    println!("\n{}", summary_text(&figures));
     let passed = !done.is_empty() && done.iter().all(Part::passed) && !stop::requested();
     let report = json!({
         "form": plan.form,
@@ -120,6 +122,7 @@ fn main() -> Result<()> {
             "kernel": std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
             "cpus": std::thread::available_parallelism().map_or(0, |n| n.get()),
         },
+        "summary": figures,
         "parts": done.iter().map(|p| (p.name.to_string(), p.json())).collect::<serde_json::Map<_, _>>(),
     });
     std::fs::create_dir_all(&a.out).with_context(|| format!("creating {}", a.out.display()))?;
@@ -136,4 +139,124 @@ fn main() -> Result<()> {
         std::process::exit(1);
     }
     Ok(())
+}
+
+/// The figures the issue asks for, from the parts that ran.
+fn summary(parts: &[Part]) -> Value {
+    let fig = |name: &str| parts.iter().find(|p| p.name == name).map(|p| &p.figures);
+    let get = |name: &str, key: &str| fig(name).and_then(|f| f.get(key)).cloned();
+    let stops: Vec<Value> = parts
+        .iter()
+        .filter_map(|p| {
+            p.figures
+                .get("stop_latency_ms")
+                .map(|v| json!({"part": p.name, "ms": v}))
+        })
+        .collect();
+    // A stop that needed SIGKILL has no latency (null): the maximum is then
+    // "more than 15 s".
+    let max_stop = if stops.iter().any(|s| s["ms"].is_null()) {
+        Value::Null
+    } else {
+        stops
+            .iter()
+            .filter_map(|s| s["ms"].as_f64())
+            .reduce(f64::max)
+            .map_or(Value::Null, Value::from)
+    };
+    json!({
+        "daemon_under_frontend_cycles": {
+            "start": get("cycles", "start"),
+            "after_warm_up": get("cycles", "after_warm_up"),
+            "end": get("cycles", "end"),
+        },
+        "stop_latency_ms": stops,
+        "max_stop_latency_ms": max_stop,
+        "host_pings": get("restarts", "host_pings"),
+        "guest_resume_after_kill": get("restarts", "guest_resume_after_kill"),
+        "api_abuse": fig("abuse").map(|f| json!({
+            "writers": f.get("writers"),
+            "oversize": f.get("oversize"),
+            "start": f.get("start"),
+            "peak_rss_kib": f.get("peak_rss_kib"),
+            "slow_clients": f.get("slow_clients"),
+            "stop_latency_ms": f.get("stop_latency_ms"),
+        })),
+    })
+}
+
+/// The summary as lines of text.
+fn summary_text(s: &Value) -> String {
+    let mut out = String::from("Figures:\n");
+    let d = &s["daemon_under_frontend_cycles"];
+    if !d["start"].is_null() {
+        let f = |v: &Value| {
+            format!(
+                "{} fds, {} threads, {:.1} MiB",
+                v["fds"],
+                v["threads"],
+                v["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+            )
+        };
+        out.push_str(&format!(
+            "  xdpathd: start {}; after warm-up {}; end {}\n",
+            f(&d["start"]),
+            f(&d["after_warm_up"]),
+            f(&d["end"])
+        ));
+    }
+    let stops: Vec<String> = s["stop_latency_ms"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .map(|x| match x["ms"].as_f64() {
+                    Some(ms) => format!("{} {ms:.0} ms", x["part"].as_str().unwrap_or("?")),
+                    None => format!("{} > 15 s (killed)", x["part"].as_str().unwrap_or("?")),
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    if !stops.is_empty() {
+        out.push_str(&format!("  SIGTERM to exit: {}\n", stops.join(", ")));
+    }
+    let p = &s["host_pings"];
+    if !p.is_null() {
+        out.push_str(&format!(
+            "  host pings: {} sent, {} lost\n",
+            p["sent"], p["lost"]
+        ));
+    }
+    let r = &s["guest_resume_after_kill"];
+    if !r.is_null() {
+        out.push_str(&format!(
+            "  guest resume after kill -9: median {} ms, max {} ms\n",
+            r["median_ms"], r["max_ms"]
+        ));
+    }
+    let a = &s["api_abuse"];
+    if !a.is_null() {
+        let oversize: Vec<String> = a["oversize"]
+            .as_array()
+            .map(|v| {
+                v.iter()
+                    .map(|o| {
+                        format!(
+                            "{} -> {} after {:.0} MiB",
+                            o["case"].as_str().unwrap_or("?"),
+                            o["status"],
+                            o["bytes_sent_before_answer"].as_f64().unwrap_or(0.0) / 1048576.0
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  API abuse: writers {}; oversize: {}; RSS {:.1} -> peak {:.1} MiB\n",
+            a["writers"]["answers"]["by_status"],
+            oversize.join("; "),
+            a["start"]["rss_kib"].as_f64().unwrap_or(0.0) / 1024.0,
+            a["peak_rss_kib"].as_f64().unwrap_or(0.0) / 1024.0
+        ));
+    }
+    out
 }

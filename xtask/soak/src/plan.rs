@@ -48,7 +48,7 @@ impl PartKind {
 
 /// The long form at this many minutes runs the issue's counts: 1,000
 /// cycles and 50 restarts.
-pub const FULL_MINUTES: u64 = 30;
+pub const FULL_MINUTES: u64 = 20;
 /// Frontend cycles of the issue.
 pub const FULL_CYCLES: u32 = 1000;
 /// Restarts of the issue.
@@ -82,12 +82,13 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// The CI form: about 2-3 minutes.
+    /// The CI form: about a minute and a half (the budget leaves room for
+    /// a slow machine).
     pub fn ci(seed: u64) -> Self {
         Self {
             form: "ci",
-            cycles: 60,
-            restarts: 5,
+            cycles: 100,
+            restarts: 10,
             writers: 100,
             ops_per_writer: 4,
             slow_clients: 50,
@@ -103,14 +104,15 @@ impl Plan {
     /// form's).
     pub fn long(minutes: u64, seed: u64) -> Self {
         let minutes = minutes.max(1);
+        let ci = Self::ci(seed);
         let scale = |full: u32, floor: u32| -> u32 {
             let v = (u64::from(full) * minutes).div_ceil(FULL_MINUTES);
             u32::try_from(v).unwrap_or(u32::MAX).max(floor)
         };
         Self {
             form: "long",
-            cycles: scale(FULL_CYCLES, 60),
-            restarts: scale(FULL_RESTARTS, 5),
+            cycles: scale(FULL_CYCLES, ci.cycles),
+            restarts: scale(FULL_RESTARTS, ci.restarts),
             writers: 100,
             ops_per_writer: 20,
             slow_clients: 200,
@@ -138,9 +140,10 @@ mod tests {
         let double = Plan::long(2 * FULL_MINUTES, 1);
         assert_eq!((double.cycles, double.restarts), (2000, 100));
         let short = Plan::long(1, 1);
+        let ci = Plan::ci(1);
         assert_eq!(
             (short.cycles, short.restarts),
-            (60, 5),
+            (ci.cycles, ci.restarts),
             "never below the CI form"
         );
         assert_eq!(short.budget, Duration::from_secs(60));

@@ -259,7 +259,17 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
             if pings.lost.is_empty() {
                 String::new()
             } else {
-                format!(" (sequence, ms since start: {:?})", pings.lost)
+                let at: Vec<String> = pings
+                    .lost
+                    .iter()
+                    .take(10)
+                    .map(|(seq, t)| format!("#{seq} at {:.0} ms", ms(*t)))
+                    .collect();
+                format!(
+                    " ({}{})",
+                    at.join(", "),
+                    if pings.lost.len() > 10 { ", ..." } else { "" }
+                )
             }
         ),
     );

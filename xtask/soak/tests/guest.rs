@@ -52,7 +52,10 @@ impl Backend {
         let mut got_rx = false;
         let mut seq = 0;
         while !got_rx {
-            assert!(Instant::now() < end, "no frame reached the guest in session {n}");
+            assert!(
+                Instant::now() < end,
+                "no frame reached the guest in session {n}"
+            );
             q.inject(&xdpath_soak::to_guest_frame(seq));
             seq += 1;
             while let Ok(e) = events.recv_timeout(Duration::from_millis(20)) {
