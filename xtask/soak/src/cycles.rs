@@ -100,10 +100,25 @@ pub fn run(plan: &Plan, rng: &mut fastrand::Rng) -> Part {
     let mut p = Part::new("cycles");
     let start = Instant::now();
     if let Err(e) = body(plan, rng, &mut p) {
-        p.check("the part ran to its end", false, format!("{e:#}"));
+        p.check(
+            "the part ran to its end",
+            false,
+            crate::xdpathd::tail(&format!("{e:#}"), 20),
+        );
     }
+    remove_our_hugepage_files();
     p.elapsed = start.elapsed();
     p
+}
+
+/// Removes hugepage files of this run's testpmd instances (their EAL file
+/// prefix names our pid, see `xdpath_tests::testpmd`), should any be left
+/// (the check above reports them first; `--in-memory` makes none).
+fn remove_our_hugepage_files() {
+    let ours = format!("xdpath-test-{}-", std::process::id());
+    for f in hugepage_files().iter().filter(|f| f.starts_with(&ours)) {
+        let _ = std::fs::remove_file(std::path::Path::new("/dev/hugepages").join(f));
+    }
 }
 
 fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {

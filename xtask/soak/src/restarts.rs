@@ -42,6 +42,8 @@ const FROM_GUEST_PPS: u32 = 1000;
 const PING_EVERY: Duration = Duration::from_millis(10);
 /// The resume time the issue allows.
 pub const RESUME_LIMIT: Duration = Duration::from_secs(3);
+/// Starts tried after a kill before the part gives up.
+const START_ATTEMPTS: u32 = 5;
 /// How long a round waits for traffic to resume before it gives up.
 const RESUME_WAIT: Duration = Duration::from_secs(15);
 
@@ -80,7 +82,11 @@ pub fn run(plan: &Plan, rng: &mut fastrand::Rng) -> Part {
     let mut p = Part::new("restarts");
     let start = Instant::now();
     if let Err(e) = body(plan, rng, &mut p) {
-        p.check("the part ran to its end", false, format!("{e:#}"));
+        p.check(
+            "the part ran to its end",
+            false,
+            tail(&format!("{e:#}"), 20),
+        );
     }
     p.elapsed = start.elapsed();
     p
@@ -142,6 +148,7 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
     let mut daemon_start = Vec::new();
     let mut rules_changed = Vec::new();
     let mut not_resumed = Vec::new();
+    let mut failed_starts = Vec::new();
     let mut done = 0u32;
     while done < plan.restarts {
         if stop::requested() {
@@ -162,9 +169,23 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
         let killed = Instant::now();
         d.kill9();
         let spawned = Instant::now();
-        d.spawn().context("restarting xdpathd")?;
-        daemon_start.push(spawned.elapsed());
         done += 1;
+        // A start that fails is a finding, not the end of the part: it is
+        // recorded and retried (the resume time keeps running).
+        let mut attempt = 1;
+        while let Err(e) = d.spawn() {
+            // The daemon's own message is the last line of its log.
+            let why = tail(format!("{e:#}").trim_end(), 1);
+            failed_starts.push(json!({"restart": done, "attempt": attempt, "error": why}));
+            if attempt == START_ATTEMPTS {
+                bail!("xdpathd did not start after kill -9 number {done} in {attempt} attempts: {why}");
+            }
+            attempt += 1;
+            // Reap the failed one before the next attempt.
+            d.kill9();
+            stop::sleep(Duration::from_millis(200));
+        }
+        daemon_start.push(spawned.elapsed());
         let rules = listing(&d)?;
         if rules != rules0 {
             rules_changed.push(json!({"restart": done, "listing": rules}));
@@ -216,6 +237,20 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
                "lost_at_ms": pings.lost.iter().map(|(s, at)| json!([s, ms(*at)])).collect::<Vec<_>>()}),
     );
 
+    p.set("failed_starts", Value::from(failed_starts.clone()));
+    p.check(
+        "xdpathd starts at the first attempt after every kill -9",
+        failed_starts.is_empty() && done > 0,
+        if failed_starts.is_empty() {
+            format!("{done} of {done}")
+        } else {
+            format!(
+                "{} failed attempt(s) (retried after 200 ms): {}",
+                failed_starts.len(),
+                Value::from(failed_starts.clone())
+            )
+        },
+    );
     p.check(
         "guest traffic resumed after every restart",
         not_resumed.is_empty() && done > 0,
