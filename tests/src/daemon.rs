@@ -162,9 +162,11 @@ impl Daemon {
     pub fn spawn(&mut self) -> Result<()> {
         let child = self.command()?.spawn().context("starting xdpathd")?;
         self.child = Some(child);
+        // A daemon that exits (say, preflight or a failed bind) fails at
+        // once rather than after the whole wait.
         let up = wait_until(Duration::from_secs(15), || {
-            self.exited().is_none() && self.call("GET", "/v1/health", None).is_ok()
-        });
+            self.exited().is_some() || self.call("GET", "/v1/health", None).is_ok()
+        }) && self.exited().is_none();
         if !up {
             let status = self.exited();
             bail!(

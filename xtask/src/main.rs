@@ -4,7 +4,7 @@
 //! exactly two commands (`cargo xtask demo`, `cargo xtask test`) and both
 //! install what they need first ([`setup`]). Each submodule owns one command;
 //! `cargo xtask bench` ([`bench`](mod@bench)) reproduces the README's
-//! Performance table.
+//! Performance table; `cargo xtask soak` ([`soak`]) soaks a real daemon.
 
 mod bench;
 mod demo;
@@ -12,6 +12,7 @@ mod deploy;
 mod guest;
 mod run;
 mod setup;
+mod soak;
 mod test;
 
 use anyhow::Result;
@@ -48,6 +49,11 @@ enum Cmd {
     /// then the criterion micro-benchmarks; `--instructions` counts the
     /// worker batches' instructions per frame with callgrind instead.
     Bench(bench::BenchArgs),
+    /// Set up, then soak a real xdpathd (root): frontend connect/SIGKILL
+    /// cycles (DPDK and the in-repo frontend), kill -9 restarts under
+    /// traffic with a reconnecting guest, API abuse; writes
+    /// target/soak/long.json (or ci.json with --ci).
+    Soak(soak::SoakArgs),
     /// Build the QEMU test guest (Debian kernel + busybox initramfs) into
     /// target/guest/ from Debian packages; cached, a second run does nothing.
     GuestImage,
@@ -89,6 +95,10 @@ fn main() -> Result<()> {
                 setup::run()?;
             }
             bench::run(&a)
+        }
+        Cmd::Soak(a) => {
+            setup::run()?;
+            soak::run(&a)
         }
         Cmd::GuestImage => guest::run(),
         Cmd::Deploy(a) => {

@@ -4,7 +4,9 @@
 //! with rustdoc warnings denied (`RUSTDOCFLAGS=-D warnings`); the
 //! workspace's binaries (the tests run `xdpathd`, `xdpctl`, `xtask` and
 //! `xdpath-bench` as processes); the QEMU guest image (cached; as root
-//! only, the VM tests need root anyway); then every test in the workspace.
+//! only, the VM tests need root anyway); then every test in the workspace;
+//! then, as root and unless test arguments were given, the soak's CI form
+//! (`xdpath-soak --ci`, see `soak.rs`).
 //!
 //! Privileged tests (namespaces, XDP, AF_XDP, QEMU, DPDK) are marked
 //! `#[ignore = "needs root: ..."]`. As root, as in CI, they run with the
@@ -50,6 +52,11 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     let args = test_args(root, extra);
     cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    // The soak's CI form (root: namespaces, XDP, DPDK); not when the
+    // caller picked tests.
+    if root && extra.is_empty() {
+        crate::soak::ci()?;
+    }
     if !root {
         eprintln!(
             "cargo xtask test: not root, so the privileged tests (network namespaces, XDP, \
