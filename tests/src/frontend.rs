@@ -64,7 +64,9 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMma
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod fast;
+mod hostile;
 pub use fast::Burst;
+pub use hostile::TxFlood;
 
 /// Length of the virtio-net header with VERSION_1 or MRG_RXBUF.
 const NET_HDR_LEN: usize = 12;
