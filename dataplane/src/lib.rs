@@ -52,5 +52,7 @@ pub use backend::NetConfig;
 pub use counters::CounterSnapshot;
 pub use mem_port::{MemFactory, MemPort, MemQueue, MemWire};
 pub use port::{FramePort, PortFactory, PortStats};
-pub use server::{ConnectionEvent, Server, ServerError, ServerHandle};
+pub use server::{
+    ConnectionEvent, Server, ServerError, ServerFaults, ServerHandle, SetupStep, SocketPermissions,
+};
 pub use xsk::{XskConfig, XskFactory, XskPort};

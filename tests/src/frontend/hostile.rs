@@ -7,7 +7,10 @@
 //! backend works. Chains sharing descriptors are a driver bug the backend
 //! cannot tell from a fast guest; it must bound its work anyway. The
 //! flood runs until its [`TxFlood`] guard is dropped; the vring is
-//! unusable afterwards (the frontend's bookkeeping of it is stale).
+//! unusable afterwards (the frontend's bookkeeping of it is stale). The
+//! flooding thread runs at the lowest priority (nice 19), as if on a vCPU
+//! of its own: it needs little CPU to keep the ring full, and the test's
+//! other threads (the wire, the guest's reader) are not starved by it.
 
 use super::{load16, store16, TestFrontend, NET_HDR_LEN};
 use anyhow::{ensure, Context, Result};
@@ -88,6 +91,13 @@ impl TestFrontend {
         let thread = std::thread::Builder::new()
             .name("tx-flood".into())
             .spawn(move || {
+                // The flood stands for a guest vCPU of its own: at the
+                // lowest priority it keeps the ring full all the same (it
+                // needs a moment now and then), without starving the
+                // test's wire and reader threads of this machine's CPUs.
+                // SAFETY: setpriority on this thread (tid 0 = the caller);
+                // raising one's own nice value needs no privilege.
+                unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, 19) };
                 let mut last_kick = Instant::now() - KICK_EVERY;
                 while !stop2.load(Ordering::Relaxed) {
                     // Everything the backend consumed goes straight back:
