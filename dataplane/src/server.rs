@@ -440,13 +440,15 @@ impl<P: FramePort> Server<P> {
             counters.push(qp.counters());
             pairs.push(Arc::new(Mutex::new(qp)));
         }
+        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
+            .map_err(io_err("creating an eventfd"))?;
+        // Last: nothing after it fails, so the socket file never outlives a
+        // server that was not built.
         let listener = bind_secure(path, perms).map_err(|e| ServerError::Listen {
             path: path.to_path_buf(),
             detail: e.to_string(),
         })?;
         let listener = Listener::from(listener);
-        let stop = EventFd::new(libc::EFD_NONBLOCK | libc::EFD_CLOEXEC)
-            .map_err(io_err("creating an eventfd"))?;
         let handle = ServerHandle {
             stop: Arc::new(stop),
             stopping: Arc::new(AtomicBool::new(false)),

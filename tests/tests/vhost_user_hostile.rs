@@ -303,3 +303,89 @@ fn a_memory_region_larger_than_its_file_is_refused_before_it_is_mapped() {
     assert_serves(&b, &mut fe, 3);
     assert_eq!(b.handle.connections(), 2);
 }
+
+/// Guest frames shorter than an Ethernet header never reach the wire;
+/// they are counted in `tx_drop_short`.
+#[test]
+fn guest_frames_shorter_than_an_ethernet_header_are_dropped_and_counted() {
+    let b = MemBridge::new(1);
+    let mut fe = b.connect(FrontendOptions::default());
+    for len in [1, 13] {
+        assert!(fe.send(0, &vec![0xab; len], false));
+    }
+    let ok = from_guest(0, 4, 18);
+    assert!(fe.send(0, &ok, true));
+    assert_eq!(b.queue(0).wait_sent(1, WAIT), [ok]);
+    let c = b.wait_counters(0, |c| c.tx_drop_short == 2 && c.tx_frames == 1);
+    assert_eq!((c.tx_drop_short, c.tx_frames, c.tx_drop_empty), (2, 1, 0));
+    assert!(b.queue(0).take_sent().is_empty(), "nothing else went out");
+}
+
+/// The vhost-user socket has the mode, owner and group asked for from the
+/// moment it exists at its path (`SocketPermissions`; the daemon's
+/// `--vhost-socket-mode/-owner/-group`).
+#[test]
+fn the_vhost_user_socket_has_the_permissions_asked() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    use xdpath_dataplane::{NetConfig, PortFactory, Server, SocketPermissions};
+    let factory = MemBridge::factory(1);
+    let dir = std::env::temp_dir().join(format!("xdpath-perm-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("dir");
+    let path = dir.join("vhost.sock");
+    // SAFETY: getuid and getgid have no preconditions.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    let cfg = NetConfig {
+        queue_pairs: 1,
+        mac: None,
+        mtu: 1500,
+        max_queue_size: 256,
+        poll_idle: Duration::ZERO,
+    };
+    let server = Server::with_permissions(
+        &path,
+        SocketPermissions {
+            mode: 0o600,
+            owner: Some(uid),
+            group: Some(gid),
+        },
+        cfg.clone(),
+        vec![factory.open(0).expect("port")],
+    )
+    .expect("server");
+    let meta = std::fs::symlink_metadata(&path).expect("the socket exists");
+    assert!(meta.file_type().is_socket());
+    assert_eq!(
+        (meta.mode() & 0o7777, meta.uid(), meta.gid()),
+        (0o600, uid, gid)
+    );
+    let names: Vec<_> = std::fs::read_dir(&dir)
+        .expect("read_dir")
+        .map(|e| e.expect("entry").file_name())
+        .collect();
+    assert_eq!(names, ["vhost.sock"], "no staging directory left behind");
+    drop(server);
+    assert!(!path.exists(), "the socket goes with the server");
+
+    // The default is 0660; a mode beyond 0777 is refused.
+    let server =
+        Server::new(&path, cfg.clone(), vec![factory.open(0).expect("port")]).expect("server");
+    let mode = std::fs::metadata(&path).expect("socket").mode() & 0o7777;
+    assert_eq!(mode, 0o660);
+    drop(server);
+    let err = Server::with_permissions(
+        &path,
+        SocketPermissions {
+            mode: 0o4660,
+            ..SocketPermissions::default()
+        },
+        cfg,
+        vec![factory.open(0).expect("port")],
+    )
+    .expect_err("setuid bits are refused")
+    .to_string();
+    assert_eq!(
+        err,
+        "Invalid dataplane configuration: socket mode 4660 has bits beyond 0777."
+    );
+    let _ = std::fs::remove_dir(&dir);
+}
