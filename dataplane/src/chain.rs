@@ -26,7 +26,8 @@
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
 };
 
 /// Size of one split-ring descriptor.
@@ -153,7 +154,7 @@ pub fn walk(
                     addr: table.0,
                     len: DESC_SIZE,
                 })?;
-        let desc: Descriptor = mem.read_obj(at).map_err(|_| ChainError::OutOfMemory {
+        let desc: Descriptor = read_obj(mem, at).ok_or(ChainError::OutOfMemory {
             addr: at.0,
             len: DESC_SIZE,
         })?;
@@ -209,6 +210,52 @@ pub fn walk(
     }
 }
 
+/// The region holding all of `[addr, addr + len)` and the offset of `addr`
+/// in it, if one region holds it all.
+#[inline]
+fn region_of(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+) -> Option<(&GuestRegionMmap, MemoryRegionAddress)> {
+    let r = mem.find_region(addr)?;
+    let off = addr.0.checked_sub(r.start_addr().0)?;
+    let end = off.checked_add(len as u64)?;
+    (end <= r.len()).then_some((r, MemoryRegionAddress(off)))
+}
+
+// Guest memory accesses of the data path. A buffer inside one region (the
+// common case: a chain's buffers were checked by `walk`) is one region
+// lookup and one bounds-checked copy; one that spans regions takes
+// vm-memory's general path over the whole memory.
+
+/// Reads `buf.len()` bytes at `addr`; `None` if they are not all guest
+/// memory.
+#[inline]
+fn read_slice(mem: &GuestMemoryMmap, buf: &mut [u8], addr: GuestAddress) -> Option<()> {
+    match region_of(mem, addr, buf.len()) {
+        Some((r, off)) => r.read_slice(buf, off).ok(),
+        None => mem.read_slice(buf, addr).ok(),
+    }
+}
+
+/// Writes `buf` at `addr`; `None` if it does not all land in guest memory.
+#[inline]
+fn write_slice(mem: &GuestMemoryMmap, buf: &[u8], addr: GuestAddress) -> Option<()> {
+    match region_of(mem, addr, buf.len()) {
+        Some((r, off)) => r.write_slice(buf, off).ok(),
+        None => mem.write_slice(buf, addr).ok(),
+    }
+}
+
+/// Reads one `T` at `addr`.
+#[inline]
+fn read_obj<T: ByteValued + Default>(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<T> {
+    let mut v = T::default();
+    read_slice(mem, v.as_mut_slice(), addr)?;
+    Some(v)
+}
+
 /// Whether `[addr, addr + len)` is guest memory. One region lookup in the
 /// common case; buffers that span regions take vm-memory's slower walk.
 fn in_memory(mem: &GuestMemoryMmap, addr: GuestAddress, len: u32) -> bool {
@@ -241,11 +288,10 @@ pub fn read_into(
         }
         let take = (len - skip).min(out.len() - pos);
         let addr = s.addr.unchecked_add(skip as u64);
-        mem.read_slice(&mut out[pos..pos + take], addr)
-            .map_err(|_| ChainError::OutOfMemory {
-                addr: addr.0,
-                len: take as u64,
-            })?;
+        read_slice(mem, &mut out[pos..pos + take], addr).ok_or(ChainError::OutOfMemory {
+            addr: addr.0,
+            len: take as u64,
+        })?;
         pos += take;
         skip = 0;
         if pos == out.len() {
@@ -280,11 +326,10 @@ pub fn write_from(
             }
             let n = room.min(part.len());
             let addr = s.addr.unchecked_add(seg_off as u64);
-            mem.write_slice(&part[..n], addr)
-                .map_err(|_| ChainError::OutOfMemory {
-                    addr: addr.0,
-                    len: n as u64,
-                })?;
+            write_slice(mem, &part[..n], addr).ok_or(ChainError::OutOfMemory {
+                addr: addr.0,
+                len: n as u64,
+            })?;
             written += n as u32;
             seg_off += n;
             part = &part[n..];
@@ -413,6 +458,45 @@ mod tests {
         assert_eq!(
             walk(&m, GuestAddress(TABLE), 8, 0, true, &mut budget, &mut segs),
             Err(ChainError::TooManyDescriptors)
+        );
+    }
+
+    /// A buffer across two regions takes the general path and is copied
+    /// whole; one past the end of memory is refused.
+    #[test]
+    fn buffers_spanning_regions_are_copied_and_outside_ones_refused() {
+        let m = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .expect("two regions");
+        let at = 0x10000 - 6;
+        let segs = [Segment {
+            addr: GuestAddress(at),
+            len: 12,
+            writable: true,
+        }];
+        assert_eq!(write_from(&m, &segs, &[b"0123456789ab"]), Ok(12));
+        let ro = [Segment {
+            writable: false,
+            ..segs[0]
+        }];
+        let mut out = [0u8; 12];
+        read_into(&m, &ro, 0, &mut out).unwrap();
+        assert_eq!(&out, b"0123456789ab");
+        let past = [Segment {
+            addr: GuestAddress(0x20000 - 4),
+            len: 8,
+            writable: true,
+        }];
+        assert!(matches!(
+            write_from(&m, &past, &[b"01234567"]),
+            Err(ChainError::OutOfMemory { .. })
+        ));
+        assert_eq!(read_obj::<u64>(&m, GuestAddress(0x20000 - 4)), None);
+        assert_eq!(
+            read_obj::<u32>(&m, GuestAddress(at + 4)),
+            Some(u32::from_ne_bytes(*b"4567"))
         );
     }
 }
