@@ -33,6 +33,18 @@ pub struct DaemonConfig {
     /// vhost-user socket path for the guest.
     #[serde(default)]
     pub vhost_socket: Option<PathBuf>,
+    /// Mode of the vhost-user socket (octal text like "0660", or a TOML
+    /// integer such as 0o660).
+    #[serde(default = "vhost_socket_mode", deserialize_with = "file_mode")]
+    pub vhost_socket_mode: u32,
+    /// Owner of the vhost-user socket (user name or uid); the daemon's own
+    /// (root) if unset.
+    #[serde(default)]
+    pub vhost_socket_owner: Option<String>,
+    /// Group of the vhost-user socket (group name or gid); the daemon's own
+    /// (root) if unset.
+    #[serde(default)]
+    pub vhost_socket_group: Option<String>,
     /// The guest's MAC address (steered to the guest, told to it).
     #[serde(default)]
     pub guest_mac: Option<MacAddr>,
@@ -89,6 +101,59 @@ fn mtu() -> u16 {
 
 fn poll_idle_us() -> u32 {
     50
+}
+
+fn vhost_socket_mode() -> u32 {
+    0o660
+}
+
+/// Reads a file mode: octal text ("0660", "660") or an integer, at most
+/// 0777.
+fn file_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Mode {
+        Text(String),
+        Number(u32),
+    }
+    let (mode, shown) = match Mode::deserialize(d)? {
+        Mode::Text(t) => (u32::from_str_radix(&t, 8).ok(), format!("{t:?}")),
+        Mode::Number(n) => (Some(n), format!("{n:#o}")),
+    };
+    mode.filter(|m| *m <= 0o777).ok_or_else(|| {
+        serde::de::Error::custom(format!(
+            "{shown} is not a file mode; use octal permission bits such as \"0660\"."
+        ))
+    })
+}
+
+/// A user (`passwd`) or group name, or a numeric id, as an id.
+fn lookup_id(name: &str, group: bool) -> Option<u32> {
+    if let Ok(id) = name.parse::<u32>() {
+        return Some(id);
+    }
+    let c = std::ffi::CString::new(name).ok()?;
+    let mut buf = vec![0 as libc::c_char; 16 * 1024];
+    if group {
+        // SAFETY: all-zero is a valid `group` to be filled in.
+        let mut gr: libc::group = unsafe { std::mem::zeroed() };
+        let mut found = std::ptr::null_mut();
+        // SAFETY: valid C string, output struct and buffer of the given
+        // length; getgrnam_r is thread-safe and writes only into them.
+        let rc = unsafe {
+            libc::getgrnam_r(c.as_ptr(), &mut gr, buf.as_mut_ptr(), buf.len(), &mut found)
+        };
+        (rc == 0 && !found.is_null()).then_some(gr.gr_gid)
+    } else {
+        // SAFETY: all-zero is a valid `passwd` to be filled in.
+        let mut pw: libc::passwd = unsafe { std::mem::zeroed() };
+        let mut found = std::ptr::null_mut();
+        // SAFETY: as for getgrnam_r above.
+        let rc = unsafe {
+            libc::getpwnam_r(c.as_ptr(), &mut pw, buf.as_mut_ptr(), buf.len(), &mut found)
+        };
+        (rc == 0 && !found.is_null()).then_some(pw.pw_uid)
+    }
 }
 
 /// Reads a list of addresses, each refused with a sentence naming it.
@@ -207,6 +272,34 @@ impl DaemonConfig {
         })
     }
 
+    /// Mode, owner and group of the vhost-user socket, the names resolved
+    /// (an unknown user or group is an error naming its setting).
+    pub fn vhost_socket_permissions(
+        &self,
+    ) -> Result<xdpath_dataplane::SocketPermissions, ConfigError> {
+        let id = |setting: &str, name: &Option<String>, group: bool| {
+            name.as_deref()
+                .map(|n| {
+                    lookup_id(n, group).ok_or_else(|| {
+                        invalid(
+                            setting,
+                            format!(
+                                "{} {n:?} does not exist; give a name from {} or a number.",
+                                if group { "group" } else { "user" },
+                                if group { "/etc/group" } else { "/etc/passwd" }
+                            ),
+                        )
+                    })
+                })
+                .transpose()
+        };
+        Ok(xdpath_dataplane::SocketPermissions {
+            mode: self.vhost_socket_mode,
+            owner: id("vhost_socket_owner", &self.vhost_socket_owner, false)?,
+            group: id("vhost_socket_group", &self.vhost_socket_group, true)?,
+        })
+    }
+
     /// The API socket path (default `/run/xdpath/<iface>.api.sock`).
     pub fn api_socket(&self) -> PathBuf {
         self.api_socket
@@ -279,6 +372,7 @@ impl DaemonConfig {
                 format!("{} is out of range; use 68 to 9000.", self.mtu),
             ));
         }
+        self.vhost_socket_permissions()?;
         Ok(())
     }
 }
@@ -301,6 +395,14 @@ mod tests {
         assert_eq!(c.poll_idle_us, 50);
         assert!(!c.set_channels);
         assert_eq!(c.pin_root(), PathBuf::from("/sys/fs/bpf/xdpath"));
+        assert_eq!(
+            c.vhost_socket_permissions().unwrap(),
+            xdpath_dataplane::SocketPermissions {
+                mode: 0o660,
+                owner: None,
+                group: None
+            }
+        );
         assert_eq!(
             c.vhost_socket(),
             PathBuf::from("/run/xdpath/eth1.vhost.sock")
@@ -329,6 +431,26 @@ mod tests {
                 "default_action",
             ),
             ("iface = \"e\"\nmtu = 20000", "mtu"),
+            (
+                "iface = \"e\"\nvhost_socket_mode = \"0999\"",
+                "vhost_socket_mode",
+            ),
+            (
+                "iface = \"e\"\nvhost_socket_mode = \"1777\"",
+                "vhost_socket_mode",
+            ),
+            (
+                "iface = \"e\"\nvhost_socket_mode = 512",
+                "vhost_socket_mode",
+            ),
+            (
+                "iface = \"e\"\nvhost_socket_owner = \"no-such-user-xdpath\"",
+                "vhost_socket_owner",
+            ),
+            (
+                "iface = \"e\"\nvhost_socket_group = \"no-such-group-xdpath\"",
+                "vhost_socket_group",
+            ),
         ];
         for (text, setting) in cases {
             // A value that does not parse is refused when the settings are
@@ -394,6 +516,42 @@ mod tests {
         assert_eq!(
             parse_mac("52:54:00:ab:cd:02"),
             Some([0x52, 0x54, 0, 0xab, 0xcd, 2])
+        );
+    }
+
+    #[test]
+    fn vhost_socket_permissions_are_read_and_resolved() {
+        let c = DaemonConfig::from_toml(
+            "iface = \"e\"\nvhost_socket_mode = \"0600\"\nvhost_socket_owner = \"root\"\nvhost_socket_group = \"0\"",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            c.vhost_socket_permissions().unwrap(),
+            xdpath_dataplane::SocketPermissions {
+                mode: 0o600,
+                owner: Some(0),
+                group: Some(0)
+            }
+        );
+        let c = DaemonConfig::from_toml("iface = \"e\"\nvhost_socket_mode = 0o640").unwrap();
+        assert_eq!(c.vhost_socket_mode, 0o640);
+        let e = DaemonConfig::from_toml("iface = \"e\"\nvhost_socket_mode = \"rw\"")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "Setting `vhost_socket_mode`: \"rw\" is not a file mode; use octal permission bits such as \"0660\"."
+        );
+        let e =
+            DaemonConfig::from_toml("iface = \"e\"\nvhost_socket_group = \"no-such-group-xdpath\"")
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+        assert_eq!(
+            e,
+            "Setting `vhost_socket_group`: group \"no-such-group-xdpath\" does not exist; give a name from /etc/group or a number."
         );
     }
 }

@@ -76,11 +76,14 @@ pub const HANDOFF_EVENT_OFFSET: u16 = 3;
 pub type WorkerHandler<P> = Arc<VringEpollHandler<Arc<NetBackend<P>>>>;
 
 /// State of the current connection shared between the server, its handle
-/// and the workers: the first worker error, how to end the connection,
-/// and the workers' epoll handlers (to add an fd to a running worker).
+/// and the workers: the first worker error, how to end the connection
+/// (the library's shutdown handle, and the frontend's socket under the
+/// relay), and the workers' epoll handlers (to add an fd to a running
+/// worker).
 pub struct Connection<P: FramePort> {
     first_error: Mutex<Option<String>>,
     shutdown: Mutex<Option<ShutdownHandle>>,
+    frontend: Mutex<Option<std::os::unix::net::UnixStream>>,
     handlers: Mutex<Vec<WorkerHandler<P>>>,
 }
 
@@ -89,6 +92,7 @@ impl<P: FramePort> Default for Connection<P> {
         Self {
             first_error: Mutex::new(None),
             shutdown: Mutex::new(None),
+            frontend: Mutex::new(None),
             handlers: Mutex::new(Vec::new()),
         }
     }
@@ -106,7 +110,9 @@ impl<P: FramePort> Connection<P> {
         self.end();
     }
 
-    /// Ends the connection (if any).
+    /// Ends the connection (if any): the library's side, and the
+    /// frontend's socket, so the relay ends even in the middle of a
+    /// message.
     pub fn end(&self) {
         if let Some(h) = self
             .shutdown
@@ -116,6 +122,19 @@ impl<P: FramePort> Connection<P> {
         {
             h.shutdown();
         }
+        if let Some(s) = self
+            .frontend
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_ref()
+        {
+            let _ = s.shutdown(std::net::Shutdown::Both);
+        }
+    }
+
+    /// Sets (or clears) the frontend's socket (a clone of the relay's).
+    pub fn set_frontend(&self, s: Option<std::os::unix::net::UnixStream>) {
+        *self.frontend.lock().unwrap_or_else(PoisonError::into_inner) = s;
     }
 
     /// Takes the first recorded worker error.

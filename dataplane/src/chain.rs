@@ -8,6 +8,17 @@
 //! memory. It records the buffers in a caller-owned scratch vector (no
 //! allocation per chain once it has grown) and returns totals.
 //!
+//! Work per walk is bounded by the caller's descriptor budget as well as by
+//! the queue size: a walk stops with [`ChainError::TooManyDescriptors`] once
+//! it has read the descriptors it was given. Zero-length buffers carry no
+//! bytes and are not recorded (they still count against both bounds). The
+//! receive path gives all the chains of one frame one budget of
+//! [`MAX_DESCS_PER_FRAME`] and takes at most [`MAX_CHAINS_PER_FRAME`]
+//! chains for a frame (docs/ARCHITECTURE.md, Concurrency rules, rule 6),
+//! so a guest that shares descriptors between chains or pads them with
+//! empty buffers costs a bounded amount of work per frame, and the scratch
+//! vectors stay small.
+//!
 //! virtio-queue's own `DescriptorChain` iterator stops silently on most of
 //! these errors; we need the reason, so the walk is done here. Only the
 //! avail ring (pop / roll back) and the used ring go through virtio-queue.
@@ -15,11 +26,22 @@
 use virtio_bindings::virtio_ring::{VRING_DESC_F_INDIRECT, VRING_DESC_F_NEXT, VRING_DESC_F_WRITE};
 use virtio_queue::desc::split::Descriptor;
 use vm_memory::{
-    Address, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, GuestMemoryRegion,
+    Address, ByteValued, Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap,
+    GuestMemoryRegion, GuestRegionMmap, MemoryRegionAddress,
 };
 
 /// Size of one split-ring descriptor.
 const DESC_SIZE: u64 = 16;
+
+/// Descriptors the receive path reads at most for one frame, over all the
+/// chains it takes (indirect descriptors and zero-length buffers
+/// included). A Linux or DPDK guest needs one to three.
+pub const MAX_DESCS_PER_FRAME: u32 = 256;
+
+/// RX chains one frame may take with mergeable buffers (`num_buffers`).
+/// Frames are at most one port frame (4 KiB); guests post buffers of 1.5
+/// KiB or more, so a frame takes one to three.
+pub const MAX_CHAINS_PER_FRAME: usize = 64;
 
 /// One guest buffer of a chain.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -73,6 +95,13 @@ pub enum ChainError {
     /// with writable buffers are rejected, not fatal).
     #[error("RX chain has a device-readable buffer or no writable one")]
     WrongDirection,
+    /// One frame's chains have more descriptors than
+    /// [`MAX_DESCS_PER_FRAME`] (or the walk's own budget).
+    #[error("a frame's chains span more than {MAX_DESCS_PER_FRAME} descriptors")]
+    TooManyDescriptors,
+    /// One frame would take more than [`MAX_CHAINS_PER_FRAME`] RX chains.
+    #[error("a frame would take more than {MAX_CHAINS_PER_FRAME} RX chains")]
+    TooManyChains,
     /// The used ring could not be written.
     #[error("the used ring is outside guest memory")]
     UsedRing,
@@ -87,14 +116,18 @@ pub enum ChainError {
 }
 
 /// Walks the chain starting at `head` of the descriptor table at
-/// `desc_table` (a ring of `queue_size` entries), appending its buffers to
-/// `segs` (cleared first).
+/// `desc_table` (a ring of `queue_size` entries), appending its non-empty
+/// buffers to `segs` (cleared first). Every descriptor read (an indirect
+/// one included) takes one from `budget`; the walk fails with
+/// [`ChainError::TooManyDescriptors`] rather than read one more when it is
+/// zero.
 pub fn walk(
     mem: &GuestMemoryMmap,
     desc_table: GuestAddress,
     queue_size: u16,
     head: u16,
     indirect_ok: bool,
+    budget: &mut u32,
     segs: &mut Vec<Segment>,
 ) -> Result<ChainInfo, ChainError> {
     segs.clear();
@@ -105,8 +138,12 @@ pub fn walk(
     let mut in_indirect = false;
     // Every descriptor of a chain counts against the queue size, indirect
     // ones included (virtio 1.2, 2.7.5.3.1).
-    let mut budget = u32::from(queue_size);
+    let mut left = u32::from(queue_size);
     loop {
+        if *budget == 0 {
+            return Err(ChainError::TooManyDescriptors);
+        }
+        *budget -= 1;
         if index >= size {
             return Err(ChainError::IndexOutOfRange { index, size });
         }
@@ -117,7 +154,7 @@ pub fn walk(
                     addr: table.0,
                     len: DESC_SIZE,
                 })?;
-        let desc: Descriptor = mem.read_obj(at).map_err(|_| ChainError::OutOfMemory {
+        let desc: Descriptor = read_obj(mem, at).ok_or(ChainError::OutOfMemory {
             addr: at.0,
             len: DESC_SIZE,
         })?;
@@ -137,10 +174,10 @@ pub fn walk(
             in_indirect = true;
             continue;
         }
-        if budget == 0 {
+        if left == 0 {
             return Err(ChainError::TooLong);
         }
-        budget -= 1;
+        left -= 1;
         let len = desc.len();
         if len > 0 && !in_memory(mem, desc.addr(), len) {
             return Err(ChainError::OutOfMemory {
@@ -149,24 +186,74 @@ pub fn walk(
             });
         }
         let writable = flags & VRING_DESC_F_WRITE != 0;
-        if writable {
-            info.writable += u64::from(len);
-        } else {
-            if info.writable > 0 {
-                info.misordered = true;
+        // An empty buffer carries nothing: not recorded, so it cannot grow
+        // the scratch vectors.
+        if len > 0 {
+            if writable {
+                info.writable += u64::from(len);
+            } else {
+                if info.writable > 0 {
+                    info.misordered = true;
+                }
+                info.readable += u64::from(len);
             }
-            info.readable += u64::from(len);
+            segs.push(Segment {
+                addr: desc.addr(),
+                len,
+                writable,
+            });
         }
-        segs.push(Segment {
-            addr: desc.addr(),
-            len,
-            writable,
-        });
         if flags & VRING_DESC_F_NEXT == 0 {
             return Ok(info);
         }
         index = desc.next();
     }
+}
+
+/// The region holding all of `[addr, addr + len)` and the offset of `addr`
+/// in it, if one region holds it all.
+#[inline]
+fn region_of(
+    mem: &GuestMemoryMmap,
+    addr: GuestAddress,
+    len: usize,
+) -> Option<(&GuestRegionMmap, MemoryRegionAddress)> {
+    let r = mem.find_region(addr)?;
+    let off = addr.0.checked_sub(r.start_addr().0)?;
+    let end = off.checked_add(len as u64)?;
+    (end <= r.len()).then_some((r, MemoryRegionAddress(off)))
+}
+
+// Guest memory accesses of the data path. A buffer inside one region (the
+// common case: a chain's buffers were checked by `walk`) is one region
+// lookup and one bounds-checked copy; one that spans regions takes
+// vm-memory's general path over the whole memory.
+
+/// Reads `buf.len()` bytes at `addr`; `None` if they are not all guest
+/// memory.
+#[inline]
+fn read_slice(mem: &GuestMemoryMmap, buf: &mut [u8], addr: GuestAddress) -> Option<()> {
+    match region_of(mem, addr, buf.len()) {
+        Some((r, off)) => r.read_slice(buf, off).ok(),
+        None => mem.read_slice(buf, addr).ok(),
+    }
+}
+
+/// Writes `buf` at `addr`; `None` if it does not all land in guest memory.
+#[inline]
+fn write_slice(mem: &GuestMemoryMmap, buf: &[u8], addr: GuestAddress) -> Option<()> {
+    match region_of(mem, addr, buf.len()) {
+        Some((r, off)) => r.write_slice(buf, off).ok(),
+        None => mem.write_slice(buf, addr).ok(),
+    }
+}
+
+/// Reads one `T` at `addr`.
+#[inline]
+fn read_obj<T: ByteValued + Default>(mem: &GuestMemoryMmap, addr: GuestAddress) -> Option<T> {
+    let mut v = T::default();
+    read_slice(mem, v.as_mut_slice(), addr)?;
+    Some(v)
 }
 
 /// Whether `[addr, addr + len)` is guest memory. One region lookup in the
@@ -201,11 +288,10 @@ pub fn read_into(
         }
         let take = (len - skip).min(out.len() - pos);
         let addr = s.addr.unchecked_add(skip as u64);
-        mem.read_slice(&mut out[pos..pos + take], addr)
-            .map_err(|_| ChainError::OutOfMemory {
-                addr: addr.0,
-                len: take as u64,
-            })?;
+        read_slice(mem, &mut out[pos..pos + take], addr).ok_or(ChainError::OutOfMemory {
+            addr: addr.0,
+            len: take as u64,
+        })?;
         pos += take;
         skip = 0;
         if pos == out.len() {
@@ -240,11 +326,10 @@ pub fn write_from(
             }
             let n = room.min(part.len());
             let addr = s.addr.unchecked_add(seg_off as u64);
-            mem.write_slice(&part[..n], addr)
-                .map_err(|_| ChainError::OutOfMemory {
-                    addr: addr.0,
-                    len: n as u64,
-                })?;
+            write_slice(mem, &part[..n], addr).ok_or(ChainError::OutOfMemory {
+                addr: addr.0,
+                len: n as u64,
+            })?;
             written += n as u32;
             seg_off += n;
             part = &part[n..];
@@ -281,8 +366,10 @@ mod tests {
         m.write_slice(&[7; 12], GuestAddress(BUF)).unwrap();
         m.write_slice(b"hello", GuestAddress(BUF + 100)).unwrap();
         let mut segs = Vec::new();
-        let info = walk(&m, GuestAddress(TABLE), 8, 0, true, &mut segs).unwrap();
+        let mut budget = 64;
+        let info = walk(&m, GuestAddress(TABLE), 8, 0, true, &mut budget, &mut segs).unwrap();
         assert_eq!((info.readable, info.writable, segs.len()), (17, 0, 2));
+        assert_eq!(budget, 62, "one per descriptor read");
         let mut out = [0u8; 5];
         read_into(&m, &segs, 12, &mut out).unwrap();
         assert_eq!(&out, b"hello");
@@ -296,47 +383,120 @@ mod tests {
         put(&m, TABLE, 0, Descriptor::new(BUF, 4, NEXT, 1));
         put(&m, TABLE, 1, Descriptor::new(BUF, 4, NEXT, 0));
         assert_eq!(
-            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut segs),
+            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut 64, &mut segs),
             Err(ChainError::TooLong)
         );
         // Next out of range.
         put(&m, TABLE, 0, Descriptor::new(BUF, 4, NEXT, 9));
         assert_eq!(
-            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut segs),
+            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut 64, &mut segs),
             Err(ChainError::IndexOutOfRange { index: 9, size: 8 })
         );
         // Buffer outside guest memory.
         put(&m, TABLE, 0, Descriptor::new(0x1f000, 0x2000, 0, 0));
         assert!(matches!(
-            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut segs),
+            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut 64, &mut segs),
             Err(ChainError::OutOfMemory { .. })
         ));
         // Indirect table not a multiple of 16, indirect not negotiated,
         // nested indirect.
         put(&m, TABLE, 0, Descriptor::new(0x4000, 20, INDIRECT, 0));
         assert_eq!(
-            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut segs),
+            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut 64, &mut segs),
             Err(ChainError::BadIndirectTable { len: 20 })
         );
         put(&m, TABLE, 0, Descriptor::new(0x4000, 32, INDIRECT, 0));
         assert_eq!(
-            walk(&m, GuestAddress(TABLE), 8, 0, false, &mut segs),
+            walk(&m, GuestAddress(TABLE), 8, 0, false, &mut 64, &mut segs),
             Err(ChainError::BadIndirect)
         );
         put(&m, 0x4000, 0, Descriptor::new(0x5000, 16, INDIRECT, 0));
         assert_eq!(
-            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut segs),
+            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut 64, &mut segs),
             Err(ChainError::BadIndirect)
         );
         // A valid indirect chain of two writable buffers.
         put(&m, 0x4000, 0, Descriptor::new(BUF, 8, WRITE | NEXT, 1));
         put(&m, 0x4000, 1, Descriptor::new(BUF + 8, 8, WRITE, 0));
-        let info = walk(&m, GuestAddress(TABLE), 8, 0, true, &mut segs).unwrap();
+        let info = walk(&m, GuestAddress(TABLE), 8, 0, true, &mut 64, &mut segs).unwrap();
         assert_eq!((info.readable, info.writable), (0, 16));
         let n = write_from(&m, &segs, &[b"0123", b"456789abcdefXYZ"]).unwrap();
         assert_eq!(n, 16, "writes stop at the end of the buffers");
         let mut back = [0u8; 16];
         m.read_slice(&mut back, GuestAddress(BUF)).unwrap();
         assert_eq!(&back, b"0123456789abcdef");
+    }
+
+    #[test]
+    fn empty_buffers_are_skipped_and_the_budget_bounds_the_walk() {
+        let m = mem();
+        let mut segs = Vec::new();
+        // 0 (empty) -> 1 (8 bytes) -> 2 (empty) -> 3 (4 bytes), writable.
+        put(&m, TABLE, 0, Descriptor::new(BUF, 0, WRITE | NEXT, 1));
+        put(&m, TABLE, 1, Descriptor::new(BUF, 8, WRITE | NEXT, 2));
+        put(&m, TABLE, 2, Descriptor::new(BUF, 0, WRITE | NEXT, 3));
+        put(&m, TABLE, 3, Descriptor::new(BUF + 8, 4, WRITE, 0));
+        let mut budget = 10;
+        let info = walk(&m, GuestAddress(TABLE), 8, 0, true, &mut budget, &mut segs).unwrap();
+        assert_eq!((info.writable, segs.len(), budget), (12, 2, 6));
+        assert!(segs.iter().all(|s| s.len > 0), "{segs:?}");
+        // The same chain with three descriptors left: refused before the
+        // fourth is read.
+        let mut budget = 3;
+        assert_eq!(
+            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut budget, &mut segs),
+            Err(ChainError::TooManyDescriptors)
+        );
+        assert_eq!(budget, 0);
+        // An indirect descriptor counts too.
+        put(&m, TABLE, 0, Descriptor::new(0x4000, 16, INDIRECT, 0));
+        put(&m, 0x4000, 0, Descriptor::new(BUF, 8, WRITE, 0));
+        let mut budget = 2;
+        walk(&m, GuestAddress(TABLE), 8, 0, true, &mut budget, &mut segs).unwrap();
+        assert_eq!(budget, 0);
+        let mut budget = 1;
+        assert_eq!(
+            walk(&m, GuestAddress(TABLE), 8, 0, true, &mut budget, &mut segs),
+            Err(ChainError::TooManyDescriptors)
+        );
+    }
+
+    /// A buffer across two regions takes the general path and is copied
+    /// whole; one past the end of memory is refused.
+    #[test]
+    fn buffers_spanning_regions_are_copied_and_outside_ones_refused() {
+        let m = GuestMemoryMmap::from_ranges(&[
+            (GuestAddress(0), 0x10000),
+            (GuestAddress(0x10000), 0x10000),
+        ])
+        .expect("two regions");
+        let at = 0x10000 - 6;
+        let segs = [Segment {
+            addr: GuestAddress(at),
+            len: 12,
+            writable: true,
+        }];
+        assert_eq!(write_from(&m, &segs, &[b"0123456789ab"]), Ok(12));
+        let ro = [Segment {
+            writable: false,
+            ..segs[0]
+        }];
+        let mut out = [0u8; 12];
+        read_into(&m, &ro, 0, &mut out).unwrap();
+        assert_eq!(&out, b"0123456789ab");
+        let past = [Segment {
+            addr: GuestAddress(0x20000 - 4),
+            len: 8,
+            writable: true,
+        }];
+        assert!(matches!(
+            write_from(&m, &past, &[b"01234567"]),
+            Err(ChainError::OutOfMemory { .. })
+        ));
+        assert_eq!(read_obj::<u64>(&m, GuestAddress(0x20000 - 4)), None);
+        assert_eq!(
+            read_obj::<u32>(&m, GuestAddress(at + 4)),
+            Some(u32::from_ne_bytes(*b"4567"))
+        );
     }
 }

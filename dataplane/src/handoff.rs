@@ -101,6 +101,11 @@ impl Handoff {
         self.inbox.pop()
     }
 
+    /// Owner side: whether frames wait in the inbox.
+    pub fn has_waiting(&self) -> bool {
+        !self.inbox.is_empty()
+    }
+
     /// Owner side: returns a buffer to the pool.
     pub fn give_back(&self, buf: Box<[u8]>) {
         let _ = self.pool.push(buf);

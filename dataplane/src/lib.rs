@@ -18,9 +18,13 @@
 //! - [`backend`]: the vhost-user-net device for one frontend connection;
 //!   routes each worker's events to its queue pair.
 //! - [`relay`]: passes vhost-user messages between the frontend and the
-//!   request handler, holding SET_VRING_ENABLE that QEMU sends early.
-//! - [`server`]: the listening socket, one connection at a time, the
-//!   worker lifecycle and reconnects.
+//!   request handler, holding SET_VRING_ENABLE that QEMU sends early, and
+//!   refusing what the library does not check (too many held messages,
+//!   memory regions past the end of their files, a message left half
+//!   sent).
+//! - [`server`]: the listening socket (with its permissions), one
+//!   connection at a time, the worker lifecycle, reconnects, and retries
+//!   of connection set-ups that failed for want of fds or threads.
 //! - [`handoff`]: frames passed by message from a pair whose RX vring the
 //!   guest did not enable to the worker of one it did.
 //! - [`counters`]: per-queue-pair counters, written by the owner once per
@@ -52,5 +56,7 @@ pub use backend::NetConfig;
 pub use counters::CounterSnapshot;
 pub use mem_port::{MemFactory, MemPort, MemQueue, MemWire};
 pub use port::{FramePort, PortFactory, PortStats};
-pub use server::{ConnectionEvent, Server, ServerError, ServerHandle};
+pub use server::{
+    ConnectionEvent, Server, ServerError, ServerFaults, ServerHandle, SetupStep, SocketPermissions,
+};
 pub use xsk::{XskConfig, XskFactory, XskPort};

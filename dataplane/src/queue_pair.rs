@@ -33,15 +33,28 @@
 //! A malformed chain (see [`crate::chain`]) marks its vring broken: that
 //! vring stops until the frontend resets it, every other vring goes on.
 //!
+//! Budgets (docs/ARCHITECTURE.md, Concurrency rules, rule 6): every chain
+//! popped counts, whatever becomes of it. A TX batch pops at most
+//! [`BATCH`] chains, rejected ones included, and one event runs at most
+//! `TX_ROUNDS` batches before the worker yields to RX through its timer.
+//! An RX frame takes at most [`chain::MAX_CHAINS_PER_FRAME`] chains and
+//! reads at most [`chain::MAX_DESCS_PER_FRAME`] descriptors; a frame that
+//! needs more stops the vring like a malformed chain. An RX batch is at
+//! most [`BATCH`] frames from the port, a handoff delivery at most
+//! [`BATCH`] frames from the inbox (the doorbell rings again if more wait).
+//! So one event costs a bounded amount of work whatever the guest posts,
+//! and a guest cannot keep its worker (and the vring lock the frontend's
+//! GET_VRING_BASE needs) from its other events or from stopping.
+//!
 //! A pair whose RX vring the guest has not enabled hands its frames to the
 //! worker of an enabled pair ([`crate::handoff`]); that worker delivers
 //! them to its own vring.
 
 use crate::chain::{self, ChainError, Segment};
 use crate::counters::{QueueCounters, Tally};
-use crate::handoff::{Peers, HANDOFF_SLOTS};
+use crate::handoff::Peers;
 use crate::port::{FramePort, Push, BATCH};
-use crate::virtio_net::{rx_header, HDR_LEN};
+use crate::virtio_net::{rx_header, ETH_HLEN, HDR_LEN};
 use std::os::fd::{AsRawFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -517,7 +530,16 @@ impl<P: FramePort> QueuePair<P> {
         h.consume_wake();
         let mut delivered = 0u64;
         let mut stop = None;
-        for _ in 0..HANDOFF_SLOTS {
+        // One batch per event, like the port's RX: if more wait, the
+        // doorbell rings again and epoll brings this worker back after its
+        // other events.
+        for i in 0..=BATCH {
+            if i == BATCH {
+                if h.has_waiting() {
+                    h.wake();
+                }
+                break;
+            }
             let Some((buf, len)) = h.take() else { break };
             let frame = &buf[..len];
             if !enabled {
@@ -671,8 +693,9 @@ impl<P: FramePort> QueuePair<P> {
         }
     }
 
-    /// One TX batch of at most `cap` chains. Returns (guest ring empty,
-    /// any used entry added, reason to stop the vring).
+    /// One TX batch: at most `cap` chains popped, whatever becomes of
+    /// them. Returns (guest ring empty, any used entry added, reason to
+    /// stop the vring).
     fn tx_batch(
         &mut self,
         queue: &mut Queue,
@@ -699,9 +722,15 @@ impl<P: FramePort> QueuePair<P> {
             return (true, false, None);
         };
         let mut batch = port.tx_batch();
-        while batch.len() < cap {
+        // Every chain popped counts against the batch, rejected ones too:
+        // a guest that keeps its ring full of bad chains gets `cap` of them
+        // looked at per batch, like good ones (docs/ARCHITECTURE.md,
+        // Concurrency rules, rule 6).
+        let mut popped = 0;
+        while popped < cap {
             let head = match pop(queue, mem) {
                 Ok(Some(h)) => {
+                    popped += 1;
                     *work += 1;
                     h
                 }
@@ -714,19 +743,25 @@ impl<P: FramePort> QueuePair<P> {
                     break;
                 }
             };
-            let info = match chain::walk(mem, table, size, head, features.indirect, segs) {
-                Ok(info) => info,
-                Err(e) => {
-                    stop = Some(VringStop::Broken(e));
-                    break;
-                }
-            };
+            // One more than the queue size: the indirect descriptor and a
+            // full table; the queue-size check (`TooLong`) comes first.
+            let mut budget = u32::from(size) + 1;
+            let info =
+                match chain::walk(mem, table, size, head, features.indirect, &mut budget, segs) {
+                    Ok(info) => info,
+                    Err(e) => {
+                        stop = Some(VringStop::Broken(e));
+                        break;
+                    }
+                };
             // Rejected chains are returned to the guest at once (used
             // length 0) and counted; the vring goes on.
             let reject = if info.writable > 0 {
                 Some(&mut tally.tx_drop_write_only)
             } else if info.readable <= HDR_LEN as u64 {
                 Some(&mut tally.tx_drop_empty)
+            } else if info.readable - (HDR_LEN as u64) < ETH_HLEN as u64 {
+                Some(&mut tally.tx_drop_short)
             } else if info.readable - HDR_LEN as u64 > max_frame as u64 {
                 Some(&mut tally.tx_drop_oversize)
             } else {
@@ -855,12 +890,18 @@ fn rx_one(
     chains.clear();
     let mut res = RxReservation { queue, popped: 0 };
     let mut cap = 0u64;
+    // One budget for all the chains of this frame, and a cap on their
+    // number: the work per frame is bounded whatever the guest posts.
+    let mut budget = chain::MAX_DESCS_PER_FRAME;
     while cap < need {
+        if res.popped >= chain::MAX_CHAINS_PER_FRAME {
+            return Err(VringStop::Broken(ChainError::TooManyChains));
+        }
         let Some(head) = pop(res.queue, mem).map_err(|()| VringStop::BadAvailIndex)? else {
             return Ok(RxOne::NoBuffer);
         };
         res.popped += 1;
-        let info = chain::walk(mem, table, size, head, features.indirect, segs)
+        let info = chain::walk(mem, table, size, head, features.indirect, &mut budget, segs)
             .map_err(VringStop::Broken)?;
         if info.readable > 0 || info.writable == 0 {
             // RX buffers must be device-writable only.
@@ -1039,5 +1080,122 @@ mod tests {
         // The next call reaps the completions: the frames are free again.
         qp.process_tx(txq.vring(), guest.memory(), NO_MRG);
         assert_eq!(qp.port().expect("port").tx_free(), 64);
+    }
+
+    /// Issue 11, #1: rejected chains count against the batch. A ring whose
+    /// every entry is the same header-only chain gives one call
+    /// `TX_ROUNDS * BATCH` chains, not the whole ring (before the fix: all
+    /// 1024, and as many more as a guest re-posts meanwhile).
+    #[test]
+    fn tx_pops_at_most_its_budget_of_rejected_chains_per_call() {
+        let mut guest = MockGuest::new(4 << 20).expect("guest memory");
+        let mut txq = guest.vring(1024, true).expect("vring");
+        let hdr = guest.alloc(HDR_LEN as u64, 64).expect("alloc");
+        let head = txq
+            .add_chain(&[(hdr, HDR_LEN as u32, false)])
+            .expect("chain");
+        for _ in 0..1024 {
+            txq.make_available(head).expect("avail");
+        }
+        let mut qp = pair(MemPort::new(0, 64, 2048).expect("eventfd"));
+        qp.process_tx(txq.vring(), guest.memory(), NO_MRG);
+        let used = txq.take_used().expect("used ring");
+        assert_eq!(used.len(), TX_ROUNDS * BATCH);
+        assert!(
+            qp.timer_armed,
+            "the worker yields and comes back on its timer"
+        );
+        qp.flush_counters();
+        assert_eq!(
+            qp.counters().snapshot().tx_drop_empty,
+            (TX_ROUNDS * BATCH) as u64
+        );
+    }
+
+    /// Guest frames shorter than an Ethernet header are dropped and
+    /// counted; one of exactly 14 bytes goes out.
+    #[test]
+    fn tx_frames_shorter_than_an_ethernet_header_are_dropped_and_counted() {
+        let (mut guest, mut txq) = setup();
+        let hdr = [0u8; HDR_LEN];
+        for len in [1, 13, 14] {
+            guest
+                .post_tx(&mut txq, &hdr, &frame(len, 1), len == 13)
+                .expect("post TX");
+        }
+        let mut qp = pair(MemPort::new(0, 64, 2048).expect("eventfd"));
+        qp.process_tx(txq.vring(), guest.memory(), NO_MRG);
+        let sent: Vec<&[u8]> = qp.port().expect("port").tx_completed().collect();
+        assert_eq!(sent, [&frame(14, 1)[..]]);
+        assert_eq!(txq.take_used().expect("used").len(), 3, "all returned");
+        qp.flush_counters();
+        let c = qp.counters().snapshot();
+        assert_eq!((c.tx_drop_short, c.tx_frames, c.tx_drop_empty), (2, 1, 0));
+    }
+
+    /// Issue 11, #3: RX chains that share descriptors and pad them with
+    /// empty buffers. Every avail entry names the same chain of 1024
+    /// descriptors, 1023 empty and one of a single byte: a 1500-byte frame
+    /// needs 1512 such chains. Before the fix the worker walked all 1024
+    /// chains the ring offered (about a million descriptors) and grew its
+    /// scratch vectors to a million segments for one frame; now the
+    /// frame's descriptor budget stops it after `MAX_DESCS_PER_FRAME`, the
+    /// vring stops (counted) and the scratch does not grow.
+    #[test]
+    fn rx_work_per_frame_is_bounded_whatever_the_chains_look_like() {
+        let mut guest = MockGuest::new(8 << 20).expect("guest memory");
+        let mut rxq = guest.vring(1024, true).expect("vring");
+        let buf = guest.alloc(64, 64).expect("alloc");
+        let mut descs = vec![(buf, 0, true); 1023];
+        descs.push((buf, 1, true));
+        let head = rxq.add_chain(&descs).expect("chain");
+        for _ in 0..1024 {
+            rxq.make_available(head).expect("avail");
+        }
+        let mut port = MemPort::new(64, 64, 2048).expect("eventfd");
+        assert!(port.push_rx(&frame(1500, 1)));
+        assert!(port.push_rx(&frame(60, 2)));
+        let mut qp = pair(port);
+        let scratch = (qp.segs.capacity(), qp.rx_segs.capacity());
+        qp.process_rx(rxq.vring(), guest.memory(), MRG);
+        assert_eq!(
+            (qp.segs.capacity(), qp.rx_segs.capacity()),
+            scratch,
+            "the scratch vectors did not grow"
+        );
+        assert!(rxq.take_used().expect("used").is_empty());
+        assert!(qp.rx_broken);
+        qp.flush_counters();
+        let c = qp.counters().snapshot();
+        assert_eq!(
+            (c.bad_descriptor, c.rx_frames, c.rx_drop_no_guest_buffer),
+            (1, 0, 2)
+        );
+    }
+
+    /// The chain cap: single-byte RX chains (no empty buffers, so the
+    /// descriptor budget is not what stops it) would give a 60-byte frame
+    /// 72 chains; it may take at most `MAX_CHAINS_PER_FRAME`. A frame
+    /// spread over three chains, as real guests do, still arrives.
+    #[test]
+    fn a_frame_takes_at_most_the_chain_cap() {
+        let (mut guest, mut rxq) = setup();
+        let bufs = guest.post_rx(&mut rxq, 3, 700).expect("post RX");
+        let mut port = MemPort::new(64, 64, 2048).expect("eventfd");
+        let big = frame(1514, 3);
+        assert!(port.push_rx(&big));
+        let mut qp = pair(port);
+        qp.process_rx(rxq.vring(), guest.memory(), MRG);
+        let used = rxq.take_used().expect("used");
+        assert_eq!(used, [(bufs[0].0, 700), (bufs[1].0, 700), (bufs[2].0, 126)]);
+
+        guest.post_rx(&mut rxq, 100, 1).expect("post RX");
+        assert!(qp.port_mut().expect("port").push_rx(&frame(60, 4)));
+        qp.process_rx(rxq.vring(), guest.memory(), MRG);
+        assert!(rxq.take_used().expect("used").is_empty());
+        assert!(qp.rx_broken);
+        qp.flush_counters();
+        let c = qp.counters().snapshot();
+        assert_eq!((c.rx_frames, c.bad_descriptor), (1, 1));
     }
 }

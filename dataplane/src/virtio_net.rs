@@ -12,6 +12,11 @@ use virtio_bindings::virtio_ring::{VIRTIO_RING_F_EVENT_IDX, VIRTIO_RING_F_INDIRE
 /// Length of `virtio_net_hdr_mrg_rxbuf`, the header in front of every frame
 /// once VERSION_1 is negotiated (num_buffers is always present).
 pub const HDR_LEN: usize = 12;
+
+/// Length of an Ethernet header: guest frames shorter than this are
+/// dropped (`tx_drop_short`).
+pub const ETH_HLEN: usize = 14;
+
 /// Largest queue-pair count we offer (virtio-net allows more; 16 is what the
 /// issue asks for and what `queues_per_thread` masks fit comfortably).
 pub const MAX_QUEUE_PAIRS: u16 = 16;

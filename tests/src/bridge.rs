@@ -210,6 +210,9 @@ pub const MEM_RX_FRAMES: usize = 256;
 pub const MEM_TX_FRAMES: usize = 256;
 /// Frame size of the in-memory ports (a UMEM's default).
 pub const MEM_FRAME_SIZE: usize = 2048;
+/// Largest vring a [`MemBridge`] accepts (QEMU's limit is 1024; larger
+/// rings give a test's guest more slack when it gets little CPU).
+pub const MEM_MAX_QUEUE_SIZE: u16 = 4096;
 
 /// xdpath's vhost-user server over in-memory ports, running on its own
 /// thread; needs no root. Dropping it stops the server and joins it.
@@ -229,12 +232,18 @@ impl MemBridge {
     /// A server with `queue_pairs` pairs, one port per queue of a fresh
     /// wire.
     pub fn new(queue_pairs: u16) -> Self {
+        Self::with_setup(queue_pairs, |_| {})
+    }
+
+    /// Like [`MemBridge::new`], the server set up by `setup` (e.g.
+    /// [`Server::set_faults`]) before it runs.
+    pub fn with_setup(queue_pairs: u16, setup: impl FnOnce(&mut Server<MemPort>)) -> Self {
         let factory = Self::factory(queue_pairs);
         let ports = (0..u32::from(queue_pairs))
             .map(|q| factory.open(q))
             .collect::<Result<Vec<_>, _>>()
             .expect("in-memory ports");
-        Self::start(factory, ports, |_| {})
+        Self::start(factory, ports, setup)
     }
 
     /// The factory of a fresh wire of `queues` queues, with this bridge's
@@ -261,7 +270,7 @@ impl MemBridge {
             queue_pairs: u16::try_from(ports.len()).expect("queue pairs"),
             mac: Some(GUEST_MAC),
             mtu: MTU,
-            max_queue_size: 1024,
+            max_queue_size: MEM_MAX_QUEUE_SIZE,
             poll_idle: DEFAULT_POLL_IDLE,
         };
         let mut server = Server::new(&sock, cfg, ports).expect("vhost-user server");

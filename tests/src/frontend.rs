@@ -64,7 +64,9 @@ use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMma
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 mod fast;
+mod hostile;
 pub use fast::Burst;
+pub use hostile::TxFlood;
 
 /// Length of the virtio-net header with VERSION_1 or MRG_RXBUF.
 const NET_HDR_LEN: usize = 12;
@@ -110,6 +112,10 @@ pub struct FrontendOptions {
     /// and not again after the vring setup. A backend that drops or
     /// rejects them leaves every vring disabled, or the connection dead.
     pub early_vring_enable: bool,
+    /// A hostile frontend: the size SET_MEM_TABLE claims for the guest
+    /// memory region, when it differs from the memfd's `mem_size` (a
+    /// region reaching past the end of its file).
+    pub claimed_mem_size: Option<usize>,
 }
 
 impl Default for FrontendOptions {
@@ -122,6 +128,7 @@ impl Default for FrontendOptions {
             mrg_rxbuf: true,
             mem_size: 64 << 20,
             early_vring_enable: false,
+            claimed_mem_size: None,
         }
     }
 }
@@ -676,7 +683,11 @@ impl TestFrontend {
         let mrg_rxbuf = features & bit(VIRTIO_NET_F_MRG_RXBUF) != 0;
 
         let guest = GuestMem::new(opts.mem_size)?;
-        fe.set_mem_table(&[guest.region]).context("SET_MEM_TABLE")?;
+        let mut region = guest.region;
+        if let Some(claimed) = opts.claimed_mem_size {
+            region.memory_size = claimed as u64;
+        }
+        fe.set_mem_table(&[region]).context("SET_MEM_TABLE")?;
 
         let mut vrings = Vec::with_capacity(nvrings);
         for &(desc, avail, used) in &layout {

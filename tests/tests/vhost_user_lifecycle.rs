@@ -1,8 +1,10 @@
 //! The server's lifecycle without root, over in-memory ports: frontends
 //! connecting and disconnecting in a loop (some mid-traffic) while the wire
 //! keeps injecting on every queue, the memory table is re-sent and RX
-//! vrings are disabled and re-enabled while their workers poll; then a port
-//! fails as a socket whose interface vanished. Afterwards the process has
+//! vrings are disabled and re-enabled while their workers poll; then
+//! connection set-ups fail as without fds or threads (the `ServerFaults`
+//! seam) and the server goes on; then a port fails as a socket whose
+//! interface vanished. Afterwards the process has
 //! exactly the fds and threads it had before: after the reconnects those of
 //! the idle server, after the failure those from before the server (every
 //! worker, epoll, eventfd, timer and port closed and joined). The
@@ -13,9 +15,9 @@
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
-use xdpath_dataplane::ServerError;
+use xdpath_dataplane::{ServerError, ServerFaults, SetupStep};
 use xdpath_tests::bridge::{from_guest, to_guest, MemBridge, WAIT};
-use xdpath_tests::frontend::FrontendOptions;
+use xdpath_tests::frontend::{FrontendOptions, TestFrontend};
 use xdpath_tests::process::{assert_back_to, fd_list, reconnect_session, threads};
 use xdpath_tests::wait_until;
 
@@ -34,7 +36,11 @@ fn reconnects_and_a_failing_port_leave_no_fds_or_threads() {
     let fds_before_server = fd_list();
     let threads_before_server = threads();
 
-    let mut b = MemBridge::new(2);
+    let faults = ServerFaults::new();
+    let mut b = {
+        let f = faults.clone();
+        MemBridge::with_setup(2, move |s| s.set_faults(f))
+    };
     reconnect_session(0, |o| b.connect(o));
     assert!(wait_until(WAIT, || b.handle.connections() == 1));
     assert!(wait_until(WAIT, || !b.handle.connected()));
@@ -85,12 +91,39 @@ fn reconnects_and_a_failing_port_leave_no_fds_or_threads() {
     // The last connection is torn down asynchronously.
     assert_back_to(&format!("after {rounds} sessions"), &fds0, threads0);
 
-    // Still serving: a new frontend gets traffic both ways.
-    let mut fe = b.connect(FrontendOptions {
+    // Issue 11, #13: connection set-ups fail as when the process is out
+    // of threads (before the accept, and after it: that frontend is
+    // closed) or of fds (the accept). Each is logged and retried after a
+    // pause; before the fix the first one ended the server.
+    faults.fail(SetupStep::Workers, 2);
+    faults.fail(SetupStep::Accept, 3);
+    faults.fail(SetupStep::Relay, 2);
+    let failures = b.handle.setup_failures();
+    let opts = FrontendOptions {
         queue_pairs: 2,
         enabled_pairs: 2,
         ..FrontendOptions::default()
-    });
+    };
+    let mut attempts = 0;
+    let mut fe = loop {
+        attempts += 1;
+        match TestFrontend::connect(&b.sock, opts.clone()) {
+            Ok(fe) => break fe,
+            Err(e) if attempts < 5 => eprintln!("attempt {attempts}: {e:#}"),
+            Err(e) => panic!("no frontend served after {attempts} attempts: {e:#}"),
+        }
+    };
+    assert_eq!(
+        b.handle.setup_failures() - failures,
+        7,
+        "every planned failure happened"
+    );
+    assert_eq!(attempts, 3, "two frontends were closed after the accept");
+    for step in [SetupStep::Workers, SetupStep::Accept, SetupStep::Relay] {
+        assert_eq!(faults.pending(step), 0);
+    }
+
+    // Still serving: the frontend gets traffic both ways.
     fe.post_rx_buffers(1, 64, 2048);
     let f = to_guest(1, 424242, 64);
     assert!(b.queue(1).inject(&f));

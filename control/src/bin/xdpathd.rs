@@ -56,6 +56,15 @@ struct Flags {
         help = "vhost-user socket for the guest [default: /run/xdpath/<iface>.vhost.sock]"
     )]
     vhost_socket: Option<PathBuf>,
+    /// Mode of the vhost-user socket, octal [default: 0660].
+    #[arg(long, value_name = "MODE")]
+    vhost_socket_mode: Option<String>,
+    /// Owner of the vhost-user socket, a user name or uid [default: root].
+    #[arg(long, value_name = "USER")]
+    vhost_socket_owner: Option<String>,
+    /// Group of the vhost-user socket, a group name or gid [default: root].
+    #[arg(long, value_name = "GROUP")]
+    vhost_socket_group: Option<String>,
     /// The guest's MAC address, e.g. 52:54:00:12:34:56.
     #[arg(long)]
     guest_mac: Option<String>,
@@ -158,6 +167,15 @@ fn config(f: &Flags) -> Result<DaemonConfig> {
     }
     if !f.guest_ip.is_empty() {
         t.insert("guest_ip".into(), f.guest_ip.clone().into());
+    }
+    for (key, v) in [
+        ("vhost_socket_mode", &f.vhost_socket_mode),
+        ("vhost_socket_owner", &f.vhost_socket_owner),
+        ("vhost_socket_group", &f.vhost_socket_group),
+    ] {
+        if let Some(v) = v {
+            t.insert(key.into(), v.clone().into());
+        }
     }
     let mut c = match &f.config {
         Some(p) => DaemonConfig::from_table(t).map_err(|e| match e {
@@ -323,7 +341,7 @@ fn run(flags: &Flags) -> Result<()> {
         max_queue_size: 1024,
         poll_idle: std::time::Duration::from_micros(u64::from(cfg.poll_idle_us)),
     };
-    let mut server = Server::new(&vhost, net, ports)?;
+    let mut server = Server::with_permissions(&vhost, cfg.vhost_socket_permissions()?, net, ports)?;
     let vhost_file = RemoveOnDrop(Some(vhost.clone()));
     let api = bind_api(&cfg)?;
     let api_file = RemoveOnDrop(Some(cfg.api_socket()));

@@ -74,9 +74,12 @@ macro_rules! counters {
         }
 
         /// A point-in-time copy of [`QueueCounters`]; its JSON form (with
-        /// the `serde` feature) is an object of these fields.
+        /// the `serde` feature) is an object of these fields. A field the
+        /// object lacks reads as 0, so a client knows a daemon from before
+        /// a counter was added.
         #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
         #[cfg_attr(feature = "serde", derive(serde::Serialize, serde::Deserialize))]
+        #[cfg_attr(feature = "serde", serde(default))]
         pub struct CounterSnapshot {
             $($(#[doc = $doc])* pub $name: u64,)*
         }
@@ -156,12 +159,17 @@ counters! {
     tx_drop_empty,
     /// Guest TX chains rejected: a device-writable buffer in a TX chain.
     tx_drop_write_only,
+    /// Guest TX chains rejected: a frame shorter than an Ethernet header
+    /// (14 bytes).
+    tx_drop_short,
     /// Times TX stopped because no UMEM frame or XSK TX slot was free; the
     /// chains stay in the guest's ring and are retried (not dropped).
     tx_xsk_ring_full,
     /// Malformed descriptors: index out of range, loop or chain longer than
-    /// the ring, bad indirect table, address outside guest memory. The
-    /// queue is marked broken (NEEDS_RESET) and stops until it is reset.
+    /// the ring, bad indirect table, address outside guest memory, or an RX
+    /// frame that would need more chains or descriptors than the per-frame
+    /// limit. The queue is marked broken (NEEDS_RESET) and stops until it
+    /// is reset.
     bad_descriptor,
     /// The avail index moved by more than the ring size.
     bad_avail_index,
