@@ -19,6 +19,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use xdpath_api::{Action, MacAddr, XdpAttachMode};
+use xdpath_control::api::server::{self, Limits, SocketAccess};
 use xdpath_control::api::{router, ControlState, Tables};
 use xdpath_control::config::{DaemonConfig, GUEST_PORT};
 use xdpath_control::flow_table::{FlowTable, GuestEntries};
@@ -83,6 +84,13 @@ struct Flags {
     /// Directory for the flow table's state file [default: /var/lib/xdpath].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Most exact rules the API lets the table hold [default: 1048576, what
+    /// the map holds].
+    #[arg(long, value_name = "N")]
+    max_flows: Option<u32>,
+    /// Most prefix rules the API lets the table hold [default: 65536].
+    #[arg(long, value_name = "N")]
+    max_prefixes: Option<u32>,
     /// Run the preflight checks, print them and exit (0 if all pass).
     #[arg(long)]
     check: bool,
@@ -178,6 +186,12 @@ fn config(f: &Flags) -> Result<DaemonConfig> {
     }
     if f.state_dir.is_some() {
         c.state_dir = f.state_dir.clone();
+    }
+    if let Some(v) = f.max_flows {
+        c.max_flows = v;
+    }
+    if let Some(v) = f.max_prefixes {
+        c.max_prefixes = v;
     }
     c.validate()?;
     Ok(c)
@@ -335,7 +349,10 @@ fn run(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
-/// Serves the API until SIGTERM/SIGINT or until the dataplane ends.
+/// Serves the API until SIGTERM/SIGINT or until the dataplane ends. The
+/// socket is never reachable with looser permissions than 0660 root:group
+/// (`api::server::bind`); the server's limits are `api::server::Limits`'
+/// defaults; a slow client never delays the shutdown.
 fn serve_api(
     cfg: &DaemonConfig,
     state: Arc<ControlState<Kernel>>,
@@ -346,13 +363,17 @@ fn serve_api(
         .build()?;
     rt.block_on(async move {
         let path = cfg.api_socket();
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        }
-        let _ = std::fs::remove_file(&path);
-        let listener = tokio::net::UnixListener::bind(&path)
+        let access = SocketAccess {
+            mode: 0o660,
+            owner: Some(0),
+            group: Some(api_gid(cfg.api_group.as_deref())?),
+        };
+        let listener = server::bind(&path, access)
+            .and_then(|l| {
+                l.set_nonblocking(true)?;
+                tokio::net::UnixListener::from_std(l)
+            })
             .with_context(|| format!("binding the API socket {}", path.display()))?;
-        secure_socket(&path, cfg.api_group.as_deref())?;
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
         let shutdown = async move {
             tokio::select! {
@@ -361,33 +382,23 @@ fn serve_api(
                 _ = dataplane_done => tracing::error!("the dataplane ended"),
             }
         };
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving the API")
+        server::serve(listener, router(state), Limits::default(), shutdown).await;
+        Ok(())
     })
 }
 
-/// Mode 0660, owner root, group `group` (or root's).
-fn secure_socket(path: &std::path::Path, group: Option<&str>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let gid = match group {
-        None => 0,
-        Some(g) => {
-            let c = std::ffi::CString::new(g).context("group name")?;
-            // SAFETY: getgrnam with a valid C string; the result is only
-            // read before any other call that could reuse its storage.
-            let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-            if gr.is_null() {
-                bail!("setting `api_group`: group {g:?} does not exist");
-            }
-            // SAFETY: gr is a valid pointer returned by getgrnam.
-            unsafe { (*gr).gr_gid }
-        }
+/// The gid of `api_group` (root's when none).
+fn api_gid(group: Option<&str>) -> Result<u32> {
+    let Some(g) = group else {
+        return Ok(0);
     };
-    std::os::unix::fs::chown(path, Some(0), Some(gid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(())
+    let c = std::ffi::CString::new(g).context("group name")?;
+    // SAFETY: getgrnam with a valid C string; the result is only read
+    // before any other call that could reuse its storage.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("setting `api_group`: group {g:?} does not exist");
+    }
+    // SAFETY: gr is a valid pointer returned by getgrnam.
+    Ok(unsafe { (*gr).gr_gid })
 }
