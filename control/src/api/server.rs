@@ -776,7 +776,11 @@ mod tests {
 
     #[test]
     fn slow_clients_do_not_delay_shutdown() {
-        let mut srv = Running::start(Limits::default());
+        // A long grace: only the request being handled may use it.
+        let mut srv = Running::start(Limits {
+            grace: Duration::from_secs(10),
+            ..Limits::default()
+        });
         // 50 connections with half a request line each, and one whose
         // request is being handled.
         let slow: Vec<StdStream> = (0..50)
