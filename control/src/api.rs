@@ -56,16 +56,17 @@
 //! the dataplane's handle (atomics).
 
 mod body;
+mod bulk;
 pub mod server;
 
 pub use body::{body_limit, BodyError, BULK_BYTES_PER_RULE, SMALL_BODY};
 
 use crate::config::DaemonConfig;
-use crate::flow_table::{BulkRules, FlowTable, FlowTableError};
+use crate::flow_table::{FlowTable, FlowTableError};
 use crate::platform::{ClassifierMaps, Platform};
 use crate::rules::{
-    echo, read_flow_specs, read_prefix_specs, FlowRule, FlowRuleSpec, ListError, PrefixRule,
-    PrefixRuleSpec, RuleKind,
+    echo, read_flow_specs, read_prefix_specs, FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec,
+    RuleKind,
 };
 use crate::socket_pool::{self, PoolError, SocketPool};
 use axum::body::Body;
@@ -396,22 +397,18 @@ fn table_full(kind: RuleKind, cap: usize) -> ApiError {
     )
 }
 
-/// The answer to a bulk list that could not be read or was refused.
-fn list_refused(e: ListError<FlowTableError>, kind: RuleKind, cap: usize) -> ApiError {
-    match e {
-        ListError::Rule(e) => e.into(),
-        ListError::Refused(e) => e.into(),
-        ListError::TooMany(_) => too_many(kind, cap),
-        ListError::Io(e) => match BodyError::from_io(e) {
-            Ok(b) => b.into(),
-            Err(e) => BodyError::Client(e.to_string()).into(),
-        },
+/// The answer to a body a bulk list could not be read from.
+fn body_failed(e: std::io::Error) -> ApiError {
+    match BodyError::from_io(e) {
+        Ok(b) => b.into(),
+        Err(e) => BodyError::Client(e.to_string()).into(),
     }
 }
 
-/// A rule's JSON is at least this long (`{"prefix":"::/0","action":"host"}`
-/// is 33 bytes): the most rules a body can announce, to size the list.
-const MIN_RULE_BYTES: u64 = 33;
+/// About the shortest a rule's JSON is (`{"prefix":"::/0","action":"host"}`
+/// is 33 bytes; an exact rule 58): rules a body of a given length may hold,
+/// to make room for the list.
+const MIN_RULE_BYTES: u64 = 48;
 
 macro_rules! table_routes {
     ($list:ident, $add:ident, $replace:ident, $delete:ident, $rule:ty, $spec:ty, $read:ident, $kind:expr, $cap:ident, $count:ident, $m_list:ident, $m_add:ident, $m_replace:ident, $m_delete:ident) => {
@@ -459,12 +456,9 @@ macro_rules! table_routes {
             let announced = body::announced(req.headers(), req.body());
             let expect = usize::try_from(announced / MIN_RULE_BYTES).unwrap_or(cap);
             let parsed = body::parse_streaming(req.into_body(), move |reader| {
-                let mut bulk = BulkRules::<$rule>::new(cap, expect);
-                let read = $read(reader, cap, |_, spec| bulk.push(&spec));
-                match read {
-                    Ok(_) => bulk.finish().map_err(ApiError::from),
-                    Err(e) => Err(list_refused(e, $kind, cap)),
-                }
+                bulk::read_and_check::<$rule>(reader, cap, expect, $kind, |reader, each| {
+                    $read(reader, cap, each)
+                })
             })
             .await
             .map_err(|e| {

@@ -483,3 +483,98 @@ async fn echoed_input_is_cut_short() {
         answer.to_string()
     );
 }
+
+/// Of several problems in a bulk list, the first in list order is
+/// answered, whichever thread found it (rules are validated while they are
+/// read, and compared with each other on another thread, in batches).
+#[tokio::test]
+async fn the_first_problem_of_a_bulk_list_is_answered() {
+    let rig = Rig::new();
+    let before = rig.maps(|m| m.contents());
+    let bad = || json!({"src": "10.0.0.1", "dst": "10.0.0.300", "proto": "udp", "action": "drop"});
+    for n in [20u32, 10_000] {
+        let list = |edit: &dyn Fn(&mut Vec<Value>)| {
+            let mut l: Vec<Value> = (0..n).map(flow_json).collect();
+            edit(&mut l);
+            json!(l)
+        };
+        let late = n as usize - 2;
+        let cases: Vec<(Value, StatusCode, &str)> = vec![
+            // A conflict (rule 3 matches rule 1) before a bad rule.
+            (
+                list(&|l| {
+                    l[3] = flow_json(1);
+                    l[late] = bad();
+                }),
+                StatusCode::CONFLICT,
+                "matches the same 5-tuple",
+            ),
+            // A bad rule before a conflict.
+            (
+                list(&|l| {
+                    l[2] = bad();
+                    l[late] = flow_json(1);
+                }),
+                StatusCode::BAD_REQUEST,
+                "Rule 2: field `dst`",
+            ),
+            // An id given twice before a rule that is not an object.
+            (
+                list(&|l| {
+                    l[1]["id"] = json!(9);
+                    l[4]["id"] = json!(9);
+                    l[late] = json!(7);
+                }),
+                StatusCode::CONFLICT,
+                "id 9 is already taken",
+            ),
+            // A rule that is not an object before an id given twice.
+            (
+                list(&|l| {
+                    l[1] = json!(7);
+                    l[4]["id"] = json!(9);
+                    l[late]["id"] = json!(9);
+                }),
+                StatusCode::BAD_REQUEST,
+                "Rule 1: field `rule`",
+            ),
+        ];
+        for (body, status, says) in cases {
+            let (got, answer) = rig.call("PUT", "/v1/flows", Some(body)).await;
+            assert_eq!(got, status, "{n} rules: {answer}");
+            assert!(
+                answer["error"].as_str().is_some_and(|e| e.contains(says)),
+                "{n} rules: {answer}"
+            );
+        }
+        // Malformed JSON after a conflict is malformed JSON.
+        let mut text = list(&|l| l[3] = flow_json(1)).to_string();
+        text.pop();
+        text.push_str(", {");
+        let (got, answer) = rig.send("PUT", "/v1/flows", Body::from(text)).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not valid JSON")),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        rig.maps(|m| m.contents()),
+        before,
+        "refusals change nothing"
+    );
+    // And a good list of many batches is taken whole.
+    let (status, body) = rig
+        .call(
+            "PUT",
+            "/v1/flows",
+            Some(json!((0..10_000).map(flow_json).collect::<Vec<_>>())),
+        )
+        .await;
+    assert_eq!(
+        (status, body["count"].clone()),
+        (StatusCode::OK, json!(10_000))
+    );
+}

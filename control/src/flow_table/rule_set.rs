@@ -20,7 +20,7 @@ use xdpath_common::{FlowKey, MAX_FLOWS, MAX_PREFIXES};
 /// [`PrefixRule`]).
 pub trait TableRule: Copy + Serialize {
     /// What two rules must not share: they would match the same frames.
-    type Match: Hash + Eq + Copy + std::fmt::Debug;
+    type Match: Hash + Eq + Copy + std::fmt::Debug + Send;
     /// The rule as the API takes it.
     type Spec;
     /// Flow or prefix.
@@ -97,15 +97,26 @@ fn fresh_ids(given: &HashSet<u32, Hasher>, missing: usize) -> Box<dyn Iterator<I
 
 /// A bulk list validated rule by rule as it arrives, for a list read from
 /// a stream: the same checks and the same ids as `RuleSet::plan`, without
-/// holding the list's specs. [`BulkRules::push`] validates one rule (its
-/// syntax, an id given twice, the limit); [`BulkRules::finish`] assigns the
-/// missing ids (after the highest given one, in list order) and refuses two
-/// rules that match the same frames.
+/// holding the list's specs; of several problems, the first in list order
+/// is reported (`plan` checks every id first). [`BulkRules::push`]
+/// validates one rule (its syntax, an id given twice, the limit) and
+/// compares what it matches with the rules before it; [`BulkRules::finish`]
+/// assigns the missing ids (after the highest given one, in list order)
+/// and refuses the first two rules that match the same frames.
 #[derive(Debug)]
 pub struct BulkRules<R: TableRule> {
     /// The rules so far, each with whether its id was given.
     rules: Vec<(R, bool)>,
+    /// What each rule so far matches, with its place in the list (its id
+    /// once `finish` assigned them).
+    by_match: HashMap<R::Match, u32, Hasher>,
     given: HashSet<u32, Hasher>,
+    /// Rules without an id, in the whole list.
+    missing: usize,
+    /// The first rule that matches what an earlier one does: the earlier's
+    /// place and its own. The list is refused for it; the ids given after
+    /// it are still noted (they decide the ids the two rules get).
+    conflict: Option<(usize, usize)>,
     limit: usize,
 }
 
@@ -114,9 +125,13 @@ impl<R: TableRule> BulkRules<R> {
     /// the maps hold), with room for `expect` of them.
     pub fn new(limit: usize, expect: usize) -> Self {
         let limit = limit.min(R::LIMIT as usize);
+        let room = expect.min(limit);
         Self {
-            rules: Vec::with_capacity(expect.min(limit)),
+            rules: Vec::with_capacity(room),
+            by_match: HashMap::with_capacity_and_hasher(room, Hasher::default()),
             given: HashSet::default(),
+            missing: 0,
+            conflict: None,
             limit,
         }
     }
@@ -131,10 +146,35 @@ impl<R: TableRule> BulkRules<R> {
         self.rules.is_empty()
     }
 
+    /// The place of the first rule that matches what an earlier one does
+    /// (`finish` refuses the list for it), if one does.
+    pub fn conflict_at(&self) -> Option<usize> {
+        self.conflict.map(|(_, later)| later)
+    }
+
     /// Validates the next rule of the list. Errors: the rule is not valid
     /// (with its index), its id was given before, or the list would hold
-    /// more than the limit.
+    /// more than the limit. A rule matching what an earlier one does is
+    /// refused by [`BulkRules::finish`] (it needs the ids), and nothing
+    /// after it is checked.
     pub fn push(&mut self, spec: &R::Spec) -> Result<()> {
+        let id = R::spec_id(spec);
+        if self.conflict.is_some() {
+            self.note_after_conflict(id);
+            return Ok(());
+        }
+        // A stand-in id for a rule without one; `finish` assigns it.
+        let rule = R::validate(spec, 1).map_err(|e| e.at(self.rules.len()))?;
+        self.push_valid(rule, id)
+    }
+
+    /// [`BulkRules::push`] for a rule its caller validated (with a stand-in
+    /// id when `id`, the id its spec gave, is `None`).
+    pub fn push_valid(&mut self, rule: R, id: Option<u32>) -> Result<()> {
+        if self.conflict.is_some() {
+            self.note_after_conflict(id);
+            return Ok(());
+        }
         let index = self.rules.len();
         if index >= self.limit {
             return Err(FlowTableError::Capacity {
@@ -143,25 +183,50 @@ impl<R: TableRule> BulkRules<R> {
                 requested: index.saturating_add(1),
             });
         }
-        // A stand-in id for a rule without one; `finish` assigns it.
-        let rule = R::validate(spec, 1).map_err(|e| e.at(index))?;
-        let id = R::spec_id(spec);
-        if let Some(id) = id {
-            if !self.given.insert(id) {
-                return Err(FlowTableError::DuplicateId { kind: R::KIND, id });
+        match id {
+            None => self.missing += 1,
+            Some(id) => {
+                if !self.given.insert(id) {
+                    return Err(FlowTableError::DuplicateId { kind: R::KIND, id });
+                }
+            }
+        }
+        // The limit is far below u32::MAX.
+        let place = u32::try_from(index).unwrap_or(u32::MAX);
+        match self.by_match.entry(rule.matches()) {
+            std::collections::hash_map::Entry::Occupied(earlier) => {
+                self.conflict = Some((*earlier.get() as usize, index));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(place);
             }
         }
         self.rules.push((rule, id.is_some()));
         Ok(())
     }
 
+    /// After a conflict only the ids matter: they decide the ids the two
+    /// rules get.
+    fn note_after_conflict(&mut self, id: Option<u32>) {
+        match id {
+            None => self.missing += 1,
+            Some(id) => {
+                self.given.insert(id);
+            }
+        }
+    }
+
     /// The new set: missing ids assigned, and no two rules matching the
     /// same frames (a `Conflict` names the later rule and the earlier one).
     pub fn finish(self) -> Result<NewRules<R>> {
         let Self {
-            mut rules, given, ..
+            mut rules,
+            mut by_match,
+            given,
+            missing,
+            conflict,
+            ..
         } = self;
-        let missing = rules.len() - given.len();
         {
             let mut fresh = fresh_ids(&given, missing);
             for (r, was_given) in rules.iter_mut().filter(|(_, g)| !*g) {
@@ -171,15 +236,16 @@ impl<R: TableRule> BulkRules<R> {
             }
         }
         drop(given);
-        let mut by_match = HashMap::with_capacity_and_hasher(rules.len(), Hasher::default());
-        for (r, _) in &rules {
-            if let Some(existing) = by_match.insert(r.matches(), r.id()) {
-                return Err(FlowTableError::Conflict {
-                    kind: R::KIND,
-                    id: r.id(),
-                    existing,
-                });
-            }
+        let id_at = |i: usize| rules.get(i).map_or(0, |(r, _)| r.id());
+        if let Some((earlier, later)) = conflict {
+            return Err(FlowTableError::Conflict {
+                kind: R::KIND,
+                id: id_at(later),
+                existing: id_at(earlier),
+            });
+        }
+        for place in by_match.values_mut() {
+            *place = id_at(*place as usize);
         }
         let by_id = rules.into_iter().map(|(r, _)| (r.id(), r)).collect();
         Ok(NewRules(RuleSet { by_id, by_match }))
@@ -459,6 +525,55 @@ mod tests {
             Err(FlowTableError::Conflict {
                 existing: 3,
                 id: 4,
+                ..
+            })
+        ));
+        // The first error in list order wins, with the ids plan gives:
+        // a conflict before a bad rule, a bad rule before a conflict, ids
+        // given after the conflict move the assigned ones.
+        let mut bad = spec(None, 9);
+        bad.src = "x".into();
+        for list in [
+            vec![spec(None, 1), spec(None, 1), bad.clone()],
+            vec![spec(None, 1), bad.clone(), spec(None, 1)],
+            vec![
+                spec(None, 1),
+                spec(Some(7), 2),
+                spec(None, 1),
+                spec(Some(50), 3),
+            ],
+            vec![
+                spec(Some(u32::MAX), 1),
+                spec(None, 2),
+                spec(None, 2),
+                spec(Some(1), 3),
+            ],
+        ] {
+            let planned = RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate)
+                .map(|s| rules(&s))
+                .map_err(|e| e.to_string());
+            let streamed = bulk(&list, 100)
+                .map(|s| rules(&s))
+                .map_err(|e| e.to_string());
+            assert_eq!(streamed, planned, "{list:?}");
+        }
+        // One difference: plan checks every id before anything else; a
+        // list read as it arrives reports its first refused rule.
+        let list = [
+            spec(None, 1),
+            spec(None, 1),
+            spec(Some(5), 3),
+            spec(Some(5), 4),
+        ];
+        assert!(matches!(
+            RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate),
+            Err(FlowTableError::DuplicateId { id: 5, .. })
+        ));
+        assert!(matches!(
+            bulk(&list, 100),
+            Err(FlowTableError::Conflict {
+                id: 7,
+                existing: 6,
                 ..
             })
         ));
