@@ -41,10 +41,11 @@
 //! (`max_flows`, `max_prefixes` of [`DaemonConfig`]) are checked while a
 //! bulk list is read (it stops at the first rule too many) and before a
 //! single add. A bulk list is parsed as it arrives, on a blocking thread,
-//! one list at a time ([`BulkGate`]), validated rule by rule into the new
-//! set ([`BulkRules`]); its text is never held whole, and `PUT` answers
-//! with the count and the generation ([`Replaced`]), not the list. The
-//! socket, the connection cap and the timeouts are [`server`]'s.
+//! one list at a time ([`BulkGate`]), and validated rule by rule into the
+//! new set ([`crate::flow_table::BulkRules`], on a second thread: `bulk`);
+//! its text is never held whole, and `PUT` answers with the count and the
+//! generation ([`Replaced`]), not the list. The socket, the connection cap
+//! and the timeouts are [`server`]'s.
 //!
 //! `/metrics` is encoded by `prometheus-client` from the same snapshots
 //! `/v1/stats` reads (a collector, not a second set of counters), so label

@@ -93,7 +93,7 @@ impl BodyError {
         }
     }
 
-    /// The body error inside an I/O error (a [`BodyReader`]'s), if any.
+    /// The body error inside an I/O error (a `BodyReader`'s), if any.
     pub fn from_io(e: std::io::Error) -> Result<Self, std::io::Error> {
         if e.get_ref().is_some_and(|i| i.is::<BodyError>()) {
             if let Some(inner) = e.into_inner() {

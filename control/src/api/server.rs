@@ -16,12 +16,12 @@
 //! | an answer write that makes no progress | 10 s | the connection is closed |
 //! | body size | per route (`super::body`) | 413 |
 //!
-//! Every connection is in one [`Phase`]. On shutdown the listener closes
-//! and every connection that is reading its head or body, or writing its
-//! answer, is closed at once; one whose request is being handled (its body
-//! read in full) gets at most `Limits::grace` to answer, then it is closed
-//! too. Work already on a blocking thread (a map write) finishes on its
-//! own; the runtime's end waits for it.
+//! Every connection is in one phase (`Phase`). On shutdown the listener
+//! closes and every connection that is reading its head or body, or
+//! writing its answer, is closed at once; one whose request is being
+//! handled (its body read in full) gets at most `Limits::grace` to answer,
+//! then it is closed too. Work already on a blocking thread (a map write)
+//! finishes on its own; the runtime's end waits for it.
 
 use super::body::BodyError;
 use axum::body::{Body, Bytes};
