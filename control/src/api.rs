@@ -44,8 +44,9 @@
 //! one list at a time ([`BulkGate`]), and validated rule by rule into the
 //! new set ([`crate::flow_table::BulkRules`], on a second thread: `bulk`);
 //! its text is never held whole, and `PUT` answers with the count and the
-//! generation ([`Replaced`]), not the list. The socket, the connection cap
-//! and the timeouts are [`server`]'s.
+//! generation ([`Replaced`]), not the list. At most two listings are in
+//! memory at once ([`ListGate`]). The socket, the connection cap and the
+//! timeouts are [`server`]'s.
 //!
 //! `/metrics` is encoded by `prometheus-client` from the same snapshots
 //! `/v1/stats` reads (a collector, not a second set of counters), so label
@@ -311,6 +312,45 @@ impl Default for BulkGate {
     }
 }
 
+/// At most two listings of rules are in memory at once, from the table's
+/// copy to the last byte sent (a million rules are about 170 MB of both);
+/// other listings wait for them.
+#[derive(Clone, Debug)]
+pub struct ListGate(Arc<tokio::sync::Semaphore>);
+
+impl Default for ListGate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(2)))
+    }
+}
+
+/// An answer's body that holds a gate's permit until it is sent (or
+/// dropped).
+struct Held {
+    inner: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 /// The daemon's handler of each endpoint, under the endpoint's method.
 pub fn handler<P: Platform>(e: Endpoint) -> MethodRouter<Arc<ControlState<P>>> {
     let m = method_filter(e.method());
@@ -336,6 +376,7 @@ pub fn handler<P: Platform>(e: Endpoint) -> MethodRouter<Arc<ControlState<P>>> {
 pub fn router<P: Platform>(state: Arc<ControlState<P>>) -> Router {
     build(handler::<P>)
         .layer(Extension(BulkGate::default()))
+        .layer(Extension(ListGate::default()))
         .with_state(state)
 }
 
@@ -413,7 +454,13 @@ const MIN_RULE_BYTES: u64 = 48;
 
 macro_rules! table_routes {
     ($list:ident, $add:ident, $replace:ident, $delete:ident, $rule:ty, $spec:ty, $read:ident, $kind:expr, $cap:ident, $count:ident, $m_list:ident, $m_add:ident, $m_replace:ident, $m_delete:ident) => {
-        async fn $list<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
+        async fn $list<P: Platform>(
+            State(s): State<Arc<ControlState<P>>>,
+            Extension(gate): Extension<ListGate>,
+        ) -> ApiResult {
+            let permit = gate.0.acquire_owned().await.map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The list gate failed: {e}."))
+            })?;
             let rules = blocking(move || {
                 s.tables
                     .lock()
@@ -422,7 +469,8 @@ macro_rules! table_routes {
                     .$m_list()
             })
             .await?;
-            Ok(Json(rules).into_response())
+            let answer = Json(rules).into_response();
+            Ok(answer.map(|inner| Body::new(Held { inner, _permit: permit })))
         }
 
         async fn $add<P: Platform>(State(s): State<Arc<ControlState<P>>>, body: Body) -> ApiResult {

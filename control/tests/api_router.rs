@@ -578,3 +578,44 @@ async fn the_first_problem_of_a_bulk_list_is_answered() {
         (StatusCode::OK, json!(10_000))
     );
 }
+
+/// Listings hold their memory until they are sent: at most two at once.
+#[tokio::test]
+async fn at_most_two_listings_are_in_memory_at_once() {
+    let rig = Rig::new();
+    let router = rig.router();
+    let get = |path: &'static str| {
+        let router = router.clone();
+        async move {
+            let req = Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            router.oneshot(req).await.expect("an answer")
+        }
+    };
+    // Two answers whose bodies nobody reads yet.
+    let first = get("/v1/flows").await;
+    let second = get("/v1/prefixes").await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = tokio::spawn(get("/v1/flows"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third listing waits");
+    // One is sent: the third goes ahead.
+    let sent = axum::body::to_bytes(first.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    assert_eq!(&sent[..], b"[]");
+    let third = tokio::time::timeout(std::time::Duration::from_secs(10), third)
+        .await
+        .expect("the third listing goes ahead")
+        .expect("task");
+    assert_eq!(third.status(), StatusCode::OK);
+    drop(second);
+    // Other routes never wait for listings.
+    let (status, _) = rig.call("GET", "/v1/health", None).await;
+    assert_eq!(status, StatusCode::OK);
+}
