@@ -344,8 +344,9 @@ async fn connection(
 }
 
 /// A request body with the server's read timeouts: at most `body_idle`
-/// between two pieces and `body_total` in all. Its end moves the
-/// connection to [`Phase::Handling`].
+/// between two pieces and `body_total` in all, from when its handler first
+/// reads it (a bulk replace waiting for its turn reads nothing). Its end
+/// moves the connection to [`Phase::Handling`].
 struct TimedBody {
     inner: Incoming,
     phase: PhaseCell,
@@ -355,6 +356,7 @@ struct TimedBody {
     idle_deadline: Pin<Box<Sleep>>,
     waiting: bool,
     total_deadline: Pin<Box<Sleep>>,
+    started: bool,
     done: bool,
 }
 
@@ -368,6 +370,7 @@ impl TimedBody {
             idle_deadline: Box::pin(tokio::time::sleep(limits.body_idle)),
             waiting: false,
             total_deadline: Box::pin(tokio::time::sleep(limits.body_total)),
+            started: false,
             done: false,
         }
     }
@@ -389,6 +392,11 @@ impl HttpBody for TimedBody {
         let me = &mut *self;
         if me.done {
             return Poll::Ready(None);
+        }
+        if !me.started {
+            me.started = true;
+            let due = Instant::now() + me.total;
+            me.total_deadline.as_mut().reset(due);
         }
         if !me.waiting {
             me.waiting = true;
