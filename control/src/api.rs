@@ -530,7 +530,7 @@ macro_rules! table_routes {
                 count,
                 generation,
                 read_s = read.as_secs_f64(),
-                switched_s = (started.elapsed() - read).as_secs_f64(),
+                switched_s = started.elapsed().saturating_sub(read).as_secs_f64(),
                 "bulk replace: list read and checked, then switched to"
             );
             Ok(Json(Replaced { count, generation }).into_response())
