@@ -28,8 +28,25 @@
 //!
 //! Errors are [`xdpath_api::ErrorBody`] (`{"error": "...", "field": "..."}`)
 //! with 400 (bad input; the message names the field), 404 (unknown id or
-//! route), 409 (duplicate or conflict), 413/507 (capacity) or 500. A
-//! rejected write changes nothing.
+//! route), 408 (a body that stalled), 409 (duplicate or conflict), 413 (a
+//! body over its route's cap, or a bulk list over the rule cap), 503 (the
+//! connection cap; from the server), 507 (the table is full) or 500. A
+//! rejected write changes nothing. A message repeats at most
+//! `xdpath_api::rules::ECHO_MAX` characters of any value it was given, and
+//! is at most [`MAX_MESSAGE`] characters long.
+//!
+//! Limits: each route's body cap ([`body_limit`]: 64 KiB, a bulk list 256
+//! bytes per rule the maps hold) is checked against `Content-Length` before
+//! the handler runs and enforced while the body is read; the rule caps
+//! (`max_flows`, `max_prefixes` of [`DaemonConfig`]) are checked while a
+//! bulk list is read (it stops at the first rule too many) and before a
+//! single add. A bulk list is parsed as it arrives, on a blocking thread,
+//! one list at a time ([`BulkGate`]), and validated rule by rule into the
+//! new set ([`crate::flow_table::BulkRules`], on a second thread: `bulk`);
+//! its text is never held whole, and `PUT` answers with the count and the
+//! generation ([`Replaced`]), not the list. At most two listings are in
+//! memory at once ([`ListGate`]). The socket, the connection cap and the
+//! timeouts are [`server`]'s.
 //!
 //! `/metrics` is encoded by `prometheus-client` from the same snapshots
 //! `/v1/stats` reads (a collector, not a second set of counters), so label
@@ -40,13 +57,22 @@
 //! blocking thread), the socket pool (its own mutex, see `socket_pool`), and
 //! the dataplane's handle (atomics).
 
+mod body;
+mod bulk;
+pub mod server;
+
+pub use body::{body_limit, BodyError, BULK_BYTES_PER_RULE, SMALL_BODY};
+
 use crate::config::DaemonConfig;
 use crate::flow_table::{FlowTable, FlowTableError};
 use crate::platform::{ClassifierMaps, Platform};
-use crate::rules::{flow_specs_from_json, prefix_specs_from_json, FlowRuleSpec, PrefixRuleSpec};
+use crate::rules::{
+    echo, read_flow_specs, read_prefix_specs, FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec,
+    RuleKind,
+};
 use crate::socket_pool::{self, PoolError, SocketPool};
-use axum::body::{Body, Bytes};
-use axum::extract::{Path, State};
+use axum::body::Body;
+use axum::extract::{Extension, Path, State};
 use axum::http::{Request, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{on, MethodFilter, MethodRouter};
@@ -63,7 +89,7 @@ use tower::ServiceExt;
 use xdpath_api::openapi::METRICS_CONTENT_TYPE;
 use xdpath_api::{
     ClassifierCounters, Endpoint, ErrorBody, Guest, Health, Method, QueueCounterValues,
-    QueueSocket, QueueStats, QueueStatus, SocketState, Stats,
+    QueueSocket, QueueStats, QueueStatus, Replaced, SocketState, Stats,
 };
 use xdpath_dataplane::{PortFactory, ServerHandle};
 
@@ -130,9 +156,32 @@ impl ApiError {
     }
 }
 
+/// The longest error message the API sends (characters): the messages
+/// are sentences; this only guards against one that repeats too much.
+pub const MAX_MESSAGE: usize = 1024;
+
+/// `text` cut after `max` characters.
+fn cut(mut text: String, max: usize) -> String {
+    if let Some((at, _)) = text.char_indices().nth(max) {
+        text.truncate(at);
+        text.push_str("...");
+    }
+    text
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        (self.status, Json(self.body)).into_response()
+        let body = ErrorBody {
+            error: cut(self.body.error, MAX_MESSAGE),
+            field: self.body.field.map(|f| cut(f, xdpath_api::rules::ECHO_MAX)),
+        };
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<BodyError> for ApiError {
+    fn from(e: BodyError) -> Self {
+        Self::new(e.status(), e.to_string())
     }
 }
 
@@ -180,9 +229,6 @@ async fn blocking<T: Send + 'static>(
     })
 }
 
-/// Largest request body the API accepts.
-pub const MAX_BODY: usize = 256 << 20;
-
 /// What the fallback answers for a path the API does not have.
 pub const NO_SUCH_PATH: &str = "No such API path; see control/openapi.json.";
 
@@ -196,20 +242,113 @@ fn method_filter(m: Method) -> MethodFilter {
     }
 }
 
+/// `"PUT /v1/flows"`: an endpoint as messages name it.
+fn route_name(e: Endpoint) -> &'static str {
+    match e {
+        Endpoint::Health => "GET /v1/health",
+        Endpoint::ListFlows => "GET /v1/flows",
+        Endpoint::AddFlow => "POST /v1/flows",
+        Endpoint::ReplaceFlows => "PUT /v1/flows",
+        Endpoint::DeleteFlow => "DELETE /v1/flows/{id}",
+        Endpoint::ListPrefixes => "GET /v1/prefixes",
+        Endpoint::AddPrefix => "POST /v1/prefixes",
+        Endpoint::ReplacePrefixes => "PUT /v1/prefixes",
+        Endpoint::DeletePrefix => "DELETE /v1/prefixes/{id}",
+        Endpoint::Guests => "GET /v1/guests",
+        Endpoint::Queues => "GET /v1/queues",
+        Endpoint::ReplaceQueue => "POST /v1/queues/{queue}/replace",
+        Endpoint::Stats => "GET /v1/stats",
+        Endpoint::Metrics => "GET /metrics",
+    }
+}
+
+/// The body cap of endpoint `e` ([`body_limit`]) in front of its handler: a
+/// body announced larger is refused (413) before the handler runs and
+/// before any of it is read; a longer one is cut off at the cap.
+async fn cap_body(e: Endpoint, req: Request<Body>, next: axum::middleware::Next) -> Response {
+    let limit = body_limit(e);
+    if body::announced(req.headers(), req.body()) > limit as u64 {
+        return ApiError::from(BodyError::TooLarge {
+            limit,
+            route: route_name(e).to_string(),
+        })
+        .into_response();
+    }
+    let req = req.map(|b| Body::new(body::Capped::new(b, limit, route_name(e))));
+    next.run(req).await
+}
+
 /// The router over every endpoint of [`Endpoint::ALL`]: each under its
-/// path and method with the handler `handler` gives it, plus the 404
-/// fallback and the body limit. Generic over the state so a router can be
-/// built with other handlers (tests, a daemon with fake maps).
+/// path and method with the handler `handler` gives it behind its body cap
+/// ([`body_limit`]), plus the 404 fallback. Generic over the state so a
+/// router can be built with other handlers (tests, a daemon with fake
+/// maps).
 pub fn build<S: Clone + Send + Sync + 'static>(
     handler: impl Fn(Endpoint) -> MethodRouter<S>,
 ) -> Router<S> {
     Endpoint::ALL
         .into_iter()
-        .fold(Router::new(), |r, e| r.route(e.path(), handler(e)))
+        .fold(Router::new(), |r, e| {
+            let capped = handler(e).layer(axum::middleware::from_fn(move |req, next| {
+                cap_body(e, req, next)
+            }));
+            r.route(e.path(), capped)
+        })
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, NO_SUCH_PATH) })
-        // Bulk replaces of up to the table's capacity (a million exact
-        // rules are about 110 MB of JSON) must fit; axum's default is 2 MB.
-        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY))
+        // No handler uses axum's body extractors; should one, it gets the
+        // small cap.
+        .layer(axum::extract::DefaultBodyLimit::max(SMALL_BODY))
+}
+
+/// One bulk list is read and validated at a time: each can hold as many
+/// rules as the maps, in memory, until it replaces the table. Others wait
+/// for it before they read their body.
+#[derive(Clone, Debug)]
+pub struct BulkGate(Arc<tokio::sync::Semaphore>);
+
+impl Default for BulkGate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(1)))
+    }
+}
+
+/// At most two listings of rules are in memory at once, from the table's
+/// copy to the last byte sent (a million rules are about 170 MB of both);
+/// other listings wait for them.
+#[derive(Clone, Debug)]
+pub struct ListGate(Arc<tokio::sync::Semaphore>);
+
+impl Default for ListGate {
+    fn default() -> Self {
+        Self(Arc::new(tokio::sync::Semaphore::new(2)))
+    }
+}
+
+/// An answer's body that holds a gate's permit until it is sent (or
+/// dropped).
+struct Held {
+    inner: Body,
+    _permit: tokio::sync::OwnedSemaphorePermit,
+}
+
+impl http_body::Body for Held {
+    type Data = axum::body::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
 }
 
 /// The daemon's handler of each endpoint, under the endpoint's method.
@@ -235,7 +374,10 @@ pub fn handler<P: Platform>(e: Endpoint) -> MethodRouter<Arc<ControlState<P>>> {
 
 /// The daemon's router.
 pub fn router<P: Platform>(state: Arc<ControlState<P>>) -> Router {
-    build(handler::<P>).with_state(state)
+    build(handler::<P>)
+        .layer(Extension(BulkGate::default()))
+        .layer(Extension(ListGate::default()))
+        .with_state(state)
 }
 
 async fn health<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> Json<Health> {
@@ -256,14 +398,69 @@ fn id_param(raw: &str, field: &str) -> Result<u32, ApiError> {
     raw.parse::<u32>().ok().filter(|id| *id > 0).ok_or_else(|| {
         ApiError::bad_field(
             field,
-            format!("Field `{field}`: {raw:?} is not a rule id (1 to 4294967295)."),
+            format!(
+                "Field `{field}`: {} is not a rule id (1 to 4294967295).",
+                echo(raw)
+            ),
         )
     })
 }
 
+/// What a kind of rule is called in messages, and the setting that caps it.
+fn kind_words(kind: RuleKind) -> (&'static str, &'static str) {
+    match kind {
+        RuleKind::Flow => ("exact", "max_flows"),
+        RuleKind::Prefix => ("prefix", "max_prefixes"),
+    }
+}
+
+/// A bulk list with more than `cap` rules (413, field `rules`).
+fn too_many(kind: RuleKind, cap: usize) -> ApiError {
+    let (what, setting) = kind_words(kind);
+    ApiError {
+        status: StatusCode::PAYLOAD_TOO_LARGE,
+        body: ErrorBody {
+            error: format!(
+                "Field `rules`: the list has more than {cap} {what} rules, the most this daemon takes (setting {setting}); nothing was changed."
+            ),
+            field: Some("rules".into()),
+        },
+    }
+}
+
+/// The table already holds `cap` rules of `kind` (507).
+fn table_full(kind: RuleKind, cap: usize) -> ApiError {
+    let (what, setting) = kind_words(kind);
+    ApiError::new(
+        StatusCode::INSUFFICIENT_STORAGE,
+        format!(
+            "The table holds {cap} {what} rules, the most this daemon takes (setting {setting}); delete some first."
+        ),
+    )
+}
+
+/// The answer to a body a bulk list could not be read from.
+fn body_failed(e: std::io::Error) -> ApiError {
+    match BodyError::from_io(e) {
+        Ok(b) => b.into(),
+        Err(e) => BodyError::Client(e.to_string()).into(),
+    }
+}
+
+/// About the shortest a rule's JSON is (`{"prefix":"::/0","action":"host"}`
+/// is 33 bytes; an exact rule 58): rules a body of a given length may hold,
+/// to make room for the list.
+const MIN_RULE_BYTES: u64 = 48;
+
 macro_rules! table_routes {
-    ($list:ident, $add:ident, $replace:ident, $delete:ident, $one:expr, $many:expr, $m_list:ident, $m_add:ident, $m_replace:ident, $m_delete:ident) => {
-        async fn $list<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
+    ($list:ident, $add:ident, $replace:ident, $delete:ident, $rule:ty, $spec:ty, $read:ident, $kind:expr, $cap:ident, $count:ident, $m_list:ident, $m_add:ident, $m_replace:ident, $m_delete:ident) => {
+        async fn $list<P: Platform>(
+            State(s): State<Arc<ControlState<P>>>,
+            Extension(gate): Extension<ListGate>,
+        ) -> ApiResult {
+            let permit = gate.0.acquire_owned().await.map_err(|e| {
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The list gate failed: {e}."))
+            })?;
             let rules = blocking(move || {
                 s.tables
                     .lock()
@@ -272,18 +469,21 @@ macro_rules! table_routes {
                     .$m_list()
             })
             .await?;
-            Ok(Json(rules).into_response())
+            let answer = Json(rules).into_response();
+            Ok(answer.map(|inner| Body::new(Held { inner, _permit: permit })))
         }
 
-        async fn $add<P: Platform>(
-            State(s): State<Arc<ControlState<P>>>,
-            body: Bytes,
-        ) -> ApiResult {
-            let spec = $one(&body)?;
+        async fn $add<P: Platform>(State(s): State<Arc<ControlState<P>>>, body: Body) -> ApiResult {
+            let text = body::read_small(body).await?;
+            let spec = <$spec>::from_json(&text)?;
+            let cap = s.cfg.$cap as usize;
             let rule = blocking(move || {
                 let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
                 let Tables { classifier, flows } = &mut *t;
-                flows.$m_add(classifier, spec)
+                if flows.$count() >= cap {
+                    return Err(table_full($kind, cap));
+                }
+                flows.$m_add(classifier, spec).map_err(ApiError::from)
             })
             .await??;
             Ok((StatusCode::CREATED, Json(rule)).into_response())
@@ -291,16 +491,49 @@ macro_rules! table_routes {
 
         async fn $replace<P: Platform>(
             State(s): State<Arc<ControlState<P>>>,
-            body: Bytes,
+            Extension(gate): Extension<BulkGate>,
+            req: Request<Body>,
         ) -> ApiResult {
-            let specs = $many(&body)?;
-            let rules = blocking(move || {
+            let cap = s.cfg.$cap as usize;
+            let _one_at_a_time = gate.0.acquire().await.map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("The bulk gate failed: {e}."),
+                )
+            })?;
+            let started = std::time::Instant::now();
+            let announced = body::announced(req.headers(), req.body());
+            let expect = usize::try_from(announced / MIN_RULE_BYTES).unwrap_or(cap);
+            let parsed = body::parse_streaming(req.into_body(), move |reader| {
+                bulk::read_and_check::<$rule>(reader, cap, expect, $kind, |reader, each| {
+                    $read(reader, cap, each)
+                })
+            })
+            .await
+            .map_err(|e| {
+                ApiError::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("Reading the list failed: {e}."),
+                )
+            })?;
+            let rules = parsed?;
+            let count = rules.len() as u64;
+            let read = started.elapsed();
+            let generation = blocking(move || {
                 let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
                 let Tables { classifier, flows } = &mut *t;
-                flows.$m_replace(classifier, specs)
+                flows.$m_replace(classifier, rules)
             })
             .await??;
-            Ok(Json(rules).into_response())
+            tracing::info!(
+                kind = %$kind,
+                count,
+                generation,
+                read_s = read.as_secs_f64(),
+                switched_s = started.elapsed().saturating_sub(read).as_secs_f64(),
+                "bulk replace: list read and checked, then switched to"
+            );
+            Ok(Json(Replaced { count, generation }).into_response())
         }
 
         async fn $delete<P: Platform>(
@@ -324,11 +557,15 @@ table_routes!(
     add_flow,
     replace_flows,
     delete_flow,
-    FlowRuleSpec::from_json,
-    flow_specs_from_json,
+    FlowRule,
+    FlowRuleSpec,
+    read_flow_specs,
+    RuleKind::Flow,
+    max_flows,
+    flow_count,
     flows,
     add_flow,
-    replace_flows,
+    replace_flow_rules,
     delete_flow
 );
 table_routes!(
@@ -336,11 +573,15 @@ table_routes!(
     add_prefix,
     replace_prefixes,
     delete_prefix,
-    PrefixRuleSpec::from_json,
-    prefix_specs_from_json,
+    PrefixRule,
+    PrefixRuleSpec,
+    read_prefix_specs,
+    RuleKind::Prefix,
+    max_prefixes,
+    prefix_count,
     prefixes,
     add_prefix,
-    replace_prefixes,
+    replace_prefix_rules,
     delete_prefix
 );
 
@@ -390,7 +631,7 @@ async fn replace_queue<P: Platform>(
     let queue: u32 = raw.parse().map_err(|_| {
         ApiError::bad_field(
             "queue",
-            format!("Field `queue`: {raw:?} is not a queue index."),
+            format!("Field `queue`: {} is not a queue index.", echo(&raw)),
         )
     })?;
     let info = blocking(move || s.pool.replace(queue, &s.tables, &s.server)).await??;
@@ -536,7 +777,7 @@ async fn send(
         .await
         .map_err(|e| format!("{method} {path}: {e}"))?;
     let status = resp.status().as_u16();
-    let bytes = axum::body::to_bytes(resp.into_body(), MAX_BODY)
+    let bytes = axum::body::to_bytes(resp.into_body(), 16 << 20)
         .await
         .map_err(|e| format!("{method} {path}: reading the answer: {e}"))?;
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
@@ -619,7 +860,7 @@ pub async fn check_router(router: Router, doc: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rules::{FlowRule, PrefixRule};
+    use crate::rules::{flow_specs_from_json, prefix_specs_from_json};
     use xdpath_api::openapi::{document, document_text, response_schema, validate};
     use xdpath_api::{MacAddr, XdpAttachMode};
 
@@ -786,9 +1027,19 @@ mod tests {
             .validate(3)
             .unwrap();
         check(
-            Endpoint::ReplacePrefixes,
+            Endpoint::ListPrefixes,
             serde_json::to_value([prefix]).unwrap(),
         );
+        for e in [Endpoint::ReplaceFlows, Endpoint::ReplacePrefixes] {
+            check(
+                e,
+                serde_json::to_value(Replaced {
+                    count: 1 << 20,
+                    generation: 1,
+                })
+                .unwrap(),
+            );
+        }
         for mac in [None, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 2]))] {
             let g = Guest {
                 port: 1,

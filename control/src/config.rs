@@ -89,6 +89,22 @@ pub struct DaemonConfig {
     /// Root of the per-interface pin directories (on a BPF file system).
     #[serde(default)]
     pub pin_root: Option<PathBuf>,
+    /// Most exact rules the API lets the table hold (1 to what the maps
+    /// hold, `xdpath_common::MAX_FLOWS`).
+    #[serde(default = "max_flows")]
+    pub max_flows: u32,
+    /// Most prefix rules the API lets the table hold (1 to
+    /// `xdpath_common::MAX_PREFIXES`).
+    #[serde(default = "max_prefixes")]
+    pub max_prefixes: u32,
+}
+
+fn max_flows() -> u32 {
+    xdpath_common::MAX_FLOWS
+}
+
+fn max_prefixes() -> u32 {
+    xdpath_common::MAX_PREFIXES
 }
 
 fn one() -> u16 {
@@ -366,6 +382,21 @@ impl DaemonConfig {
                 "`guest` needs a guest; set guest_mac too.",
             ));
         }
+        for (setting, v, max) in [
+            ("max_flows", self.max_flows, xdpath_common::MAX_FLOWS),
+            (
+                "max_prefixes",
+                self.max_prefixes,
+                xdpath_common::MAX_PREFIXES,
+            ),
+        ] {
+            if v == 0 || v > max {
+                return Err(invalid(
+                    setting,
+                    format!("{v} is out of range; use 1 to {max} (what the maps hold)."),
+                ));
+            }
+        }
         if !(68..=9000).contains(&self.mtu) {
             return Err(invalid(
                 "mtu",
@@ -403,6 +434,7 @@ mod tests {
                 group: None
             }
         );
+        assert_eq!((c.max_flows, c.max_prefixes), (1 << 20, 1 << 16));
         assert_eq!(
             c.vhost_socket(),
             PathBuf::from("/run/xdpath/eth1.vhost.sock")
@@ -451,6 +483,10 @@ mod tests {
                 "iface = \"e\"\nvhost_socket_group = \"no-such-group-xdpath\"",
                 "vhost_socket_group",
             ),
+            ("iface = \"e\"\nmax_flows = 0", "max_flows"),
+            ("iface = \"e\"\nmax_flows = 1048577", "max_flows"),
+            ("iface = \"e\"\nmax_prefixes = 65537", "max_prefixes"),
+            ("iface = \"e\"\nmax_prefixes = -1", "max_prefixes"),
         ];
         for (text, setting) in cases {
             // A value that does not parse is refused when the settings are

@@ -44,6 +44,11 @@ impl Drop for Rig {
 
 impl Rig {
     fn new() -> Self {
+        Self::with("")
+    }
+
+    /// A rig whose configuration has `extra` (TOML lines) too.
+    fn with(extra: &str) -> Self {
         static N: AtomicU32 = AtomicU32::new(0);
         let dir = std::env::temp_dir().join(format!(
             "xdpath-api-router-{}-{}",
@@ -54,7 +59,7 @@ impl Rig {
         std::fs::create_dir_all(&dir).expect("state directory");
         let cfg = DaemonConfig::from_toml(&format!(
             "iface = \"mem0\"\nqueues = {QUEUES}\nguest_mac = \"52:54:00:00:00:11\"\n\
-             guest_ip = [\"10.0.0.11\"]\nstate_dir = {:?}\nvhost_socket = {:?}",
+             guest_ip = [\"10.0.0.11\"]\nstate_dir = {:?}\nvhost_socket = {:?}\n{extra}",
             dir.display().to_string(),
             dir.join("vhost.sock").display().to_string(),
         ))
@@ -104,11 +109,21 @@ impl Rig {
     }
 
     async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.send(
+            method,
+            path,
+            body.map_or_else(Body::empty, |b| Body::from(b.to_string())),
+        )
+        .await
+    }
+
+    /// One request with `body` as given; the answer's status and JSON.
+    async fn send(&self, method: &str, path: &str, body: Body) -> (StatusCode, Value) {
         let req = Request::builder()
             .method(method)
             .uri(path)
             .header("content-type", "application/json")
-            .body(body.map_or_else(Body::empty, |b| Body::from(b.to_string())))
+            .body(body)
             .expect("request");
         let resp = self.router().oneshot(req).await.expect("an answer");
         let status = resp.status();
@@ -182,7 +197,7 @@ async fn rules_reach_the_maps_and_bad_input_changes_nothing() {
         )
         .await;
     assert_eq!(status, StatusCode::OK, "{body}");
-    assert_eq!(body.as_array().map(Vec::len), Some(2));
+    assert_eq!(body["count"], 2, "{body}");
     let (new_gen, flows) = rig.maps(|m| {
         (
             m.generations().expect("generations").rules,
@@ -190,6 +205,10 @@ async fn rules_reach_the_maps_and_bad_input_changes_nothing() {
         )
     });
     assert_ne!(new_gen, gen, "a bulk replace switches generation");
+    assert_eq!(
+        body["generation"], new_gen,
+        "the answer names the new generation"
+    );
     assert!(flows.iter().all(|(k, _)| k.gen == new_gen), "{flows:?}");
     assert_eq!(flows.len(), 2);
     assert!(rig.maps(|m| m.violations().is_empty()));
@@ -246,4 +265,357 @@ async fn queues_are_replaced_through_the_pool_and_counters_are_shown() {
         ),
         (json!(7), json!(false))
     );
+}
+
+/// A body that arrives in these pieces (a chunked request).
+fn pieces(parts: Vec<Vec<u8>>) -> Body {
+    struct Pieces(std::collections::VecDeque<Vec<u8>>);
+    impl http_body::Body for Pieces {
+        type Data = axum::body::Bytes;
+        type Error = std::convert::Infallible;
+        fn poll_frame(
+            mut self: std::pin::Pin<&mut Self>,
+            _: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+            std::task::Poll::Ready(
+                self.0
+                    .pop_front()
+                    .map(|p| Ok(http_body::Frame::data(p.into()))),
+            )
+        }
+    }
+    Body::new(Pieces(parts.into()))
+}
+
+fn flow_json(i: u32) -> Value {
+    json!({"src": "10.1.0.1", "dst": format!("10.2.{}.{}", i / 256, i % 256), "proto": "udp", "action": "drop"})
+}
+
+#[tokio::test]
+async fn the_rule_caps_are_enforced_and_named() {
+    let rig = Rig::with("max_flows = 3\nmax_prefixes = 2");
+    let before = rig.maps(|m| m.contents());
+    // One rule too many in a bulk list: 413 naming the field and the cap;
+    // nothing changes.
+    let four: Vec<Value> = (0..4).map(flow_json).collect();
+    let (status, body) = rig.call("PUT", "/v1/flows", Some(json!(four))).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert_eq!(body["field"], "rules");
+    let msg = body["error"].as_str().unwrap();
+    assert!(
+        msg.contains("more than 3 exact rules") && msg.contains("max_flows"),
+        "{msg}"
+    );
+    assert_eq!(rig.maps(|m| m.contents()), before);
+    // At the cap: taken.
+    let three: Vec<Value> = (0..3).map(flow_json).collect();
+    let (status, body) = rig.call("PUT", "/v1/flows", Some(json!(three))).await;
+    assert_eq!((status, body["count"].clone()), (StatusCode::OK, json!(3)));
+    // A single add to a full table: 507 naming the cap.
+    let (status, body) = rig.call("POST", "/v1/flows", Some(flow_json(9))).await;
+    assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("3 exact rules")
+            && body["error"].as_str().unwrap().contains("max_flows"),
+        "{body}"
+    );
+    // Prefixes have their own cap.
+    let (status, body) = rig
+        .call(
+            "PUT",
+            "/v1/prefixes",
+            Some(json!([
+                {"prefix": "10.0.0.0/8", "action": "drop"},
+                {"prefix": "10.1.0.0/16", "action": "drop"},
+                {"prefix": "10.2.0.0/16", "action": "drop"}
+            ])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("max_prefixes"),
+        "{body}"
+    );
+    let (_, flows) = rig.call("GET", "/v1/flows", None).await;
+    assert_eq!(flows.as_array().map(Vec::len), Some(3));
+}
+
+#[tokio::test]
+async fn a_bulk_list_is_read_as_it_arrives_and_errors_keep_index_and_field() {
+    let rig = Rig::new();
+    // The list in pieces cut anywhere, even inside a string.
+    let text = serde_json::to_vec(&(0..50).map(flow_json).collect::<Vec<_>>()).unwrap();
+    let parts: Vec<Vec<u8>> = text.chunks(7).map(<[u8]>::to_vec).collect();
+    let (status, body) = rig.send("PUT", "/v1/flows", pieces(parts)).await;
+    assert_eq!(
+        (status, body["count"].clone()),
+        (StatusCode::OK, json!(50)),
+        "{body}"
+    );
+    let before = rig.maps(|m| m.contents());
+    // A bad rule: its index and field.
+    let mut list: Vec<Value> = (0..5).map(flow_json).collect();
+    list[3]["dst"] = json!("10.0.0.300");
+    let (status, body) = rig.call("PUT", "/v1/flows", Some(json!(list))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["field"], "dst");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Rule 3: field `dst`:"),
+        "{body}"
+    );
+    // Malformed JSON after it still counts as malformed JSON.
+    let (status, body) = rig
+        .send("PUT", "/v1/flows", Body::from("[{\"src\": 1}, {"))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["error"].as_str().unwrap().contains("not valid JSON"),
+        "{body}"
+    );
+    // An id given twice: 409.
+    let mut list: Vec<Value> = (0..3).map(flow_json).collect();
+    list[0]["id"] = json!(5);
+    list[2]["id"] = json!(5);
+    let (status, _) = rig.call("PUT", "/v1/flows", Some(json!(list))).await;
+    assert_eq!(status, StatusCode::CONFLICT);
+    assert_eq!(
+        rig.maps(|m| m.contents()),
+        before,
+        "refusals change nothing"
+    );
+}
+
+#[tokio::test]
+async fn echoed_input_is_cut_short() {
+    let rig = Rig::new();
+    // Under the string cap of a bulk list (1024 bytes), far over what a
+    // message repeats (64 characters).
+    let huge = "x".repeat(1000);
+    let checks = [
+        (
+            "PUT",
+            "/v1/flows".to_string(),
+            json!([{"src": "10.0.0.1", "dst": huge, "proto": "udp", "action": "drop"}]),
+            "dst",
+        ),
+        (
+            "PUT",
+            "/v1/prefixes".to_string(),
+            json!([{"prefix": huge, "action": "drop"}]),
+            "prefix",
+        ),
+        (
+            "PUT",
+            "/v1/flows".to_string(),
+            json!([{"src": "10.0.0.1", "dst": "10.0.0.2", "proto": huge, "action": "drop"}]),
+            "proto",
+        ),
+        (
+            "PUT",
+            "/v1/flows".to_string(),
+            json!([{"src": "10.0.0.1", "dst": "10.0.0.2", "proto": "udp", "action": huge}]),
+            "action",
+        ),
+        (
+            "PUT",
+            "/v1/flows".to_string(),
+            json!([{"src": "10.0.0.1", "dst": "10.0.0.2", "proto": "udp", "action": "drop", "guest": [huge]}]),
+            "guest",
+        ),
+        ("PUT", "/v1/flows".to_string(), json!([huge]), "rule"),
+        (
+            "POST",
+            "/v1/flows".to_string(),
+            json!({"src": "x".repeat(60_000), "dst": "10.0.0.2", "proto": "udp", "action": "drop"}),
+            "src",
+        ),
+    ];
+    for (method, path, body, field) in checks {
+        let (status, answer) = rig.call(method, &path, Some(body)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{field}");
+        assert_eq!(answer["field"], field);
+        let text = answer.to_string();
+        assert!(
+            text.len() < 600,
+            "{field}: {} bytes: {text:.300}",
+            text.len()
+        );
+        assert!(
+            text.contains("xxxxxxxx"),
+            "{field}: the start is shown: {text}"
+        );
+    }
+    // Over the string cap: refused as such, at once, naming rule and field.
+    let (status, answer) = rig
+        .call(
+            "PUT",
+            "/v1/flows",
+            Some(json!([flow_json(0), {"src": "10.0.0.1", "dst": "x".repeat(1 << 20), "proto": "udp", "action": "drop"}])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        answer["error"],
+        "Rule 1: field `dst`: a string of more than 1024 bytes; no field takes one that long."
+    );
+    // An unknown field with a huge name: the name is cut too.
+    let mut rule = flow_json(1);
+    rule[huge.as_str()] = json!(1);
+    let (status, answer) = rig.call("PUT", "/v1/flows", Some(json!([rule]))).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer.to_string().len() < 600,
+        "{:.300}",
+        answer.to_string()
+    );
+    assert!(answer["field"].as_str().unwrap().len() < 100);
+    // A huge path parameter.
+    let (status, answer) = rig
+        .call("DELETE", &format!("/v1/flows/{}", "9".repeat(30_000)), None)
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        answer.to_string().len() < 600,
+        "{:.300}",
+        answer.to_string()
+    );
+}
+
+/// Of several problems in a bulk list, the first in list order is
+/// answered, whichever thread found it (rules are validated while they are
+/// read, and compared with each other on another thread, in batches).
+#[tokio::test]
+async fn the_first_problem_of_a_bulk_list_is_answered() {
+    let rig = Rig::new();
+    let before = rig.maps(|m| m.contents());
+    let bad = || json!({"src": "10.0.0.1", "dst": "10.0.0.300", "proto": "udp", "action": "drop"});
+    for n in [20u32, 10_000] {
+        let list = |edit: &dyn Fn(&mut Vec<Value>)| {
+            let mut l: Vec<Value> = (0..n).map(flow_json).collect();
+            edit(&mut l);
+            json!(l)
+        };
+        let late = n as usize - 2;
+        let cases: Vec<(Value, StatusCode, &str)> = vec![
+            // A conflict (rule 3 matches rule 1) before a bad rule.
+            (
+                list(&|l| {
+                    l[3] = flow_json(1);
+                    l[late] = bad();
+                }),
+                StatusCode::CONFLICT,
+                "matches the same 5-tuple",
+            ),
+            // A bad rule before a conflict.
+            (
+                list(&|l| {
+                    l[2] = bad();
+                    l[late] = flow_json(1);
+                }),
+                StatusCode::BAD_REQUEST,
+                "Rule 2: field `dst`",
+            ),
+            // An id given twice before a rule that is not an object.
+            (
+                list(&|l| {
+                    l[1]["id"] = json!(9);
+                    l[4]["id"] = json!(9);
+                    l[late] = json!(7);
+                }),
+                StatusCode::CONFLICT,
+                "id 9 is already taken",
+            ),
+            // A rule that is not an object before an id given twice.
+            (
+                list(&|l| {
+                    l[1] = json!(7);
+                    l[4]["id"] = json!(9);
+                    l[late]["id"] = json!(9);
+                }),
+                StatusCode::BAD_REQUEST,
+                "Rule 1: field `rule`",
+            ),
+        ];
+        for (body, status, says) in cases {
+            let (got, answer) = rig.call("PUT", "/v1/flows", Some(body)).await;
+            assert_eq!(got, status, "{n} rules: {answer}");
+            assert!(
+                answer["error"].as_str().is_some_and(|e| e.contains(says)),
+                "{n} rules: {answer}"
+            );
+        }
+        // Malformed JSON after a conflict is malformed JSON.
+        let mut text = list(&|l| l[3] = flow_json(1)).to_string();
+        text.pop();
+        text.push_str(", {");
+        let (got, answer) = rig.send("PUT", "/v1/flows", Body::from(text)).await;
+        assert_eq!(got, StatusCode::BAD_REQUEST, "{answer}");
+        assert!(
+            answer["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("not valid JSON")),
+            "{answer}"
+        );
+    }
+    assert_eq!(
+        rig.maps(|m| m.contents()),
+        before,
+        "refusals change nothing"
+    );
+    // And a good list of many batches is taken whole.
+    let (status, body) = rig
+        .call(
+            "PUT",
+            "/v1/flows",
+            Some(json!((0..10_000).map(flow_json).collect::<Vec<_>>())),
+        )
+        .await;
+    assert_eq!(
+        (status, body["count"].clone()),
+        (StatusCode::OK, json!(10_000))
+    );
+}
+
+/// Listings hold their memory until they are sent: at most two at once.
+#[tokio::test]
+async fn at_most_two_listings_are_in_memory_at_once() {
+    let rig = Rig::new();
+    let router = rig.router();
+    let get = |path: &'static str| {
+        let router = router.clone();
+        async move {
+            let req = Request::builder()
+                .uri(path)
+                .body(Body::empty())
+                .expect("request");
+            router.oneshot(req).await.expect("an answer")
+        }
+    };
+    // Two answers whose bodies nobody reads yet.
+    let first = get("/v1/flows").await;
+    let second = get("/v1/prefixes").await;
+    assert_eq!(
+        (first.status(), second.status()),
+        (StatusCode::OK, StatusCode::OK)
+    );
+    let third = tokio::spawn(get("/v1/flows"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert!(!third.is_finished(), "a third listing waits");
+    // One is sent: the third goes ahead.
+    let sent = axum::body::to_bytes(first.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    assert_eq!(&sent[..], b"[]");
+    let third = tokio::time::timeout(std::time::Duration::from_secs(10), third)
+        .await
+        .expect("the third listing goes ahead")
+        .expect("task");
+    assert_eq!(third.status(), StatusCode::OK);
+    drop(second);
+    // Other routes never wait for listings.
+    let (status, _) = rig.call("GET", "/v1/health", None).await;
+    assert_eq!(status, StatusCode::OK);
 }

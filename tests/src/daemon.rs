@@ -237,6 +237,30 @@ impl Daemon {
         self.signal_and_wait(libc::SIGTERM, Duration::from_secs(15))
     }
 
+    /// SIGTERM, then wait at most `timeout` (SIGKILL after it): how long
+    /// the daemon took to exit, and its exit status.
+    pub fn stop_timed(
+        &mut self,
+        timeout: Duration,
+    ) -> (Duration, Option<std::process::ExitStatus>) {
+        let asked = std::time::Instant::now();
+        let status = self.signal_and_wait(libc::SIGTERM, timeout);
+        (asked.elapsed(), status)
+    }
+
+    /// The daemon's resident memory now and at its peak so far (`VmRSS`,
+    /// `VmHWM` of /proc), in KiB.
+    pub fn memory_kib(&self) -> Option<(u64, u64)> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let field = |name: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(name))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        };
+        Some((field("VmRSS:")?, field("VmHWM:")?))
+    }
+
     /// SIGKILL: the daemon dies without any teardown.
     pub fn kill9(&mut self) {
         self.signal_and_wait(libc::SIGKILL, Duration::from_secs(5));

@@ -1348,3 +1348,301 @@ fn stale_pins_are_reported_and_removed_and_nothing_else_is() {
         "the live daemon removes its own pins when it stops"
     );
 }
+
+// ----- The API's limits (issue 11, #9) -----
+
+/// Connects to the API and sends `head` (and nothing more).
+fn api_conn(d: &Daemon, head: &[u8]) -> std::os::unix::net::UnixStream {
+    use std::io::Write;
+    let mut s = std::os::unix::net::UnixStream::connect(&d.api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    s.write_all(head).unwrap();
+    s
+}
+
+/// Reads an answer to its end (the daemon closes after one answer): the
+/// status and the body.
+fn answer_of(s: &mut std::os::unix::net::UnixStream) -> (u16, String) {
+    use std::io::Read;
+    let mut out = Vec::new();
+    let _ = s.read_to_end(&mut out);
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_string())
+        .unwrap_or_default();
+    (status, body)
+}
+
+/// Sends `head`, then `body` from another thread (until the daemon stops
+/// reading), and reads the answer meanwhile.
+fn send_streaming(
+    d: &Daemon,
+    head: String,
+    body: impl FnOnce(&mut std::os::unix::net::UnixStream) + Send + 'static,
+) -> (u16, String) {
+    let mut s = api_conn(d, head.as_bytes());
+    let mut w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || body(&mut w));
+    let got = answer_of(&mut s);
+    writer.join().unwrap();
+    got
+}
+
+/// `n` exact rules as a JSON file in the daemon's directory.
+fn rules_file(d: &Daemon, name: &str, n: u32) -> std::path::PathBuf {
+    let rules: Vec<Value> = (0..n)
+        .map(|i| json!({"src": "10.1.0.1", "dst": format!("10.2.{}.{}", i / 256, i % 256), "proto": "udp", "action": "drop"}))
+        .collect();
+    let path = d.dir.join(name);
+    std::fs::write(&path, serde_json::to_vec(&rules).unwrap()).unwrap();
+    path
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
+fn sigterm_ends_the_daemon_at_once_with_slow_api_clients() {
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    let mut d = start(&t, &[]);
+    // 50 clients that sent half a request line, and one in the middle of
+    // a body.
+    let mut slow: Vec<_> = (0..50).map(|_| api_conn(&d, b"GET /v1/hea")).collect();
+    slow.push(api_conn(
+        &d,
+        b"PUT /v1/flows HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n[{\"src\"",
+    ));
+    assert!(
+        d.call("GET", "/v1/health", None).is_ok(),
+        "the API still answers"
+    );
+    let (took, status) = d.stop_timed(Duration::from_secs(15));
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "an orderly exit: {status:?}; log:\n{}",
+        d.log_text()
+    );
+    assert!(
+        took < Duration::from_secs(2),
+        "SIGTERM took {took:?} with 51 slow clients; log:\n{}",
+        d.log_text()
+    );
+    for mut s in slow {
+        assert_eq!(answer_of(&mut s).0, 0, "closed without an answer");
+    }
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
+fn api_bodies_are_capped_before_they_are_read() {
+    use std::io::Write;
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    let (_, peak_before) = d.memory_kib().unwrap();
+    // 300 MiB announced: 413 at once, without a byte of the body.
+    let mut s = api_conn(
+        &d,
+        b"PUT /v1/flows HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 314572800\r\n\r\n",
+    );
+    let (status, body) = answer_of(&mut s);
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("268435456 bytes"), "{body}");
+    // Chunked past a route's cap (16 MiB for prefixes): cut off there.
+    let (status, body) = send_streaming(
+        &d,
+        "PUT /v1/prefixes HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n".into(),
+        |w| {
+            let piece = vec![b' '; 1 << 20];
+            let _ = w.write_all(b"1\r\n[\r\n");
+            for _ in 0..40 {
+                let ok = write!(w, "{:x}\r\n", piece.len()).is_ok()
+                    && w.write_all(&piece).is_ok()
+                    && w.write_all(b"\r\n").is_ok();
+                if !ok {
+                    return;
+                }
+            }
+        },
+    );
+    assert_eq!(status, 413, "{body}");
+    assert!(body.contains("16777216 bytes"), "{body}");
+    // A 100 MB bogus field: refused at once, and not sent back.
+    let (status, body) = send_streaming(
+        &d,
+        format!(
+            "PUT /v1/flows HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            100_000_060
+        ),
+        |w| {
+            let _ =
+                w.write_all(br#"[{"src": "10.0.0.1", "proto": "udp", "action": "drop", "dst": ""#);
+            let piece = vec![b'x'; 1 << 20];
+            for _ in 0..95 {
+                if w.write_all(&piece).is_err() {
+                    return;
+                }
+            }
+        },
+    );
+    assert_eq!(status, 400, "{body:.300}");
+    assert!(body.len() < 1024, "{} bytes: {body:.300}", body.len());
+    let v: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(v["field"], "dst", "{v}");
+    // None of it was buffered.
+    let (_, peak_after) = d.memory_kib().unwrap();
+    assert!(
+        peak_after < peak_before + 48 * 1024,
+        "peak RSS went from {peak_before} to {peak_after} KiB"
+    );
+    // A small route's cap: 64 KiB. (The answer comes before the body is
+    // read: the client may see its write fail, and the connection reset
+    // after the answer.)
+    let (status, body) = send_streaming(
+        &d,
+        format!(
+            "POST /v1/flows HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+            65 << 10
+        ),
+        |w| {
+            let _ = w.write_all(&vec![b' '; 65 << 10]);
+        },
+    );
+    assert_eq!(status, 413, "{body}");
+    // The socket is in place with nothing left beside it from binding.
+    let stray: Vec<_> = std::fs::read_dir(&d.dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".api"))
+        .collect();
+    assert!(stray.is_empty(), "{stray:?}");
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
+fn rule_caps_are_enforced_and_xdpctl_streams_bulk_lists() {
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &["--max-flows", "300"]);
+    // One rule too many: refused naming the field and the cap.
+    let over = rules_file(&d, "over.json", 301);
+    let o = d
+        .xdpctl(&["flow", "replace", &over.to_string_lossy()])
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains("Field `rules`")
+            && err.contains("more than 300 exact rules")
+            && err.contains("max_flows")
+            && err.contains("(HTTP 413)"),
+        "{err}"
+    );
+    assert_eq!(d.call("GET", "/v1/flows", None).unwrap(), json!([]));
+    // At the cap: in place, with the count (and the generation with
+    // --json).
+    let full = rules_file(&d, "full.json", 300);
+    let o = d
+        .xdpctl(&["flow", "replace", &full.to_string_lossy()])
+        .unwrap();
+    assert_eq!(ok_stdout(&o).unwrap(), "300 flow rules in place\n");
+    let o = d
+        .xdpctl(&["--json", "flow", "replace", &full.to_string_lossy()])
+        .unwrap();
+    let v: Value = serde_json::from_str(&ok_stdout(&o).unwrap()).unwrap();
+    assert_eq!(v["count"], 300, "{v}");
+    assert!(v["generation"].as_u64().is_some_and(|g| g <= 1), "{v}");
+    assert_eq!(
+        d.call("GET", "/v1/flows", None)
+            .unwrap()
+            .as_array()
+            .map(Vec::len),
+        Some(300)
+    );
+    // Full: a single add is refused too.
+    let o = d
+        .xdpctl(&[
+            "flow", "add", "--src", "10.9.0.1", "--dst", "10.9.0.2", "--proto", "tcp", "--action",
+            "drop",
+        ])
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1) && err.contains("max_flows") && err.contains("(HTTP 507)"),
+        "{err}"
+    );
+    // From stdin (chunked), and a file that is not there.
+    let bin = workspace_bin("xdpctl").unwrap();
+    let o = std::process::Command::new(&bin)
+        .arg("--api-socket")
+        .arg(&d.api)
+        .args(["flow", "replace", "-"])
+        .stdin(std::fs::File::open(rules_file(&d, "some.json", 7)).unwrap())
+        .output()
+        .unwrap();
+    assert_eq!(ok_stdout(&o).unwrap(), "7 flow rules in place\n");
+    let o = d
+        .xdpctl(&["flow", "replace", "/nonexistent/rules.json"])
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1) && err.contains("reading /nonexistent/rules.json"),
+        "{err}"
+    );
+    // A bad rule in a streamed list still names its index and field.
+    let bad = d.dir.join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"[{"src": "10.0.0.1", "dst": "10.0.0.2", "proto": "udp", "action": "drop"},
+            {"src": "10.0.0.1", "dst": "10.0.0.300", "proto": "udp", "action": "drop"}]"#,
+    )
+    .unwrap();
+    let o = d
+        .xdpctl(&["flow", "replace", &bad.to_string_lossy()])
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1) && err.contains("Rule 1: field `dst`"),
+        "{err}"
+    );
+    assert_eq!(
+        d.call("GET", "/v1/flows", None)
+            .unwrap()
+            .as_array()
+            .map(Vec::len),
+        Some(7),
+        "refusals change nothing"
+    );
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
+fn the_api_answers_503_over_its_connection_cap() {
+    require_root();
+    let t = Topology::new(1).expect("topology");
+    let d = start(&t, &[]);
+    let held: Vec<_> = (0..64).map(|_| api_conn(&d, b"GET /v1/hea")).collect();
+    let busy = wait_until(WAIT, || {
+        matches!(
+            d.call("GET", "/v1/health", None),
+            Err(ClientError::Refused { status: 503, .. })
+        )
+    });
+    assert!(busy, "the 65th connection is refused");
+    let o = d.xdpctl(&["health"]).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        o.status.code() == Some(1) && err.contains("64 connections are open"),
+        "{err}"
+    );
+    drop(held);
+    assert!(
+        wait_until(WAIT, || d.call("GET", "/v1/health", None).is_ok()),
+        "the slots come back"
+    );
+}

@@ -3,13 +3,18 @@
 //! runtime that lives for the one call. `xdpctl` and the tests use it; it
 //! owns nothing beyond the socket of one call.
 //!
+//! A request body is a JSON value ([`call`]) or, for a bulk list, an
+//! [`Upload`] streamed from a file or a reader as it is read, never held
+//! whole ([`call_upload`]): a file is sent with its length, so the daemon
+//! can refuse one over its cap before reading it; a pipe is sent chunked.
+//!
 //! Every read waits at most [`READ_TIMEOUT`] for the daemon's next bytes
 //! (a stuck daemon cannot hang the CLI forever; a slow bulk replace that
 //! keeps answering is not cut off).
 
 use crate::ErrorBody;
 use http_body_util::{BodyExt, Full};
-use hyper::body::Bytes;
+use hyper::body::{Body, Bytes, Frame, SizeHint};
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 use std::future::Future;
@@ -44,6 +49,9 @@ pub enum ClientError {
         /// The error.
         source: io::Error,
     },
+    /// Reading the body to send failed.
+    #[error("Reading the request body failed: {0}.")]
+    Upload(io::Error),
     /// The daemon answered something that is not HTTP.
     #[error("The daemon's response is malformed.")]
     Malformed,
@@ -58,6 +66,125 @@ pub enum ClientError {
         /// The field the message is about, if any.
         field: Option<String>,
     },
+}
+
+/// A request body streamed from a source as it is read.
+pub struct Upload {
+    source: Box<dyn io::Read + Send>,
+    len: Option<u64>,
+    failed: std::sync::Arc<std::sync::Mutex<Option<io::Error>>>,
+    done: bool,
+}
+
+impl Upload {
+    /// How much one read takes from the source.
+    const PIECE: usize = 256 << 10;
+
+    /// A file, sent with its length (`Content-Length`).
+    pub fn file(f: std::fs::File) -> io::Result<Self> {
+        let meta = f.metadata()?;
+        let len = meta.is_file().then_some(meta.len());
+        Ok(Self::new(Box::new(f), len))
+    }
+
+    /// Any source (stdin, a pipe), sent chunked.
+    pub fn reader(r: impl io::Read + Send + 'static) -> Self {
+        Self::new(Box::new(r), None)
+    }
+
+    fn new(source: Box<dyn io::Read + Send>, len: Option<u64>) -> Self {
+        Self {
+            source,
+            len,
+            failed: Default::default(),
+            done: false,
+        }
+    }
+}
+
+impl Body for Upload {
+    type Data = Bytes;
+    type Error = io::Error;
+
+    // The source is read right here, blocking: the runtime serves this one
+    // request, and a file (or the pipe feeding it) is what it waits for.
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, io::Error>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        let mut buf = vec![0u8; Self::PIECE];
+        loop {
+            match self.source.read(&mut buf) {
+                Ok(0) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
+                Ok(n) => {
+                    buf.truncate(n);
+                    return Poll::Ready(Some(Ok(Frame::data(Bytes::from(buf)))));
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.done = true;
+                    let note = io::Error::new(e.kind(), e.to_string());
+                    if let Ok(mut slot) = self.failed.lock() {
+                        *slot = Some(e);
+                    }
+                    return Poll::Ready(Some(Err(note)));
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done || self.len == Some(0)
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// [`call`] with a body streamed from `body` (a bulk list): the source is
+/// read as the request is sent. An error reading it is
+/// [`ClientError::Upload`].
+pub fn call_upload(
+    sock: &Path,
+    method: &str,
+    path: &str,
+    body: Upload,
+) -> Result<Value, ClientError> {
+    let failed = body.failed.clone();
+    let answer = run(sock, |rt| {
+        rt.block_on(exchange(sock, method, path, Some(body), READ_TIMEOUT))
+    });
+    if let Some(e) = failed.lock().ok().and_then(|mut f| f.take()) {
+        return Err(ClientError::Upload(e));
+    }
+    let (status, bytes) = answer?;
+    answer_value(status, &String::from_utf8_lossy(&bytes))
+}
+
+/// Runs `f` on a fresh current-thread runtime.
+fn run<T>(
+    sock: &Path,
+    f: impl FnOnce(&tokio::runtime::Runtime) -> Result<T, ClientError>,
+) -> Result<T, ClientError> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_io()
+        .enable_time()
+        .build()
+        .map_err(|source| ClientError::Io {
+            path: sock.to_path_buf(),
+            source,
+        })?;
+    f(&rt)
 }
 
 /// One request; returns the status and the body as text (invalid UTF-8
@@ -79,26 +206,24 @@ pub fn request_with_timeout(
     body: Option<&Value>,
     read_timeout: Duration,
 ) -> Result<(u16, String), ClientError> {
-    let io_err = |source| ClientError::Io {
-        path: sock.to_path_buf(),
-        source,
-    };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(io_err)?;
-    let (status, bytes) = rt.block_on(exchange(sock, method, path, body, read_timeout))?;
+    let body = body.map(|v| Full::new(Bytes::from(v.to_string())));
+    let (status, bytes) = run(sock, |rt| {
+        rt.block_on(exchange(sock, method, path, body, read_timeout))
+    })?;
     Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
-async fn exchange(
+async fn exchange<B>(
     sock: &Path,
     method: &str,
     path: &str,
-    body: Option<&Value>,
+    body: Option<B>,
     read_timeout: Duration,
-) -> Result<(u16, Bytes), ClientError> {
+) -> Result<(u16, Bytes), ClientError>
+where
+    B: Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
     let io_err = |source| ClientError::Io {
         path: sock.to_path_buf(),
         source,
@@ -132,13 +257,16 @@ async fn exchange(
         .header(hyper::header::HOST, "xdpathd")
         .header(hyper::header::CONNECTION, "close");
     let payload = match body {
-        Some(v) => {
+        Some(b) => {
             req = req.header(hyper::header::CONTENT_TYPE, "application/json");
-            Bytes::from(v.to_string())
+            if let Some(n) = b.size_hint().exact() {
+                req = req.header(hyper::header::CONTENT_LENGTH, n);
+            }
+            http_body_util::Either::Left(b)
         }
-        None => Bytes::new(),
+        None => http_body_util::Either::Right(Full::new(Bytes::new())),
     };
-    let req = req.body(Full::new(payload)).map_err(|e| {
+    let req = req.body(payload).map_err(|e| {
         io_err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("the request cannot be built: {e}"),
@@ -189,10 +317,16 @@ pub fn call(
     body: Option<&Value>,
 ) -> Result<Value, ClientError> {
     let (status, text) = request(sock, method, path, body)?;
+    answer_value(status, &text)
+}
+
+/// An answer as JSON (`Null` when empty, a string when not JSON); a
+/// non-2xx answer is [`ClientError::Refused`].
+fn answer_value(status: u16, text: &str) -> Result<Value, ClientError> {
     let v: Value = if text.trim().is_empty() {
         Value::Null
     } else {
-        serde_json::from_str(&text).unwrap_or(Value::String(text))
+        serde_json::from_str(text).unwrap_or_else(|_| Value::String(text.to_string()))
     };
     if !(200..300).contains(&status) {
         return Err(match serde_json::from_value::<ErrorBody>(v.clone()) {

@@ -48,7 +48,7 @@ impl fmt::Display for Action {
 
 /// A name that is not an action.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{0:?} is not an action (guest, host or drop).")]
+#[error("{} is not an action (guest, host or drop).", crate::rules::echo(.0))]
 pub struct UnknownAction(pub String);
 
 /// Parses `guest`, `host` or `drop`, case-insensitively (rules accept

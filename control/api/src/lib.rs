@@ -11,7 +11,8 @@
 //!   validation whose errors name the field, and conversion to the
 //!   classifier's map keys.
 //! - [`types`]: the other answers: [`Health`], [`Guest`], [`QueueStatus`],
-//!   [`QueueSocket`], [`Stats`], and the error body [`ErrorBody`].
+//!   [`QueueSocket`], [`Stats`], [`Replaced`], and the error body
+//!   [`ErrorBody`].
 //! - [`Action`] and [`XdpAttachMode`]: the one definition of each, for the
 //!   config file, flags, rules and health.
 //! - [`MacAddr`]: a MAC address, parsed once.
@@ -37,5 +38,5 @@ pub use enums::{Action, UnknownAction, XdpAttachMode};
 pub use mac::{BadMac, MacAddr};
 pub use types::{
     ClassifierCounters, ErrorBody, Guest, Health, QueueCounterValues, QueueSocket, QueueStats,
-    QueueStatus, SocketState, Stats,
+    QueueStatus, Replaced, SocketState, Stats,
 };

@@ -9,7 +9,7 @@
 //! the document promises.
 
 use crate::rules::{FlowRuleSpec, PrefixRuleSpec};
-use crate::types::{ErrorBody, Guest, Health, QueueSocket, QueueStatus, Stats};
+use crate::types::{ErrorBody, Guest, Health, QueueSocket, QueueStatus, Replaced, Stats};
 use crate::{ClassifierCounters, Endpoint, QueueCounterValues};
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
@@ -83,6 +83,8 @@ fn counters_schema<'a>(
 struct Contract {
     /// The request body's schema and an example.
     request: Option<(Schema, Value)>,
+    /// What the request body may hold (its caps).
+    request_note: &'static str,
     /// Status, description, and the body's schema if it has one.
     ok: (u16, &'static str, Option<Schema>),
     /// Statuses answered with the error body.
@@ -92,73 +94,89 @@ struct Contract {
 /// What each endpoint takes and answers (an exhaustive match, so a new
 /// endpoint cannot be left undocumented).
 fn contract(e: Endpoint, g: &mut SchemaGenerator) -> Contract {
-    const WRITE: &[u16] = &[400, 409, 413, 500, 507];
+    // 408: the body stalled; 413: the body is over the route's cap (or a
+    // bulk list over the rule cap); 507: the table is full.
+    const WRITE: &[u16] = &[400, 408, 409, 413, 500, 507];
     let flow = || json!({"src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "src_port": 1000, "dst_port": 53, "action": "guest", "guest": 1});
     let prefix = || json!({"prefix": "10.88.0.0/16", "action": "drop"});
+    const ONE: &str = "One rule, at most 64 KiB (413 otherwise). When the table already holds max_flows (max_prefixes) rules: 507.";
     const DELETE: &[u16] = &[400, 404, 500];
     match e {
         Endpoint::Health => Contract {
             request: None,
+            request_note: "",
             ok: (200, "status, version, iface, XDP program and mode, queues, guest connection, uptime", Some(g.subschema_for::<Health>())),
             errors: &[],
         },
         Endpoint::ListFlows => Contract {
             request: None,
+            request_note: "",
             ok: (200, "the rules, by id", Some(g.subschema_for::<Vec<FlowRuleSpec>>())),
             errors: &[500],
         },
         Endpoint::AddFlow => Contract {
             request: Some((g.subschema_for::<FlowRuleSpec>(), flow())),
+            request_note: ONE,
             ok: (201, "the rule as stored", Some(g.subschema_for::<FlowRuleSpec>())),
             errors: WRITE,
         },
         Endpoint::ReplaceFlows => Contract {
             request: Some((g.subschema_for::<Vec<FlowRuleSpec>>(), json!([flow()]))),
-            ok: (200, "the rules as stored", Some(g.subschema_for::<Vec<FlowRuleSpec>>())),
+            request_note: "All exact rules: a JSON array, read as it arrives. At most 256 MiB (413 before it is read when Content-Length says more) and at most max_flows rules (default 1048576; 413 naming the field `rules` and the cap).",
+            ok: (200, "how many exact rules are in place, and the rule generation the classifier now reads (GET /v1/flows lists them)", Some(g.subschema_for::<Replaced>())),
             errors: WRITE,
         },
         Endpoint::DeleteFlow | Endpoint::DeletePrefix => Contract {
             request: None,
+            request_note: "",
             ok: (204, "deleted", None),
             errors: DELETE,
         },
         Endpoint::ListPrefixes => Contract {
             request: None,
+            request_note: "",
             ok: (200, "the rules, by id", Some(g.subschema_for::<Vec<PrefixRuleSpec>>())),
             errors: &[500],
         },
         Endpoint::AddPrefix => Contract {
             request: Some((g.subschema_for::<PrefixRuleSpec>(), prefix())),
+            request_note: ONE,
             ok: (201, "the rule as stored", Some(g.subschema_for::<PrefixRuleSpec>())),
             errors: WRITE,
         },
         Endpoint::ReplacePrefixes => Contract {
             request: Some((g.subschema_for::<Vec<PrefixRuleSpec>>(), json!([prefix()]))),
-            ok: (200, "the rules as stored", Some(g.subschema_for::<Vec<PrefixRuleSpec>>())),
+            request_note: "All prefix rules: a JSON array, read as it arrives. At most 16 MiB (413 before it is read when Content-Length says more) and at most max_prefixes rules (default 65536; 413 naming the field `rules` and the cap).",
+            ok: (200, "how many prefix rules are in place, and the rule generation the classifier now reads (GET /v1/prefixes lists them)", Some(g.subschema_for::<Replaced>())),
             errors: WRITE,
         },
         Endpoint::Guests => Contract {
             request: None,
+            request_note: "",
             ok: (200, "the guests", Some(g.subschema_for::<Vec<Guest>>())),
             errors: &[],
         },
         Endpoint::Queues => Contract {
             request: None,
+            request_note: "",
             ok: (200, "the queues", Some(g.subschema_for::<Vec<QueueStatus>>())),
             errors: &[],
         },
         Endpoint::ReplaceQueue => Contract {
             request: None,
+            request_note: "",
             ok: (200, "the queue after the replacement", Some(g.subschema_for::<QueueSocket>())),
             errors: &[400, 404, 409, 500],
         },
         Endpoint::Stats => Contract {
             request: None,
+            request_note: "",
             ok: (200, "every counter", Some(g.subschema_for::<Stats>())),
             errors: &[500],
         },
         Endpoint::Metrics => Contract {
             request: None,
+            request_note: "",
             ok: (200, "OpenMetrics text: xdpath_classifier_<counter>_total{iface}, xdpath_queue_<counter>_total{iface,queue}, xdpath_guest_connected{iface}", None),
             errors: &[500],
         },
@@ -196,7 +214,7 @@ pub fn document() -> Value {
         if let Some((schema, example)) = c.request {
             op.insert(
                 "requestBody".into(),
-                json!({ "required": true, "content": { "application/json": { "schema": schema, "example": example } } }),
+                json!({ "description": c.request_note, "required": true, "content": { "application/json": { "schema": schema, "example": example } } }),
             );
         }
         let mut responses = Map::new();
@@ -231,7 +249,7 @@ pub fn document() -> Value {
         "info": {
             "title": "xdpathd API",
             "version": "1",
-            "description": "HTTP/JSON on the daemon's Unix socket (mode 0660, owner root, group per api_group). Errors are {\"error\": message, \"field\": name?}: 400 bad input (the message names the field), 404 unknown id or path, 405 method not allowed, 409 duplicate or conflict, 413 body too large, 507 table full, 500 internal. A rejected write changes nothing. Generated from the types of the xdpath-api crate; do not edit by hand."
+            "description": "HTTP/JSON on the daemon's Unix socket (mode 0660, owner root, group per api_group), one request per connection. Errors are {\"error\": message, \"field\": name?}: 400 bad input (the message names the field), 404 unknown id or path, 405 method not allowed, 408 the request body stalled (10 s without data) or took over 60 s, 409 duplicate or conflict, 413 body over its route's cap (64 KiB; a bulk replace 256 bytes per rule the maps hold) or a bulk list over the rule cap (max_flows, max_prefixes), 503 the connection cap (64 at once) is reached, 507 table full, 500 internal. A request head must arrive within 10 s. A rejected write changes nothing; messages repeat at most 64 characters of a value they were given. Generated from the types of the xdpath-api crate; do not edit by hand."
         },
         "paths": paths,
         "components": {

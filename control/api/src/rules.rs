@@ -36,13 +36,16 @@
 //! same shape (through their spec), with the id and both ports always
 //! present.
 //!
-//! Reading JSON: the shape of a rule (an object, known fields, each at most
-//! once) is a derived `Deserialize` with `deny_unknown_fields`, read through
-//! `serde_path_to_error` so a refusal knows the field and the rule's place in
-//! a list; each value's JSON type is then checked by name. The daemon's
-//! entry points are [`FlowRuleSpec::from_json`], [`flow_specs_from_json`]
-//! and their prefix twins; plain serde (`serde_json::from_str`) works too,
-//! with the same sentences for everything but malformed JSON.
+//! Reading JSON: one visitor reads a rule object field by field (known
+//! fields, each at most once), then checks each value's JSON type by name;
+//! a refusal is kept with the rule's place in a list. The daemon's entry
+//! points are [`FlowRuleSpec::from_json`] and, for bulk lists,
+//! [`read_flow_specs`], which reads a list from a stream one rule at a time
+//! (the text is never held whole) and stops after a given number of rules;
+//! [`flow_specs_from_json`] reads a list from text; each has a prefix twin.
+//! Plain serde (`serde_json::from_str`) works too, with the same sentences
+//! for everything but malformed JSON. No message repeats more than
+//! [`ECHO_MAX`] characters of a value it was given ([`echo`]).
 //!
 //! Every error is a [`RuleError`]: [`RuleError::field`] is the JSON field
 //! name, and the message is a sentence that names it, e.g.
@@ -52,10 +55,12 @@
 //! The conversion to and from the classifier's map keys and values
 //! (`xdpath_common`) lives here too, with the types it converts.
 
+mod stream;
+
+pub use stream::MAX_STRING;
+
 use crate::Action;
-use serde::de::{
-    self, DeserializeOwned, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor,
-};
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use std::fmt;
@@ -278,14 +283,21 @@ impl schemars::JsonSchema for ProtoSpec {
 /// The canonical `proto` of a validated rule: the name when there is one
 /// for `family`, the number otherwise.
 fn proto_json(proto: u8, family: u8) -> ProtoSpec {
-    let name = match (proto, family) {
-        (IPPROTO_TCP, _) => "tcp",
-        (IPPROTO_UDP, _) => "udp",
-        (IPPROTO_ICMP, FAMILY_V4) => "icmp",
-        (IPPROTO_ICMPV6, FAMILY_V6) => "icmpv6",
-        _ => return ProtoSpec::Number(proto.into()),
-    };
-    ProtoSpec::Name(name.to_string())
+    match proto_name(proto, family) {
+        Some(name) => ProtoSpec::Name(name.to_string()),
+        None => ProtoSpec::Number(proto.into()),
+    }
+}
+
+/// The name of protocol `proto` for `family`, if it has one.
+fn proto_name(proto: u8, family: u8) -> Option<&'static str> {
+    match (proto, family) {
+        (IPPROTO_TCP, _) => Some("tcp"),
+        (IPPROTO_UDP, _) => Some("udp"),
+        (IPPROTO_ICMP, FAMILY_V4) => Some("icmp"),
+        (IPPROTO_ICMPV6, FAMILY_V6) => Some("icmpv6"),
+        _ => None,
+    }
 }
 
 fn family_of(a: &IpAddr) -> u8 {
@@ -304,8 +316,12 @@ fn family_name(f: u8) -> &'static str {
 }
 
 fn parse_addr(field: &str, text: &str) -> Result<IpAddr> {
-    text.parse::<IpAddr>()
-        .map_err(|_| RuleError::new(field, format!("{text:?} is not an IPv4 or IPv6 address.")))
+    text.parse::<IpAddr>().map_err(|_| {
+        RuleError::new(
+            field,
+            format!("{} is not an IPv4 or IPv6 address.", echo(text)),
+        )
+    })
 }
 
 fn addr_bytes(a: &IpAddr) -> [u8; 16] {
@@ -455,8 +471,9 @@ impl FlowRuleSpec {
                     return Err(RuleError::new(
                         "proto",
                         format!(
-                            "{name:?} is not a protocol name (tcp, udp, icmp, icmpv6); \
-                             give other protocols as a number 0 to 255."
+                            "{} is not a protocol name (tcp, udp, icmp, icmpv6); \
+                             give other protocols as a number 0 to 255.",
+                            echo(name)
                         ),
                     ))
                 }
@@ -549,16 +566,24 @@ impl PrefixRuleSpec {
     pub fn validate(&self, assign: u32) -> Result<PrefixRule> {
         let id = check_id(self.id.unwrap_or(assign))?;
         let text = &self.prefix;
+        let quoted = || echo(text);
         let Some((a, l)) = text.split_once('/') else {
             return Err(RuleError::new(
                 "prefix",
-                format!("{text:?} is not a prefix of the form address/length, such as 10.0.0.0/8."),
+                format!(
+                    "{} is not a prefix of the form address/length, such as 10.0.0.0/8.",
+                    quoted()
+                ),
             ));
         };
         let addr = a.parse::<IpAddr>().map_err(|_| {
             RuleError::new(
                 "prefix",
-                format!("{a:?} in {text:?} is not an IPv4 or IPv6 address."),
+                format!(
+                    "{} in {} is not an IPv4 or IPv6 address.",
+                    echo(a),
+                    quoted()
+                ),
             )
         })?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
@@ -572,7 +597,9 @@ impl PrefixRuleSpec {
             RuleError::new(
                 "prefix",
                 format!(
-                    "{l:?} in {text:?} is not a prefix length for {} (0 to {max}).",
+                    "{} in {} is not a prefix length for {} (0 to {max}).",
+                    echo(l),
+                    quoted(),
                     family_name(family_of(&addr))
                 ),
             )
@@ -581,7 +608,10 @@ impl PrefixRuleSpec {
         if net != addr {
             return Err(RuleError::new(
                 "prefix",
-                format!("{text:?} has host bits set; the network is {net}/{len}."),
+                format!(
+                    "{} has host bits set; the network is {net}/{len}.",
+                    quoted()
+                ),
             ));
         }
         let action = RuleAction::from_json(&self.action, self.guest)?;
@@ -754,7 +784,7 @@ impl PrefixRule {
     pub fn to_spec(&self) -> PrefixRuleSpec {
         PrefixRuleSpec {
             id: Some(self.id),
-            prefix: format!("{}/{}", self.addr, self.len),
+            prefix: PrefixText(self.addr, self.len).to_string(),
             action: self.action.name().to_string(),
             guest: self.action.guest_port(),
         }
@@ -762,70 +792,78 @@ impl PrefixRule {
 }
 // ----- JSON -----
 //
-// The shape of a rule (an object, known fields, each at most once) is the
-// derived `Deserialize` of `FlowRaw`/`PrefixRaw`, read through
-// `serde_path_to_error` so a refusal knows the field and the rule's place in
-// a list. The values are read as JSON and typed by `Wire::from_raw`, by
-// name, so each message names its field and says what was given. Three
-// small visitors remain: `ObjectOnly` (a derived struct would also take a
-// JSON array as its fields in order; rules must be objects), `ListSeed`
-// (keeps the first bad rule of a list with its index and stores the good
-// ones without a second copy), and `Shape` (only on the way to an error:
-// what a rule that is not an object is, or which field an object repeats).
+// One visitor reads a rule (`read_object`): an object, field by field; a
+// known field's value is kept as JSON, at most once; an unknown or repeated
+// field is noted and its value skipped. The values are then typed by
+// `Wire::from_fields`, by name, so each message names its field and says
+// what was given. A refusal is kept as a value (`Checked`), not as a serde
+// error, so a list can report its first bad rule with the rule's index and
+// still read on (malformed JSON further on is reported as such), and so a
+// list can be read from a stream one rule at a time, without its text
+// (`read_list`). Nothing a message repeats from the input is longer than
+// `ECHO_MAX` characters (`echo`).
+
+/// How many characters of a value given by a client an error message
+/// repeats; the rest is cut (see [`echo`]).
+pub const ECHO_MAX: usize = 64;
+
+/// `text` quoted for a message, cut after [`ECHO_MAX`] characters (with its
+/// whole length said), so that an error never sends a huge value back.
+pub fn echo(text: &str) -> String {
+    match text.char_indices().nth(ECHO_MAX) {
+        None => format!("{text:?}"),
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &text[..cut], text.len()),
+    }
+}
+
+/// `name` cut after [`ECHO_MAX`] characters, unquoted (a field name as the
+/// client spelled it).
+fn echo_name(name: &str) -> String {
+    match name.char_indices().nth(ECHO_MAX) {
+        None => name.to_string(),
+        Some((cut, _)) => format!("{}...", &name[..cut]),
+    }
+}
 
 /// What reading JSON needs to know about a rule type.
 trait Wire: Sized {
     /// "an exact rule" / "a prefix rule".
     const WHAT: &'static str;
-    /// The fields, as named in JSON.
+    /// The fields, as named in JSON (at most 32).
     const FIELDS: &'static [&'static str];
-    /// The derived shape.
-    type Raw: DeserializeOwned;
     /// Types each value, naming its field on error.
-    fn from_raw(raw: Self::Raw) -> Result<Self>;
+    fn from_fields(f: Fields) -> Result<Self>;
 }
 
-/// An exact rule's JSON object as given: known fields, each at most once;
-/// `null` reads as absent.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FlowRaw {
-    id: Option<Value>,
-    src: Option<Value>,
-    dst: Option<Value>,
-    proto: Option<Value>,
-    src_port: Option<Value>,
-    dst_port: Option<Value>,
-    action: Option<Value>,
-    guest: Option<Value>,
+/// The values of a rule object's known fields, by their place in
+/// `Wire::FIELDS`; `null` reads as absent.
+struct Fields {
+    names: &'static [&'static str],
+    values: Vec<Option<Value>>,
 }
 
-/// A prefix rule's JSON object as given.
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct PrefixRaw {
-    id: Option<Value>,
-    prefix: Option<Value>,
-    action: Option<Value>,
-    guest: Option<Value>,
+impl Fields {
+    fn take(&mut self, name: &str) -> Option<Value> {
+        let i = self.names.iter().position(|n| *n == name)?;
+        self.values.get_mut(i).and_then(Option::take)
+    }
 }
 
 impl Wire for FlowRuleSpec {
     const WHAT: &'static str = "an exact rule";
     const FIELDS: &'static [&'static str] = &Self::FIELDS;
-    type Raw = FlowRaw;
 
-    fn from_raw(r: FlowRaw) -> Result<Self> {
+    fn from_fields(mut f: Fields) -> Result<Self> {
         const NEEDS: &str = "an exact rule needs src, dst, proto and action";
         Ok(Self {
-            id: opt_u32("id", r.id)?,
-            src: req_str("src", r.src, NEEDS)?,
-            dst: req_str("dst", r.dst, NEEDS)?,
-            proto: req_proto(r.proto)?,
-            src_port: opt_port("src_port", r.src_port)?,
-            dst_port: opt_port("dst_port", r.dst_port)?,
-            action: req_str("action", r.action, NEEDS)?,
-            guest: opt_u32("guest", r.guest)?,
+            id: opt_u32("id", f.take("id"))?,
+            src: req_str("src", f.take("src"), NEEDS)?,
+            dst: req_str("dst", f.take("dst"), NEEDS)?,
+            proto: req_proto(f.take("proto"))?,
+            src_port: opt_port("src_port", f.take("src_port"))?,
+            dst_port: opt_port("dst_port", f.take("dst_port"))?,
+            action: req_str("action", f.take("action"), NEEDS)?,
+            guest: opt_u32("guest", f.take("guest"))?,
         })
     }
 }
@@ -833,15 +871,14 @@ impl Wire for FlowRuleSpec {
 impl Wire for PrefixRuleSpec {
     const WHAT: &'static str = "a prefix rule";
     const FIELDS: &'static [&'static str] = &Self::FIELDS;
-    type Raw = PrefixRaw;
 
-    fn from_raw(r: PrefixRaw) -> Result<Self> {
+    fn from_fields(mut f: Fields) -> Result<Self> {
         const NEEDS: &str = "a prefix rule needs prefix and action";
         Ok(Self {
-            id: opt_u32("id", r.id)?,
-            prefix: req_str("prefix", r.prefix, NEEDS)?,
-            action: req_str("action", r.action, NEEDS)?,
-            guest: opt_u32("guest", r.guest)?,
+            id: opt_u32("id", f.take("id"))?,
+            prefix: req_str("prefix", f.take("prefix"), NEEDS)?,
+            action: req_str("action", f.take("action"), NEEDS)?,
+            guest: opt_u32("guest", f.take("guest"))?,
         })
     }
 }
@@ -906,28 +943,115 @@ fn req_proto(v: Option<Value>) -> Result<ProtoSpec> {
     }
 }
 
-/// A short rendering of a JSON value for messages.
+/// A short rendering of a JSON value for messages: at most 40 characters,
+/// written only that far (a huge value is not serialized whole).
 fn show(v: &Value) -> String {
-    let s = v.to_string();
-    if s.chars().count() > 40 {
-        format!("{}...", s.chars().take(40).collect::<String>())
-    } else {
-        s
+    const MAX: usize = 40;
+    /// Collects up to `MAX` characters, then refuses more.
+    struct Upto(String, usize);
+    impl fmt::Write for Upto {
+        fn write_str(&mut self, s: &str) -> fmt::Result {
+            for c in s.chars() {
+                if self.1 == MAX {
+                    return Err(fmt::Error);
+                }
+                self.0.push(c);
+                self.1 += 1;
+            }
+            Ok(())
+        }
+    }
+    let mut out = Upto(String::new(), 0);
+    match fmt::write(&mut out, format_args!("{v}")) {
+        Ok(()) => out.0,
+        Err(_) => format!("{}...", out.0),
     }
 }
 
-/// One rule read from JSON: the derived shape, then the typed values. A
-/// typed value's error is kept as a value, so a list can report it with the
-/// rule's index.
+/// What a value that is not an object is, for a message: `7`, `null`,
+/// `"x"`, `an array`.
+struct NotObject(String);
+
+/// One rule read from JSON: the rule, or why it is refused. The refusal is
+/// kept as a value, so a list can report it with the rule's index.
 struct Checked<T>(Result<T>);
 
-impl<'de, T: Wire> Deserialize<'de> for Checked<T> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_map(ObjectOnly(std::marker::PhantomData))
+/// Reads a rule object (the shared part of both visitors).
+fn read_object<'de, T: Wire, A: MapAccess<'de>>(
+    mut map: A,
+) -> std::result::Result<Checked<T>, A::Error> {
+    let mut values: Vec<Option<Value>> = vec![None; T::FIELDS.len()];
+    let mut seen = 0u64;
+    let mut bad: Option<RuleError> = None;
+    while let Some(key) = map.next_key_seed(KeySeed(T::FIELDS))? {
+        match (key, &bad) {
+            (_, Some(_)) => {
+                map.next_value::<IgnoredAny>()?;
+            }
+            (Key::Unknown(name), None) => {
+                bad = Some(unknown_field::<T>(&name));
+                map.next_value::<IgnoredAny>()?;
+            }
+            (Key::Known(i), None) if seen & (1 << i) != 0 => {
+                bad = Some(RuleError::new(
+                    T::FIELDS.get(i).copied().unwrap_or("rule"),
+                    "given twice.",
+                ));
+                map.next_value::<IgnoredAny>()?;
+            }
+            (Key::Known(i), None) => {
+                seen |= 1 << i;
+                let v = map.next_value::<Option<Value>>()?;
+                if let Some(slot) = values.get_mut(i) {
+                    *slot = v;
+                }
+            }
+        }
+    }
+    Ok(Checked(match bad {
+        Some(e) => Err(e),
+        None => T::from_fields(Fields {
+            names: T::FIELDS,
+            values,
+        }),
+    }))
+}
+
+/// A key of a rule object: the place of a known field, or an unknown name
+/// (cut to [`ECHO_MAX`] characters). Known names are matched without
+/// allocating.
+enum Key {
+    Known(usize),
+    Unknown(String),
+}
+
+struct KeySeed(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for KeySeed {
+    type Value = Key;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Key, D::Error> {
+        d.deserialize_str(self)
     }
 }
 
-/// Accepts a JSON object only and hands it to the derived shape.
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Key;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a field name")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Key, E> {
+        Ok(match self.0.iter().position(|n| *n == v) {
+            Some(i) if i < 64 => Key::Known(i),
+            _ => Key::Unknown(echo_name(v)),
+        })
+    }
+}
+
+/// Reads a rule that must be an object (plain serde: anything else is
+/// serde's own `invalid type` error).
 struct ObjectOnly<T>(std::marker::PhantomData<T>);
 
 impl<'de, T: Wire> Visitor<'de> for ObjectOnly<T> {
@@ -938,178 +1062,171 @@ impl<'de, T: Wire> Visitor<'de> for ObjectOnly<T> {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Checked<T>, A::Error> {
-        let raw = T::Raw::deserialize(de::value::MapAccessDeserializer::new(map))?;
-        Ok(Checked(T::from_raw(raw)))
+        read_object(map)
     }
 }
 
-/// Reads a JSON array of rules: the good ones are stored as they come; the
-/// first bad one is kept with its index while the rest is still read, so
-/// malformed JSON further on is reported as such.
-struct ListSeed<T>(std::marker::PhantomData<T>);
+/// Reads any JSON value as a rule: an object is read as one; anything else
+/// is a refusal that says what it is.
+struct AnyValue<T>(std::marker::PhantomData<T>);
 
-impl<'de, T: Wire> DeserializeSeed<'de> for ListSeed<T> {
-    type Value = Result<Vec<T>>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
+impl<T> AnyValue<T> {
+    fn new() -> Self {
+        Self(std::marker::PhantomData)
     }
 }
 
-impl<'de, T: Wire> Visitor<'de> for ListSeed<T> {
-    type Value = Result<Vec<T>>;
+impl<'de, T: Wire> DeserializeSeed<'de> for AnyValue<T> {
+    type Value = Checked<T>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Checked<T>, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+fn not_object<T: Wire>(what: NotObject) -> Checked<T> {
+    Checked(Err(RuleError::new(
+        "rule",
+        format!("{} must be a JSON object, not {}.", T::WHAT, what.0),
+    )))
+}
+
+/// The `visit_*` methods of every JSON value but an object and an array:
+/// `$wrap(self, NotObject)` is the visitor's answer for each.
+macro_rules! visit_scalars {
+    ($out:ty, $wrap:expr) => {
+        fn visit_bool<Er: de::Error>(self, v: bool) -> std::result::Result<$out, Er> {
+            Ok($wrap(self, NotObject(v.to_string())))
+        }
+        fn visit_i64<Er: de::Error>(self, v: i64) -> std::result::Result<$out, Er> {
+            Ok($wrap(self, NotObject(v.to_string())))
+        }
+        fn visit_u64<Er: de::Error>(self, v: u64) -> std::result::Result<$out, Er> {
+            Ok($wrap(self, NotObject(v.to_string())))
+        }
+        fn visit_f64<Er: de::Error>(self, v: f64) -> std::result::Result<$out, Er> {
+            Ok($wrap(self, NotObject(v.to_string())))
+        }
+        fn visit_str<Er: de::Error>(self, v: &str) -> std::result::Result<$out, Er> {
+            Ok($wrap(self, NotObject(echo(v))))
+        }
+        fn visit_unit<Er: de::Error>(self) -> std::result::Result<$out, Er> {
+            Ok($wrap(self, NotObject("null".into())))
+        }
+        fn visit_none<Er: de::Error>(self) -> std::result::Result<$out, Er> {
+            Ok($wrap(self, NotObject("null".into())))
+        }
+    };
+}
+
+impl<'de, T: Wire> Visitor<'de> for AnyValue<T> {
+    type Value = Checked<T>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} (a JSON object)", T::WHAT)
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Checked<T>, A::Error> {
+        read_object(map)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Checked<T>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(not_object::<T>(NotObject("an array".into())))
+    }
+
+    visit_scalars!(Checked<T>, |_, what| not_object::<T>(what));
+}
+
+/// Why reading a list of rules stopped: a malformed list or rule, a rule
+/// the caller refused, too many rules, or the source failing.
+#[derive(Debug)]
+pub enum ListError<E> {
+    /// The text is not a JSON array of rules, or the rule at the index the
+    /// error carries is not a rule (400). Malformed JSON anywhere is
+    /// reported as such, before any other refusal.
+    Rule(RuleError),
+    /// The caller refused a rule (the first one it refused): its error.
+    Refused(E),
+    /// The list holds more than this many rules; reading stopped at the
+    /// first one too many.
+    TooMany(usize),
+    /// Reading the text failed: the source's own error.
+    Io(std::io::Error),
+}
+
+/// Where a list stands while it is read.
+struct ListState<E> {
+    /// The first rule refused, by the shape or by the caller.
+    first_bad: Option<ListError<E>>,
+    /// What the document is when it is not an array.
+    not_list: Option<NotObject>,
+    /// Rules read.
+    count: usize,
+    /// Reading stopped early: too many rules.
+    stopped: bool,
+}
+
+/// Reads a JSON array of rules, handing each good rule to `each` in order
+/// until one is refused; stops early after `max` rules.
+struct ListVisitor<'s, T, E, F> {
+    state: &'s mut ListState<E>,
+    max: usize,
+    each: F,
+    kind: std::marker::PhantomData<T>,
+}
+
+/// The message of the serde error that ends reading early (never shown).
+const STOP: &str = "xdpath: stop reading the list";
+
+impl<'de, T, E, F> Visitor<'de> for ListVisitor<'_, T, E, F>
+where
+    T: Wire,
+    F: FnMut(usize, T) -> std::result::Result<(), E>,
+{
+    type Value = ();
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("a JSON array of rules")
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        let mut out = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(1 << 20));
-        let mut first_bad: Option<RuleError> = None;
-        let mut index = 0usize;
-        while let Some(Checked(rule)) = seq.next_element::<Checked<T>>()? {
-            match (rule, &first_bad) {
-                (Ok(r), None) => out.push(r),
-                (Err(e), None) => {
-                    first_bad = Some(e.at(index));
-                    out = Vec::new();
+    fn visit_seq<A: SeqAccess<'de>>(mut self, mut seq: A) -> std::result::Result<(), A::Error> {
+        loop {
+            let index = self.state.count;
+            if index >= self.max || self.state.first_bad.is_some() {
+                if seq.next_element::<IgnoredAny>()?.is_none() {
+                    return Ok(());
                 }
-                (_, Some(_)) => {}
+                if index >= self.max {
+                    self.state.stopped = true;
+                    return Err(de::Error::custom(STOP));
+                }
+            } else {
+                match seq.next_element_seed(AnyValue::<T>::new())? {
+                    None => return Ok(()),
+                    Some(Checked(Ok(rule))) => {
+                        if let Err(e) = (self.each)(index, rule) {
+                            self.state.first_bad = Some(ListError::Refused(e));
+                        }
+                    }
+                    Some(Checked(Err(e))) => {
+                        self.state.first_bad = Some(ListError::Rule(e.at(index)));
+                    }
+                }
             }
-            index = index.saturating_add(1);
-        }
-        Ok(first_bad.map_or(Ok(out), Err))
-    }
-}
-
-/// Where a refused rule came from, to look at it again for the message.
-#[derive(Clone, Copy)]
-enum Source<'a> {
-    Text(&'a [u8]),
-    Value(&'a Value),
-}
-
-/// What a rule refused at its own level (not at one of its fields) is: an
-/// object (its keys, repeats kept) or a description of something else.
-enum Shape {
-    Object(Vec<String>),
-    Other(String),
-}
-
-impl Shape {
-    /// The rule at `index` of a list, or the whole document.
-    fn of(src: Source<'_>, index: Option<usize>) -> Option<Shape> {
-        match (src, index) {
-            (Source::Text(t), None) => serde_json::from_slice(t).ok(),
-            (Source::Text(t), Some(i)) => NthShape(i)
-                .deserialize(&mut serde_json::Deserializer::from_slice(t))
-                .ok()
-                .flatten(),
-            (Source::Value(v), None) => Shape::deserialize(v).ok(),
-            (Source::Value(v), Some(i)) => NthShape(i).deserialize(v).ok().flatten(),
+            self.state.count = index.saturating_add(1);
         }
     }
 
-    fn describe(&self) -> &str {
-        match self {
-            Self::Object(_) => "an object",
-            Self::Other(s) => s,
-        }
-    }
-}
-
-impl<'de> Deserialize<'de> for Shape {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        d.deserialize_any(ShapeVisitor)
-    }
-}
-
-struct ShapeVisitor;
-
-impl<'de> Visitor<'de> for ShapeVisitor {
-    type Value = Shape;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_bool<E: de::Error>(self, v: bool) -> std::result::Result<Shape, E> {
-        Ok(Shape::Other(v.to_string()))
-    }
-    fn visit_i64<E: de::Error>(self, v: i64) -> std::result::Result<Shape, E> {
-        Ok(Shape::Other(v.to_string()))
-    }
-    fn visit_u64<E: de::Error>(self, v: u64) -> std::result::Result<Shape, E> {
-        Ok(Shape::Other(v.to_string()))
-    }
-    fn visit_f64<E: de::Error>(self, v: f64) -> std::result::Result<Shape, E> {
-        Ok(Shape::Other(v.to_string()))
-    }
-    fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<Shape, E> {
-        Ok(Shape::Other(format!("{v:?}")))
-    }
-    fn visit_unit<E: de::Error>(self) -> std::result::Result<Shape, E> {
-        Ok(Shape::Other("null".into()))
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> std::result::Result<Shape, A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(Shape::Other("an array".into()))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<Shape, A::Error> {
-        let mut keys = Vec::new();
-        while let Some(k) = map.next_key::<String>()? {
-            map.next_value::<IgnoredAny>()?;
-            keys.push(k);
-        }
-        Ok(Shape::Object(keys))
-    }
-}
-
-/// The shape of element `.0` of a JSON array.
-struct NthShape(usize);
-
-impl<'de> DeserializeSeed<'de> for NthShape {
-    type Value = Option<Shape>;
-
-    fn deserialize<D: Deserializer<'de>>(self, d: D) -> std::result::Result<Self::Value, D::Error> {
-        d.deserialize_seq(self)
-    }
-}
-
-impl<'de> Visitor<'de> for NthShape {
-    type Value = Option<Shape>;
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON array")
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> std::result::Result<(), A::Error> {
+        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+        self.state.not_list = Some(NotObject("an object".into()));
+        Ok(())
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(
-        self,
-        mut seq: A,
-    ) -> std::result::Result<Self::Value, A::Error> {
-        for _ in 0..self.0 {
-            if seq.next_element::<IgnoredAny>()?.is_none() {
-                return Ok(None);
-            }
-        }
-        seq.next_element::<Shape>()
-    }
-}
-
-/// The place of a refusal: the rule's index in a list, and the field.
-fn locate(path: &serde_path_to_error::Path) -> (Option<usize>, Option<&str>) {
-    use serde_path_to_error::Segment;
-    let mut at = (None, None);
-    for seg in path.iter() {
-        match seg {
-            Segment::Seq { index } if at.1.is_none() => at.0 = Some(*index),
-            Segment::Map { key } => at.1 = Some(key.as_str()),
-            _ => {}
-        }
-    }
-    at
+    visit_scalars!((), |me: Self, what| {
+        me.state.not_list = Some(what);
+    });
 }
 
 fn unknown_field<T: Wire>(name: &str) -> RuleError {
@@ -1127,83 +1244,124 @@ fn not_json(e: &serde_json::Error) -> RuleError {
     RuleError::new("rule", format!("the request is not valid JSON ({e})."))
 }
 
-/// The rule error for a refusal of the derived shape.
-fn shape_error<T: Wire>(
-    e: &serde_path_to_error::Error<serde_json::Error>,
-    src: Source<'_>,
-    list: bool,
-) -> RuleError {
-    let inner = e.inner();
-    if inner.classify() != serde_json::error::Category::Data {
-        return not_json(inner);
+/// Reads a JSON array of rules from `de`: see [`read_flow_specs`].
+fn read_list<'de, R, T, E>(
+    mut de: serde_json::Deserializer<R>,
+    max: usize,
+    each: impl FnMut(usize, T) -> std::result::Result<(), E>,
+) -> std::result::Result<usize, ListError<E>>
+where
+    R: serde_json::de::Read<'de>,
+    T: Wire,
+{
+    let mut state = ListState {
+        first_bad: None,
+        not_list: None,
+        count: 0,
+        stopped: false,
+    };
+    let read = de.deserialize_any(ListVisitor {
+        state: &mut state,
+        max,
+        each,
+        kind: std::marker::PhantomData,
+    });
+    if state.stopped {
+        return Err(state.first_bad.unwrap_or(ListError::TooMany(max)));
     }
-    let (index, field) = locate(e.path());
-    let err = match field {
-        Some(f) if !T::FIELDS.contains(&f) => unknown_field::<T>(f),
-        // Values are read as JSON, so this is not expected; say what serde
-        // said.
-        Some(f) => RuleError::new(f, format!("{inner}.")),
-        None => match Shape::of(src, index) {
-            Some(shape) if list && index.is_none() => RuleError::new(
-                "rules",
-                format!("expected a JSON array of rules, not {}.", shape.describe()),
-            ),
-            Some(Shape::Object(keys)) => {
-                match keys
-                    .iter()
-                    .enumerate()
-                    .find(|(i, k)| keys[..*i].contains(k))
-                {
-                    Some((_, k)) => RuleError::new(k.as_str(), "given twice."),
-                    None => {
-                        RuleError::new("rule", format!("{} is not readable: {inner}.", T::WHAT))
-                    }
+    let ended = read.and_then(|()| de.end());
+    if let Err(e) = ended {
+        return Err(match e.classify() {
+            serde_json::error::Category::Io => {
+                let io: std::io::Error = e.into();
+                match stream::rule_error(&io) {
+                    // A string too long ends reading; a rule refused
+                    // before it is still the first.
+                    Some(long) => state.first_bad.unwrap_or(ListError::Rule(long)),
+                    None => ListError::Io(io),
                 }
             }
-            Some(other) => RuleError::new(
-                "rule",
-                format!(
-                    "{} must be a JSON object, not {}.",
-                    T::WHAT,
-                    other.describe()
-                ),
-            ),
-            None => not_json(inner),
-        },
-    };
-    match index {
-        Some(i) => err.at(i),
-        None => err,
+            _ => ListError::Rule(not_json(&e)),
+        });
     }
+    if let Some(what) = state.not_list {
+        return Err(ListError::Rule(RuleError::new(
+            "rules",
+            format!("expected a JSON array of rules, not {}.", what.0),
+        )));
+    }
+    match state.first_bad {
+        Some(e) => Err(e),
+        None => Ok(state.count),
+    }
+}
+
+/// Reads a JSON array of exact rules from `reader` as it arrives (the body
+/// of a bulk replace), without holding its text: each rule is handed to
+/// `each` with its index, in order, until `each` refuses one; the rest is
+/// still read, so malformed JSON further on is reported as such. Reading
+/// stops at once when the list holds more than `max` rules, or holds a
+/// string (a value or a field name) longer than [`MAX_STRING`] bytes (a
+/// [`ListError::Rule`] naming the rule and the field): nothing held while
+/// reading grows with the text but the rules `each` keeps. Returns how many
+/// rules the list holds.
+///
+/// `reader` is read in pieces of up to 64 KiB (it needs no buffer of its
+/// own).
+pub fn read_flow_specs<R: std::io::Read, E>(
+    reader: R,
+    max: usize,
+    each: impl FnMut(usize, FlowRuleSpec) -> std::result::Result<(), E>,
+) -> std::result::Result<usize, ListError<E>> {
+    stream::read(reader, max, each)
+}
+
+/// [`read_flow_specs`] for prefix rules.
+pub fn read_prefix_specs<R: std::io::Read, E>(
+    reader: R,
+    max: usize,
+    each: impl FnMut(usize, PrefixRuleSpec) -> std::result::Result<(), E>,
+) -> std::result::Result<usize, ListError<E>> {
+    stream::read(reader, max, each)
 }
 
 fn one_from_json<T: Wire>(text: &[u8]) -> Result<T> {
     let mut de = serde_json::Deserializer::from_slice(text);
-    let Checked(rule) = serde_path_to_error::deserialize::<_, Checked<T>>(&mut de)
-        .map_err(|e| shape_error::<T>(&e, Source::Text(text), false))?;
+    let Checked(rule) = AnyValue::<T>::new()
+        .deserialize(&mut de)
+        .map_err(|e| not_json(&e))?;
     let rule = rule?;
     de.end().map_err(|e| not_json(&e))?;
     Ok(rule)
 }
 
 fn one_from_value<T: Wire>(v: &Value) -> Result<T> {
-    let Checked(rule) = serde_path_to_error::deserialize::<_, Checked<T>>(v)
-        .map_err(|e| shape_error::<T>(&e, Source::Value(v), false))?;
+    let Checked(rule) = AnyValue::<T>::new()
+        .deserialize(v)
+        .map_err(|e| RuleError::new("rule", format!("{} is not readable: {e}.", T::WHAT)))?;
     rule
 }
 
 fn list_from_json<T: Wire>(text: &[u8]) -> Result<Vec<T>> {
-    let mut de = serde_json::Deserializer::from_slice(text);
-    let mut track = serde_path_to_error::Track::new();
-    let rules = ListSeed(std::marker::PhantomData)
-        .deserialize(serde_path_to_error::Deserializer::new(&mut de, &mut track))
-        .map_err(|inner| {
-            let e = serde_path_to_error::Error::new(track.path(), inner);
-            shape_error::<T>(&e, Source::Text(text), true)
-        })?;
-    let rules = rules?;
-    de.end().map_err(|e| not_json(&e))?;
-    Ok(rules)
+    let mut out = Vec::new();
+    let read = read_list(
+        serde_json::Deserializer::from_slice(text),
+        usize::MAX,
+        |_, rule| {
+            out.push(rule);
+            Ok::<(), std::convert::Infallible>(())
+        },
+    );
+    match read {
+        Ok(_) => Ok(out),
+        Err(ListError::Rule(e)) => Err(e),
+        Err(ListError::Refused(never)) => match never {},
+        // Neither happens with a slice and no limit; say so if it does.
+        Err(ListError::TooMany(_) | ListError::Io(_)) => Err(RuleError::new(
+            "rules",
+            "the list could not be read (internal error).",
+        )),
+    }
 }
 
 /// Parses a JSON array of exact rules (the body of a bulk replace). Errors
@@ -1219,19 +1377,10 @@ pub fn prefix_specs_from_json(text: &[u8]) -> Result<Vec<PrefixRuleSpec>> {
 }
 
 /// Plain serde: the same reading, with every refusal as a sentence naming
-/// its field (malformed JSON keeps serde's own message).
+/// its field (malformed JSON, and a rule that is not an object, keep
+/// serde's own message).
 fn plain<'de, T: Wire, D: Deserializer<'de>>(d: D) -> std::result::Result<T, D::Error> {
-    let Checked(rule) = serde_path_to_error::deserialize::<_, Checked<T>>(d).map_err(|e| {
-        let field = locate(e.path()).1.map(str::to_string);
-        let inner = e.into_inner();
-        match field {
-            Some(f) if !T::FIELDS.contains(&f.as_str()) => {
-                de::Error::custom(unknown_field::<T>(&f))
-            }
-            Some(f) => de::Error::custom(format_args!("Field `{f}`: {inner}")),
-            None => inner,
-        }
-    })?;
+    let Checked(rule) = d.deserialize_map(ObjectOnly(std::marker::PhantomData))?;
     rule.map_err(de::Error::custom)
 }
 
@@ -1247,17 +1396,64 @@ impl<'de> Deserialize<'de> for PrefixRuleSpec {
     }
 }
 
-/// Lists the rule as its spec (with its id, both ports always present).
-impl Serialize for FlowRule {
+/// A value serialized as its `Display` text, written straight into the
+/// output (no string is built: a million rules are listed and snapshotted).
+struct AsText<T>(T);
+
+impl<T: fmt::Display> Serialize for AsText<T> {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.to_spec().serialize(s)
+        s.collect_str(&self.0)
     }
 }
 
-/// Lists the rule as its spec (with its id).
+/// `address/length`.
+struct PrefixText(IpAddr, u8);
+
+impl fmt::Display for PrefixText {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.0, self.1)
+    }
+}
+
+/// Lists the rule as its spec would (with its id, both ports always
+/// present; the same fields in the same order as [`FlowRule::to_spec`]).
+impl Serialize for FlowRule {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let guest = self.action.guest_port();
+        let mut st = s.serialize_struct("FlowRule", 7 + usize::from(guest.is_some()))?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("src", &AsText(self.src))?;
+        st.serialize_field("dst", &AsText(self.dst))?;
+        match proto_name(self.proto, self.family()) {
+            Some(name) => st.serialize_field("proto", name)?,
+            None => st.serialize_field("proto", &u64::from(self.proto))?,
+        }
+        st.serialize_field("src_port", &self.src_port)?;
+        st.serialize_field("dst_port", &self.dst_port)?;
+        st.serialize_field("action", self.action.name())?;
+        match guest {
+            Some(g) => st.serialize_field("guest", &g)?,
+            None => st.skip_field("guest")?,
+        }
+        st.end()
+    }
+}
+
+/// Lists the rule as its spec would (with its id).
 impl Serialize for PrefixRule {
     fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
-        self.to_spec().serialize(s)
+        use serde::ser::SerializeStruct;
+        let guest = self.action.guest_port();
+        let mut st = s.serialize_struct("PrefixRule", 3 + usize::from(guest.is_some()))?;
+        st.serialize_field("id", &self.id)?;
+        st.serialize_field("prefix", &AsText(PrefixText(self.addr, self.len)))?;
+        st.serialize_field("action", self.action.name())?;
+        match guest {
+            Some(g) => st.serialize_field("guest", &g)?,
+            None => st.skip_field("guest")?,
+        }
+        st.end()
     }
 }
 
@@ -1596,6 +1792,130 @@ mod tests {
     }
 
     #[test]
+    fn a_streamed_list_is_read_rule_by_rule_and_stops_at_its_cap() {
+        let ok = r#"{"src": "1.1.1.1", "dst": "1.1.1.2", "proto": "tcp", "action": "drop"}"#;
+        let list = |items: &[&str]| format!("[{}]", items.join(","));
+        let text = list(&[ok, ok, ok]);
+        let mut seen = Vec::new();
+        let n = read_flow_specs(text.as_bytes(), 3, |i, s: FlowRuleSpec| {
+            seen.push((i, s.proto));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!((n, seen.len()), (3, 3));
+        assert_eq!(seen[2], (2, ProtoSpec::Name("tcp".into())));
+        // One too many: reading stops there, before the broken end.
+        let mut seen = 0;
+        let e = read_flow_specs(format!("[{ok},{ok},{ok}, {{").as_bytes(), 2, |_, _| {
+            seen += 1;
+            Ok::<(), ()>(())
+        })
+        .unwrap_err();
+        assert!(matches!(e, ListError::TooMany(2)), "{e:?}");
+        assert_eq!(seen, 2);
+        // The caller's refusal is the first bad rule: nothing more is
+        // handed over, and it beats one rule too many.
+        let mut seen = Vec::new();
+        let e = read_flow_specs(list(&[ok, ok, ok, ok]).as_bytes(), 3, |i, _| {
+            seen.push(i);
+            if i == 1 {
+                Err("no")
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(e, ListError::Refused("no")), "{e:?}");
+        assert_eq!(seen, vec![0, 1]);
+        // A bad rule, then malformed JSON: malformed JSON wins.
+        let e = read_prefix_specs(
+            r#"[{"prefix": 1}, {"#.as_bytes(),
+            9,
+            |_, _| Ok::<(), ()>(()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(&e, ListError::Rule(r) if r.reason().contains("not valid JSON")),
+            "{e:?}"
+        );
+        // Not a list.
+        let e = read_prefix_specs(&b"{\"a\": [1]}"[..], 9, |_, _| Ok::<(), ()>(())).unwrap_err();
+        assert!(
+            matches!(&e, ListError::Rule(r) if r.field() == "rules" && r.reason().ends_with("not an object.")),
+            "{e:?}"
+        );
+        // A string too long: the rule and the field, before the parser
+        // holds it.
+        let long = format!(
+            r#"[{ok}, {{"src": "1.1.1.1", "dst": "{}", "proto": "tcp", "action": "drop"}}]"#,
+            "9".repeat(1 << 20)
+        );
+        let e = read_flow_specs(long.as_bytes(), 9, |_, _| Ok::<(), ()>(())).unwrap_err();
+        assert!(
+            matches!(&e, ListError::Rule(r) if (r.field(), r.index()) == ("dst", Some(1))),
+            "{e:?}"
+        );
+        // The source's own error comes back as it is.
+        struct Broken;
+        impl std::io::Read for Broken {
+            fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+                Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "stalled"))
+            }
+        }
+        let e = read_flow_specs(Broken, 9, |_, _| Ok::<(), ()>(())).unwrap_err();
+        assert!(
+            matches!(&e, ListError::Io(io) if io.kind() == std::io::ErrorKind::TimedOut),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn echoed_values_are_cut_short() {
+        assert_eq!(echo("10.0.0.300"), "\"10.0.0.300\"");
+        let long = "é".repeat(1000);
+        let e = echo(&long);
+        assert!(e.starts_with(&format!("{:?}", "é".repeat(ECHO_MAX))), "{e}");
+        assert!(e.ends_with("... (2000 bytes)"), "{e}");
+        let spec = FlowRuleSpec::new("1.1.1.1", "x".repeat(1 << 20), "udp", "drop");
+        let msg = spec.validate(1).unwrap_err().to_string();
+        assert!(msg.len() < 200, "{msg}");
+        assert!(msg.ends_with("is not an IPv4 or IPv6 address."), "{msg}");
+        for (spec, field) in [
+            (
+                FlowRuleSpec::new("1.1.1.1", "1.1.1.2", "y".repeat(5000).as_str(), "drop"),
+                "proto",
+            ),
+            (
+                FlowRuleSpec::new("1.1.1.1", "1.1.1.2", "udp", "z".repeat(5000)),
+                "action",
+            ),
+        ] {
+            let e = spec.validate(1).unwrap_err();
+            assert_eq!(e.field(), field);
+            assert!(e.to_string().len() < 250, "{e}");
+        }
+        for p in [
+            "w".repeat(5000),
+            format!("{}/8", "w".repeat(5000)),
+            format!("10.0.0.0/{}", "8".repeat(5000)),
+            format!("10.0.0.1/8{}", ""),
+        ] {
+            let e = PrefixRuleSpec::new(p.as_str(), "drop")
+                .validate(1)
+                .unwrap_err();
+            assert!(e.to_string().len() < 300, "{e}");
+        }
+        let e = flow(&format!(
+            r#"{{"src": "1.1.1.1", "{}": 1}}"#,
+            "k".repeat(5000)
+        ))
+        .unwrap_err();
+        assert!(e.field().len() < 100 && e.to_string().len() < 400, "{e}");
+        let e = flow(&format!(r#"{{"src": [{}]}}"#, "1,".repeat(5000) + "1")).unwrap_err();
+        assert!(e.to_string().len() < 200, "{e}");
+    }
+
+    #[test]
     fn the_listed_fields_are_the_json_fields() {
         let spec = FlowRuleSpec {
             id: Some(1),
@@ -1682,6 +2002,35 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("Field `bogus`"), "{e}");
+    }
+
+    #[test]
+    fn rules_serialize_as_their_specs() {
+        let rules = [
+            r#"{"id":7,"src":"10.0.0.2","dst":"10.0.0.1","proto":"udp","src_port":1000,"dst_port":53,"action":"guest","guest":1}"#,
+            r#"{"id":9,"src":"fd00::2","dst":"fd00::1","proto":"icmpv6","action":"drop"}"#,
+            r#"{"id":10,"src":"fd00::2","dst":"fd00::1","proto":1,"action":"host"}"#,
+            r#"{"id":11,"src":"10.1.1.1","dst":"10.1.1.2","proto":"ICMP","action":"HOST"}"#,
+            r#"{"id":12,"src":"10.1.1.1","dst":"10.1.1.2","proto":58,"action":"guest","guest":4294967295}"#,
+        ];
+        for json in rules {
+            let r = flow(json).unwrap();
+            assert_eq!(
+                serde_json::to_string(&r).unwrap(),
+                serde_json::to_string(&r.to_spec()).unwrap()
+            );
+        }
+        for json in [
+            r#"{"id":8,"prefix":"10.88.0.0/16","action":"drop"}"#,
+            r#"{"id":12,"prefix":"fd00:88::/32","action":"guest","guest":3}"#,
+            r#"{"id":13,"prefix":"::/0","action":"Guest"}"#,
+        ] {
+            let p = prefix(json).unwrap();
+            assert_eq!(
+                serde_json::to_string(&p).unwrap(),
+                serde_json::to_string(&p.to_spec()).unwrap()
+            );
+        }
     }
 
     #[test]

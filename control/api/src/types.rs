@@ -1,5 +1,6 @@
 //! The API's answers (other than rules, see [`crate::rules`]): health, the
-//! guests, the queues, the counters, and the error body.
+//! guests, the queues, the counters, what a bulk replace put in place, and
+//! the error body.
 //!
 //! The daemon serializes these; `xdpctl` and the tests deserialize them.
 //! Counter blocks are the definitions of `xdpath_common`
@@ -143,6 +144,19 @@ pub struct QueueStats {
         schemars(with = "crate::openapi::QueueCountersSchema")
     )]
     pub counters: QueueCounterValues,
+}
+
+/// `PUT /v1/flows`, `PUT /v1/prefixes`: what a bulk replace put in place.
+/// (The rules themselves: `GET` the same path.)
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
+#[cfg_attr(feature = "openapi", schemars(deny_unknown_fields))]
+pub struct Replaced {
+    /// How many rules of that kind are in place now.
+    pub count: u64,
+    /// The rule generation the classifier reads now (0 or 1; every bulk
+    /// replace switches to the other one, see `xdpath_common::Config`).
+    pub generation: u8,
 }
 
 /// The body of every refusal: `{"error": "...", "field": "..."}`.

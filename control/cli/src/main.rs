@@ -15,12 +15,12 @@ use anyhow::{bail, Context, Result};
 use clap::{CommandFactory, Parser, Subcommand};
 use serde::de::DeserializeOwned;
 use serde_json::Value;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 use table::{cell, Column};
+use xdpath_api::client::{ClientError, Upload};
 use xdpath_api::rules::{FlowRuleSpec, PrefixRuleSpec, ProtoSpec};
-use xdpath_api::{Action, Endpoint, Guest, QueueSocket, QueueStats, QueueStatus, Stats};
+use xdpath_api::{Action, Endpoint, Guest, QueueSocket, QueueStats, QueueStatus, Replaced, Stats};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -139,7 +139,7 @@ enum FlowOp {
     },
     /// List the rules.
     List,
-    /// Replace all rules at once from a JSON file (an array of rules; `-` reads stdin).
+    /// Replace all rules at once from a JSON file (an array of rules; `-` reads stdin), streamed as it is read.
     Replace {
         /// The file.
         file: PathBuf,
@@ -162,7 +162,7 @@ enum PrefixOp {
     },
     /// List the rules.
     List,
-    /// Replace all prefix rules at once from a JSON file (`-` reads stdin).
+    /// Replace all prefix rules at once from a JSON file (`-` reads stdin), streamed as it is read.
     Replace {
         /// The file.
         file: PathBuf,
@@ -230,15 +230,15 @@ fn typed<T: DeserializeOwned>(e: Endpoint, v: &Value) -> Result<T> {
     })
 }
 
-fn read_json_file(f: &Path) -> Result<Value> {
-    let text = if f == Path::new("-") {
-        let mut s = String::new();
-        std::io::stdin().read_to_string(&mut s)?;
-        s
-    } else {
-        std::fs::read_to_string(f).with_context(|| format!("reading {}", f.display()))?
-    };
-    serde_json::from_str(&text).with_context(|| format!("{} is not JSON", f.display()))
+/// A rules file (`-`: stdin) to stream to the daemon as it is read: it is
+/// never held whole, and the daemon checks it.
+fn upload(f: &Path) -> Result<Upload> {
+    if f == Path::new("-") {
+        return Ok(Upload::reader(std::io::stdin()));
+    }
+    std::fs::File::open(f)
+        .and_then(Upload::file)
+        .with_context(|| format!("reading {}", f.display()))
 }
 
 fn print_json(v: &Value) {
@@ -383,15 +383,24 @@ fn rules(cli: &Cli, sock: &Path, k: &RuleKind, op: RuleOp<'_>) -> Result<()> {
             }
         }
         RuleOp::Replace(file) => {
-            let v = call(sock, k.replace, "", Some(&read_json_file(file)?))?;
+            let e = k.replace;
+            let v = xdpath_api::client::call_upload(
+                sock,
+                e.method().as_str(),
+                &e.uri(""),
+                upload(file)?,
+            )
+            .map_err(|err| match err {
+                ClientError::Upload(io) => {
+                    anyhow::Error::new(io).context(format!("reading {}", file.display()))
+                }
+                other => other.into(),
+            })?;
             if cli.json {
                 print_json(&v);
             } else {
-                println!(
-                    "{} {} rules in place",
-                    v.as_array().map_or(0, Vec::len),
-                    k.noun
-                );
+                let done: Replaced = typed(e, &v)?;
+                println!("{} {} rules in place", done.count, k.noun);
             }
         }
     }

@@ -6,7 +6,10 @@
 //! counted as 0, which is what the daemon reads them as).
 //!
 //! The golden file was recorded by running the previous xdpctl against the
-//! same answers; no root, no daemon.
+//! same answers; no root, no daemon. One change since, on purpose (issue
+//! 11): `PUT /v1/flows` and `PUT /v1/prefixes` answer with the count and
+//! the generation instead of the list, so `--json flow replace` prints that
+//! answer (the human line, "N flow rules in place", is the same).
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};

@@ -26,6 +26,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 use xdpath_api::{Action, MacAddr, XdpAttachMode};
+use xdpath_control::api::server::{self, Limits, SocketAccess};
 use xdpath_control::api::{router, ControlState, Tables};
 use xdpath_control::config::{DaemonConfig, GUEST_PORT};
 use xdpath_control::flow_table::{FlowTable, GuestEntries};
@@ -99,6 +100,13 @@ struct Flags {
     /// Directory for the flow table's state file [default: /var/lib/xdpath].
     #[arg(long)]
     state_dir: Option<PathBuf>,
+    /// Most exact rules the API lets the table hold [default: 1048576, what
+    /// the map holds].
+    #[arg(long, value_name = "N")]
+    max_flows: Option<u32>,
+    /// Most prefix rules the API lets the table hold [default: 65536].
+    #[arg(long, value_name = "N")]
+    max_prefixes: Option<u32>,
     /// Run the preflight checks, print them and exit (0 if all pass).
     #[arg(long)]
     check: bool,
@@ -221,6 +229,12 @@ fn config(f: &Flags) -> Result<DaemonConfig> {
     c.set_channels |= f.set_channels;
     if f.pin_root.is_some() {
         c.pin_root = f.pin_root.clone();
+    }
+    if let Some(v) = f.max_flows {
+        c.max_flows = v;
+    }
+    if let Some(v) = f.max_prefixes {
+        c.max_prefixes = v;
     }
     c.validate()?;
     Ok(c)
@@ -488,23 +502,27 @@ fn remove_stale_pins(flags: &Flags) -> Result<()> {
     Ok(())
 }
 
-/// Binds the API socket (mode 0660, owner root, group `api_group`).
+/// Binds the API socket, never reachable with looser permissions than
+/// 0660 root:`api_group` (`api::server::bind` sets them in a private
+/// directory and renames the socket into place).
 fn bind_api(cfg: &DaemonConfig) -> Result<std::os::unix::net::UnixListener> {
     let path = cfg.api_socket();
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let _ = std::fs::remove_file(&path);
-    let listener = std::os::unix::net::UnixListener::bind(&path)
-        .with_context(|| format!("binding the API socket {}", path.display()))?;
-    if let Err(e) = secure_socket(&path, cfg.api_group.as_deref()) {
-        let _ = std::fs::remove_file(&path);
-        return Err(e);
-    }
-    Ok(listener)
+    let access = SocketAccess {
+        mode: 0o660,
+        owner: Some(0),
+        group: Some(api_gid(cfg.api_group.as_deref())?),
+    };
+    server::bind(&path, access)
+        .with_context(|| format!("binding the API socket {}", path.display()))
 }
 
-/// Serves the API until SIGTERM/SIGINT or until the dataplane ends.
+/// Serves the API until SIGTERM/SIGINT or until the dataplane ends. The
+/// socket is never reachable with looser permissions than 0660 root:group
+/// (`api::server::bind`); the server's limits are `api::server::Limits`'
+/// defaults; a slow client never delays the shutdown.
 fn serve_api(
     _cfg: &DaemonConfig,
     state: Arc<ControlState<Kernel>>,
@@ -526,33 +544,23 @@ fn serve_api(
                 _ = dataplane_done => tracing::error!("the dataplane ended"),
             }
         };
-        axum::serve(listener, router(state))
-            .with_graceful_shutdown(shutdown)
-            .await
-            .context("serving the API")
+        server::serve(listener, router(state), Limits::default(), shutdown).await;
+        Ok(())
     })
 }
 
-/// Mode 0660, owner root, group `group` (or root's).
-fn secure_socket(path: &std::path::Path, group: Option<&str>) -> Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    let gid = match group {
-        None => 0,
-        Some(g) => {
-            let c = std::ffi::CString::new(g).context("group name")?;
-            // SAFETY: getgrnam with a valid C string; the result is only
-            // read before any other call that could reuse its storage.
-            let gr = unsafe { libc::getgrnam(c.as_ptr()) };
-            if gr.is_null() {
-                bail!("setting `api_group`: group {g:?} does not exist");
-            }
-            // SAFETY: gr is a valid pointer returned by getgrnam.
-            unsafe { (*gr).gr_gid }
-        }
+/// The gid of `api_group` (root's when none).
+fn api_gid(group: Option<&str>) -> Result<u32> {
+    let Some(g) = group else {
+        return Ok(0);
     };
-    std::os::unix::fs::chown(path, Some(0), Some(gid))
-        .with_context(|| format!("chown {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .with_context(|| format!("chmod {}", path.display()))?;
-    Ok(())
+    let c = std::ffi::CString::new(g).context("group name")?;
+    // SAFETY: getgrnam with a valid C string; the result is only read
+    // before any other call that could reuse its storage.
+    let gr = unsafe { libc::getgrnam(c.as_ptr()) };
+    if gr.is_null() {
+        bail!("setting `api_group`: group {g:?} does not exist");
+    }
+    // SAFETY: gr is a valid pointer returned by getgrnam.
+    Ok(unsafe { (*gr).gr_gid })
 }

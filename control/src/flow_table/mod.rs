@@ -120,6 +120,7 @@ mod store;
 
 pub use guests::GuestEntries;
 pub use projection::Projection;
+pub use rule_set::{BulkRules, NewRules, TableRule};
 pub use store::{StoreFaults, StoreStep};
 
 use crate::classifier::ClassifierError;
@@ -550,13 +551,13 @@ impl FlowTable {
 
     /// A bulk replace of the rules (`None` keeps that kind as it is):
     /// switched to with the snapshot as the commit, then the old generation
-    /// deleted.
+    /// deleted. Returns the rule generation switched to.
     fn replace(
         &mut self,
         maps: &mut impl RuleMaps,
         flows: Option<RuleSet<FlowRule>>,
         prefixes: Option<RuleSet<PrefixRule>>,
-    ) -> Result<()> {
+    ) -> Result<u8> {
         let Projection::Projected { maps: id, gens } = self.projection else {
             return Err(state_err(
                 self.store.path(),
@@ -594,7 +595,7 @@ impl FlowTable {
         if !retire(maps, gens, &[Group::Rules], old) {
             self.projection = Projection::Unprojected;
         }
-        Ok(())
+        Ok(to.rules)
     }
 
     /// Runs a single-rule change through VALID -> WRITTEN -> ACTIVE (the
@@ -707,6 +708,18 @@ impl FlowTable {
         Ok(self.flows())
     }
 
+    /// Replaces all exact rules at once with a set validated as it arrived
+    /// ([`BulkRules`]): the same switch as [`FlowTable::replace_flows`].
+    /// Returns the rule generation the classifier now reads.
+    pub fn replace_flow_rules(
+        &mut self,
+        maps: &mut impl RuleMaps,
+        rules: NewRules<FlowRule>,
+    ) -> Result<u8> {
+        self.projected(maps)?;
+        self.replace(maps, Some(rules.0), None)
+    }
+
     /// Adds one prefix rule (id assigned if the spec has none) in the active
     /// generation. Returns the rule as stored.
     pub fn add_prefix(
@@ -744,6 +757,18 @@ impl FlowTable {
         self.rules.prefixes.remove(id);
         self.maybe_compact();
         Ok(())
+    }
+
+    /// Replaces all prefix rules at once with a set validated as it arrived
+    /// ([`BulkRules`]): the same switch as [`FlowTable::replace_prefixes`].
+    /// Returns the rule generation the classifier now reads.
+    pub fn replace_prefix_rules(
+        &mut self,
+        maps: &mut impl RuleMaps,
+        rules: NewRules<PrefixRule>,
+    ) -> Result<u8> {
+        self.projected(maps)?;
+        self.replace(maps, None, Some(rules.0))
     }
 
     /// Replaces all prefix rules at once: the exact rules stay, the program

@@ -150,9 +150,24 @@ fn remove_map<M: Slot, R: MapTable<M>>(
 ) -> std::result::Result<(), ClassifierError> {
     let list = M::list(e);
     let n = upto.map_or(list.len(), |w| w[M::INDEX].min(list.len()));
-    let keys: Vec<M::Key> = list[..n].iter().map(|(k, _)| *k).collect();
-    maps.remove(&keys).map(|_| ()).map_err(|b| b.source)
+    // In pieces, so that a million keys are not copied out at once (the old
+    // generation's entries are held already); one call when they fit.
+    let mut rest = &list[..n];
+    let mut keys: Vec<M::Key> = Vec::with_capacity(rest.len().min(REMOVE_PIECE));
+    loop {
+        let (now, later) = rest.split_at(rest.len().min(REMOVE_PIECE));
+        keys.clear();
+        keys.extend(now.iter().map(|(k, _)| *k));
+        maps.remove(&keys).map_err(|b| b.source)?;
+        if later.is_empty() {
+            return Ok(());
+        }
+        rest = later;
+    }
 }
+
+/// Keys removed per call by `remove_map`.
+const REMOVE_PIECE: usize = 1 << 16;
 
 /// Entries of map `M` in generation `gen` of `now` that `want` does not
 /// hold with the same value, and whether the two are equal there.

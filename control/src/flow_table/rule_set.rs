@@ -1,27 +1,47 @@
 //! Rule sets: the rules of one kind (exact or prefix) held in memory, by id
 //! and by what they match. This layer knows nothing of maps or files; it
 //! decides whether a rule may join a set (id space, match space, capacity)
-//! and validates a whole list into a new set for a bulk replace.
+//! and validates a whole list into a new set for a bulk replace: at once
+//! (`RuleSet::plan`), or rule by rule as a list arrives from a stream
+//! ([`BulkRules`]).
 
 use super::{FlowTableError, Result};
-use crate::rules::{FlowRule, PrefixRule, RuleError, RuleKind};
+use crate::rules::{FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec, RuleError, RuleKind};
 use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap, HashSet};
+/// The hasher of the rule sets' maps: seeded per map, and several times
+/// faster than the standard one on 40-byte keys (a million-rule replace
+/// hashes every key once).
+type Hasher = foldhash::fast::RandomState;
 use std::hash::Hash;
 use xdpath_common::{FlowKey, MAX_FLOWS, MAX_PREFIXES};
 
-/// What the table needs to know about a rule type.
-pub(super) trait TableRule: Copy + Serialize {
+/// What the table needs to know about a rule type ([`FlowRule`],
+/// [`PrefixRule`]).
+pub trait TableRule: Copy + Serialize {
     /// What two rules must not share: they would match the same frames.
-    type Match: Hash + Eq + Copy;
+    type Match: Hash + Eq + Copy + std::fmt::Debug + Send;
+    /// The rule as the API takes it.
+    type Spec;
+    /// Flow or prefix.
     const KIND: RuleKind;
+    /// How many the maps hold.
     const LIMIT: u32;
+    /// The rule's id.
     fn id(&self) -> u32;
+    /// What it matches.
     fn matches(&self) -> Self::Match;
+    /// The same rule under another id.
+    fn with_id(self, id: u32) -> Self;
+    /// The id a spec gives, if it gives one.
+    fn spec_id(spec: &Self::Spec) -> Option<u32>;
+    /// Validates a spec; `assign` is the id when it gives none.
+    fn validate(spec: &Self::Spec, assign: u32) -> std::result::Result<Self, RuleError>;
 }
 
 impl TableRule for FlowRule {
     type Match = FlowKey;
+    type Spec = FlowRuleSpec;
     const KIND: RuleKind = RuleKind::Flow;
     const LIMIT: u32 = MAX_FLOWS;
     fn id(&self) -> u32 {
@@ -30,10 +50,20 @@ impl TableRule for FlowRule {
     fn matches(&self) -> FlowKey {
         self.bpf_key(0)
     }
+    fn with_id(self, id: u32) -> Self {
+        Self { id, ..self }
+    }
+    fn spec_id(spec: &FlowRuleSpec) -> Option<u32> {
+        spec.id
+    }
+    fn validate(spec: &FlowRuleSpec, assign: u32) -> std::result::Result<Self, RuleError> {
+        spec.validate(assign)
+    }
 }
 
 impl TableRule for PrefixRule {
     type Match = (u8, [u8; 16], u32);
+    type Spec = PrefixRuleSpec;
     const KIND: RuleKind = RuleKind::Prefix;
     const LIMIT: u32 = MAX_PREFIXES;
     fn id(&self) -> u32 {
@@ -43,20 +73,214 @@ impl TableRule for PrefixRule {
         let (len, d) = self.bpf_key(0);
         (d.family, d.addr, len)
     }
+    fn with_id(self, id: u32) -> Self {
+        Self { id, ..self }
+    }
+    fn spec_id(spec: &PrefixRuleSpec) -> Option<u32> {
+        spec.id
+    }
+    fn validate(spec: &PrefixRuleSpec, assign: u32) -> std::result::Result<Self, RuleError> {
+        spec.validate(assign)
+    }
+}
+
+/// The ids rules without one get: after the highest id given, or (when
+/// that would run out) the lowest ids nobody gave.
+fn fresh_ids(given: &HashSet<u32, Hasher>, missing: usize) -> Box<dyn Iterator<Item = u32> + '_> {
+    let max_given = given.iter().copied().max().unwrap_or(0);
+    if (u32::MAX - max_given) as usize >= missing {
+        Box::new(max_given + 1..=u32::MAX)
+    } else {
+        Box::new((1..=u32::MAX).filter(|i| !given.contains(i)))
+    }
+}
+
+/// A bulk list validated rule by rule as it arrives, for a list read from
+/// a stream: the same checks and the same ids as `RuleSet::plan`, without
+/// holding the list's specs; of several problems, the first in list order
+/// is reported (`plan` checks every id first). [`BulkRules::push`]
+/// validates one rule (its syntax, an id given twice, the limit) and
+/// compares what it matches with the rules before it; [`BulkRules::finish`]
+/// assigns the missing ids (after the highest given one, in list order)
+/// and refuses the first two rules that match the same frames.
+#[derive(Debug)]
+pub struct BulkRules<R: TableRule> {
+    /// The rules so far, each with whether its id was given.
+    rules: Vec<(R, bool)>,
+    /// What each rule so far matches, with its place in the list (its id
+    /// once `finish` assigned them).
+    by_match: HashMap<R::Match, u32, Hasher>,
+    given: HashSet<u32, Hasher>,
+    /// Rules without an id, in the whole list.
+    missing: usize,
+    /// The first rule that matches what an earlier one does: the earlier's
+    /// place and its own. The list is refused for it; the ids given after
+    /// it are still noted (they decide the ids the two rules get).
+    conflict: Option<(usize, usize)>,
+    limit: usize,
+}
+
+impl<R: TableRule> BulkRules<R> {
+    /// An empty list that takes at most `limit` rules (and never more than
+    /// the maps hold), with room for `expect` of them.
+    pub fn new(limit: usize, expect: usize) -> Self {
+        let limit = limit.min(R::LIMIT as usize);
+        let room = expect.min(limit);
+        Self {
+            rules: Vec::with_capacity(room),
+            by_match: HashMap::with_capacity_and_hasher(room, Hasher::default()),
+            given: HashSet::default(),
+            missing: 0,
+            conflict: None,
+            limit,
+        }
+    }
+
+    /// Rules so far.
+    pub fn len(&self) -> usize {
+        self.rules.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.rules.is_empty()
+    }
+
+    /// The place of the first rule that matches what an earlier one does
+    /// (`finish` refuses the list for it), if one does.
+    pub fn conflict_at(&self) -> Option<usize> {
+        self.conflict.map(|(_, later)| later)
+    }
+
+    /// Validates the next rule of the list. Errors: the rule is not valid
+    /// (with its index), its id was given before, or the list would hold
+    /// more than the limit. A rule matching what an earlier one does is
+    /// refused by [`BulkRules::finish`] (it needs the ids), and nothing
+    /// after it is checked.
+    pub fn push(&mut self, spec: &R::Spec) -> Result<()> {
+        let id = R::spec_id(spec);
+        if self.conflict.is_some() {
+            self.note_after_conflict(id);
+            return Ok(());
+        }
+        // A stand-in id for a rule without one; `finish` assigns it.
+        let rule = R::validate(spec, 1).map_err(|e| e.at(self.rules.len()))?;
+        self.push_valid(rule, id)
+    }
+
+    /// [`BulkRules::push`] for a rule its caller validated (with a stand-in
+    /// id when `id`, the id its spec gave, is `None`).
+    pub fn push_valid(&mut self, rule: R, id: Option<u32>) -> Result<()> {
+        if self.conflict.is_some() {
+            self.note_after_conflict(id);
+            return Ok(());
+        }
+        let index = self.rules.len();
+        if index >= self.limit {
+            return Err(FlowTableError::Capacity {
+                kind: R::KIND,
+                limit: u32::try_from(self.limit).unwrap_or(u32::MAX),
+                requested: index.saturating_add(1),
+            });
+        }
+        match id {
+            None => self.missing += 1,
+            Some(id) => {
+                if !self.given.insert(id) {
+                    return Err(FlowTableError::DuplicateId { kind: R::KIND, id });
+                }
+            }
+        }
+        // The limit is far below u32::MAX.
+        let place = u32::try_from(index).unwrap_or(u32::MAX);
+        match self.by_match.entry(rule.matches()) {
+            std::collections::hash_map::Entry::Occupied(earlier) => {
+                self.conflict = Some((*earlier.get() as usize, index));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => {
+                v.insert(place);
+            }
+        }
+        self.rules.push((rule, id.is_some()));
+        Ok(())
+    }
+
+    /// After a conflict only the ids matter: they decide the ids the two
+    /// rules get.
+    fn note_after_conflict(&mut self, id: Option<u32>) {
+        match id {
+            None => self.missing += 1,
+            Some(id) => {
+                self.given.insert(id);
+            }
+        }
+    }
+
+    /// The new set: missing ids assigned, and no two rules matching the
+    /// same frames (a `Conflict` names the later rule and the earlier one).
+    pub fn finish(self) -> Result<NewRules<R>> {
+        let Self {
+            mut rules,
+            mut by_match,
+            given,
+            missing,
+            conflict,
+            ..
+        } = self;
+        {
+            let mut fresh = fresh_ids(&given, missing);
+            for (r, was_given) in rules.iter_mut().filter(|(_, g)| !*g) {
+                // Capacity is far below the id space: there is always one.
+                *r = r.with_id(fresh.next().unwrap_or(u32::MAX));
+                *was_given = true;
+            }
+        }
+        drop(given);
+        let id_at = |i: usize| rules.get(i).map_or(0, |(r, _)| r.id());
+        if let Some((earlier, later)) = conflict {
+            return Err(FlowTableError::Conflict {
+                kind: R::KIND,
+                id: id_at(later),
+                existing: id_at(earlier),
+            });
+        }
+        for place in by_match.values_mut() {
+            *place = id_at(*place as usize);
+        }
+        let by_id = rules.into_iter().map(|(r, _)| (r.id(), r)).collect();
+        Ok(NewRules(RuleSet { by_id, by_match }))
+    }
+}
+
+/// A validated set of rules of one kind, ready to replace the table's
+/// ([`BulkRules::finish`]).
+#[derive(Debug)]
+pub struct NewRules<R: TableRule>(pub(super) RuleSet<R>);
+
+impl<R: TableRule> NewRules<R> {
+    /// How many rules.
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    /// Whether there are none.
+    pub fn is_empty(&self) -> bool {
+        self.0.len() == 0
+    }
 }
 
 /// The rules of one kind, by id and by what they match.
 #[derive(Clone, Debug)]
 pub(super) struct RuleSet<R: TableRule> {
     by_id: BTreeMap<u32, R>,
-    by_match: HashMap<R::Match, u32>,
+    by_match: HashMap<R::Match, u32, Hasher>,
 }
 
 impl<R: TableRule> Default for RuleSet<R> {
     fn default() -> Self {
         Self {
             by_id: BTreeMap::new(),
-            by_match: HashMap::new(),
+            by_match: HashMap::default(),
         }
     }
 }
@@ -148,7 +372,7 @@ impl<R: TableRule> RuleSet<R> {
         validate: impl Fn(&S, u32) -> std::result::Result<R, RuleError>,
     ) -> Result<Self> {
         Self::check_capacity(specs.len())?;
-        let mut given = HashSet::with_capacity(specs.len());
+        let mut given = HashSet::with_capacity_and_hasher(specs.len(), Hasher::default());
         for (i, s) in specs.iter().enumerate() {
             if let Some(id) = spec_id(s) {
                 if id == 0 {
@@ -160,13 +384,7 @@ impl<R: TableRule> RuleSet<R> {
             }
         }
         let missing = specs.len() - given.len();
-        let max_given = given.iter().copied().max().unwrap_or(0);
-        let mut fresh: Box<dyn Iterator<Item = u32>> = if (u32::MAX - max_given) as usize >= missing
-        {
-            Box::new(max_given + 1..=u32::MAX)
-        } else {
-            Box::new((1..=u32::MAX).filter(|i| !given.contains(i)))
-        };
+        let mut fresh = fresh_ids(&given, missing);
         let mut set = Self::default();
         set.by_match.reserve(specs.len());
         for (i, s) in specs.iter().enumerate() {
@@ -270,6 +488,121 @@ mod tests {
             }
             other => panic!("{other:?}"),
         }
+    }
+
+    #[test]
+    fn a_list_validated_as_it_arrives_gets_what_a_whole_list_gets() {
+        let spec = |id: Option<u32>, port: u16| {
+            let mut s = FlowRuleSpec::new("10.0.0.2", "10.0.0.1", "udp", "drop");
+            s.id = id;
+            s.dst_port = port;
+            s
+        };
+        let bulk = |v: &[FlowRuleSpec], limit: usize| -> Result<RuleSet<FlowRule>> {
+            let mut b = BulkRules::<FlowRule>::new(limit, v.len());
+            for s in v {
+                b.push(s)?;
+            }
+            b.finish().map(|n| n.0)
+        };
+        let list = [
+            spec(None, 1),
+            spec(Some(10), 2),
+            spec(None, 3),
+            spec(Some(4), 4),
+        ];
+        let planned = RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate).unwrap();
+        let streamed = bulk(&list, 100).unwrap();
+        let rules = |s: &RuleSet<FlowRule>| s.rules().copied().collect::<Vec<_>>();
+        assert_eq!(rules(&streamed), rules(&planned));
+        assert_eq!(streamed.by_match, planned.by_match);
+        assert!(matches!(
+            bulk(&[spec(Some(3), 1), spec(Some(3), 2)], 100),
+            Err(FlowTableError::DuplicateId { id: 3, .. })
+        ));
+        assert!(matches!(
+            bulk(&[spec(Some(3), 1), spec(None, 1)], 100),
+            Err(FlowTableError::Conflict {
+                existing: 3,
+                id: 4,
+                ..
+            })
+        ));
+        // The first error in list order wins, with the ids plan gives:
+        // a conflict before a bad rule, a bad rule before a conflict, ids
+        // given after the conflict move the assigned ones.
+        let mut bad = spec(None, 9);
+        bad.src = "x".into();
+        for list in [
+            vec![spec(None, 1), spec(None, 1), bad.clone()],
+            vec![spec(None, 1), bad.clone(), spec(None, 1)],
+            vec![
+                spec(None, 1),
+                spec(Some(7), 2),
+                spec(None, 1),
+                spec(Some(50), 3),
+            ],
+            vec![
+                spec(Some(u32::MAX), 1),
+                spec(None, 2),
+                spec(None, 2),
+                spec(Some(1), 3),
+            ],
+        ] {
+            let planned = RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate)
+                .map(|s| rules(&s))
+                .map_err(|e| e.to_string());
+            let streamed = bulk(&list, 100)
+                .map(|s| rules(&s))
+                .map_err(|e| e.to_string());
+            assert_eq!(streamed, planned, "{list:?}");
+        }
+        // One difference: plan checks every id before anything else; a
+        // list read as it arrives reports its first refused rule.
+        let list = [
+            spec(None, 1),
+            spec(None, 1),
+            spec(Some(5), 3),
+            spec(Some(5), 4),
+        ];
+        assert!(matches!(
+            RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate),
+            Err(FlowTableError::DuplicateId { id: 5, .. })
+        ));
+        assert!(matches!(
+            bulk(&list, 100),
+            Err(FlowTableError::Conflict {
+                id: 7,
+                existing: 6,
+                ..
+            })
+        ));
+        let mut bad = spec(None, 2);
+        bad.src = "x".into();
+        match bulk(&[spec(None, 1), bad], 100) {
+            Err(e @ FlowTableError::Invalid(_)) => {
+                assert!(e.to_string().starts_with("Rule 1: field `src`"), "{e}");
+            }
+            other => panic!("{other:?}"),
+        }
+        // The limit, and never more than the maps hold.
+        assert!(matches!(
+            bulk(&[spec(None, 1), spec(None, 2), spec(None, 3)], 2),
+            Err(FlowTableError::Capacity {
+                limit: 2,
+                requested: 3,
+                ..
+            })
+        ));
+        assert_eq!(
+            BulkRules::<FlowRule>::new(usize::MAX, 0).limit,
+            MAX_FLOWS as usize
+        );
+        let set = bulk(&[spec(Some(u32::MAX), 1), spec(None, 2)], 100).unwrap();
+        assert_eq!(
+            set.by_id.keys().copied().collect::<Vec<_>>(),
+            vec![1, u32::MAX]
+        );
     }
 
     #[test]
