@@ -281,6 +281,7 @@ fn drops(c: &xdpath_api::QueueCounterValues) -> u64 {
         c.tx_drop_oversize,
         c.tx_drop_empty,
         c.tx_drop_write_only,
+        c.tx_drop_short,
     ]
     .into_iter()
     .fold(0u64, u64::saturating_add)
