@@ -1622,27 +1622,35 @@ fn rule_caps_are_enforced_and_xdpctl_streams_bulk_lists() {
 
 #[test]
 #[ignore = "needs root: network namespaces, XDP, AF_XDP, a real xdpathd"]
-fn the_api_answers_503_over_its_connection_cap() {
+fn a_request_over_the_api_connection_cap_waits_and_is_answered() {
     require_root();
     let t = Topology::new(1).expect("topology");
     let d = start(&t, &[]);
     let held: Vec<_> = (0..64).map(|_| api_conn(&d, b"GET /v1/hea")).collect();
-    let busy = wait_until(WAIT, || {
-        matches!(
-            d.call("GET", "/v1/health", None),
-            Err(ClientError::Refused { status: 503, .. })
-        )
+    // The 65th waits in the listen backlog: no answer while 64 are held.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let api = d.api.clone();
+    let waiter = std::thread::spawn(move || {
+        let _ = tx.send(xdpath_control::client::request(
+            &api,
+            "GET",
+            "/v1/health",
+            None,
+        ));
     });
-    assert!(busy, "the 65th connection is refused");
-    let o = d.xdpctl(&["health"]).unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        o.status.code() == Some(1) && err.contains("64 connections are open"),
-        "{err}"
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "the 65th connection was served while 64 were held"
     );
+    // Once the held ones go, it is answered (not refused).
     drop(held);
+    let answer = rx
+        .recv_timeout(WAIT)
+        .expect("the waiting request is answered once slots come back");
+    assert!(matches!(answer, Ok((200, _))), "{answer:?}");
+    waiter.join().expect("waiter");
     assert!(
-        wait_until(WAIT, || d.call("GET", "/v1/health", None).is_ok()),
+        d.call("GET", "/v1/health", None).is_ok(),
         "the slots come back"
     );
 }

@@ -9,7 +9,7 @@
 //!
 //! | limit | default | when exceeded |
 //! |---|---|---|
-//! | connections at once | 64 | one more is answered 503 and closed |
+//! | connections at once | 64 | one more waits in the listen backlog until a served one ends |
 //! | the request head (line and headers) in full, from the connection's start | 10 s, 64 KiB | the connection is closed (431 when too large) |
 //! | between two pieces of the body | 10 s | 408 |
 //! | the whole body, from the head | 60 s | 408 |
@@ -38,7 +38,7 @@ use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{UnixListener, UnixStream};
 use tokio::task::JoinSet;
 use tokio::time::{Instant, Sleep};
@@ -182,24 +182,6 @@ fn bind_observed(
     placed
 }
 
-/// The answer to a connection over the cap.
-fn busy_answer(max: usize) -> Vec<u8> {
-    let body = serde_json::json!({
-        "error": format!(
-            "The API is busy: {max} connections are open, the most it serves at once; try again."
-        )
-    })
-    .to_string();
-    format!(
-        "HTTP/1.1 503 Service Unavailable\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .into_bytes()
-}
-
-/// How long an answer to a connection over the cap may take.
-const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
-
 /// How long the loop waits after an accept error (out of fds, say) before
 /// accepting again.
 const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
@@ -215,24 +197,20 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = JoinSet::new();
-    let mut refusals = JoinSet::new();
-    let busy: Arc<[u8]> = busy_answer(limits.max_connections).into();
     tokio::pin!(shutdown);
     loop {
+        // At the cap the loop stops accepting: a connection over it waits
+        // in the kernel's listen backlog until one of the served ones ends
+        // (each is bounded by the timeouts above), so a burst of clients is
+        // served in turn rather than refused. The client's own connect and
+        // answer timeouts bound how long it waits.
+        let room = conns.len() < limits.max_connections;
         tokio::select! {
             () = &mut shutdown => break,
             Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            Some(_) = refusals.join_next(), if !refusals.is_empty() => {}
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) if conns.len() < limits.max_connections => {
-                    conns.spawn(connection(stream, router.clone(), limits, stop_rx.clone()));
-                }
+            accepted = listener.accept(), if room => match accepted {
                 Ok((stream, _)) => {
-                    // Over the cap: say so (bounded in number and time), or
-                    // just close when even that is too many.
-                    if refusals.len() < limits.max_connections {
-                        refusals.spawn(refuse(stream, busy.clone()));
-                    }
+                    conns.spawn(connection(stream, router.clone(), limits, stop_rx.clone()));
                 }
                 Err(e) => {
                     tracing::warn!("API: accepting a connection failed: {e}; retrying");
@@ -243,7 +221,6 @@ pub async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
-    refusals.abort_all();
     // Each connection ends at once, or after at most `grace` if it is
     // handling a request; the margin is for the tasks to run.
     let all_ended = async { while conns.join_next().await.is_some() {} };
@@ -257,42 +234,6 @@ pub async fn serve(
         );
         conns.abort_all();
     }
-}
-
-/// Answers a connection over the cap with 503 once its request head is in
-/// (an HTTP client takes no answer before its request), then reads (and
-/// drops) what the client still sends until it closes; at most 64 KiB in
-/// all, within [`BUSY_TIMEOUT`].
-async fn refuse(mut stream: UnixStream, busy: Arc<[u8]>) {
-    let _ = tokio::time::timeout(BUSY_TIMEOUT, async {
-        let mut buf = [0u8; 4096];
-        let mut seen: Vec<u8> = Vec::new();
-        let mut left = 64usize << 10;
-        let mut answered = false;
-        while left > 0 {
-            let n = stream.read(&mut buf).await?;
-            if n == 0 {
-                break;
-            }
-            left = left.saturating_sub(n);
-            if !answered {
-                // Only the last bytes matter to find the head's end.
-                seen.extend_from_slice(buf.get(..n).unwrap_or_default());
-                if seen.windows(4).any(|w| w == b"\r\n\r\n") || left == 0 {
-                    stream.write_all(&busy).await?;
-                    stream.shutdown().await?;
-                    answered = true;
-                }
-                let keep = seen.len().saturating_sub(3);
-                seen.drain(..keep);
-            }
-        }
-        if !answered {
-            stream.write_all(&busy).await?;
-        }
-        Ok::<_, io::Error>(())
-    })
-    .await;
 }
 
 /// Serves one connection (one request) until it ends or the server stops.
@@ -817,7 +758,7 @@ mod tests {
     }
 
     #[test]
-    fn connections_over_the_cap_are_told_so_and_slots_come_back() {
+    fn a_connection_over_the_cap_waits_for_a_slot_and_is_served() {
         let srv = Running::start(Limits {
             max_connections: 3,
             write_stall: Duration::from_millis(300),
@@ -831,26 +772,26 @@ mod tests {
             })
             .collect();
         std::thread::sleep(Duration::from_millis(100));
-        let over = xdpath_api::client::call(&srv.sock, "GET", "/v1/stats", None).unwrap_err();
-        assert!(
-            matches!(
-                &over,
-                xdpath_api::client::ClientError::Refused { status: 503, .. }
-            ),
-            "{over:?}"
-        );
-        assert!(
-            over.to_string().contains("3 connections are open"),
-            "{over}"
-        );
-        // A client that closes frees its slot.
-        drop(held);
-        let served = (0..100).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            xdpath_api::client::request(&srv.sock, "GET", "/v1/stats", None)
-                .is_ok_and(|(status, _)| status == 200)
+        // Over the cap: no answer while the three are held ...
+        let (tx, rx) = std::sync::mpsc::channel();
+        let sock = srv.sock.clone();
+        let waiter = std::thread::spawn(move || {
+            let _ = tx.send(xdpath_api::client::request(&sock, "GET", "/v1/stats", None));
         });
-        assert!(served, "a slot came back");
+        assert!(
+            rx.recv_timeout(Duration::from_millis(300)).is_err(),
+            "a fourth connection was served while three were held"
+        );
+        // ... and served, not refused, once a client closes.
+        drop(held);
+        let answer = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the waiting request was served once a slot freed");
+        assert!(
+            matches!(answer, Ok((200, _))),
+            "the waiting request: {answer:?}"
+        );
+        waiter.join().unwrap();
         // A client that never reads its (large) answer loses its slot once
         // the write stalls.
         let hogs: Vec<StdStream> = (0..3)
