@@ -4,11 +4,12 @@
 //! exactly two commands (`cargo xtask demo`, `cargo xtask test`) and both
 //! install what they need first ([`setup`]). Each submodule owns one command;
 //! `cargo xtask bench` ([`bench`](mod@bench)) reproduces the README's
-//! Performance table.
+//! Performance table; `cargo xtask fuzz` ([`fuzz`]) runs the fuzz targets.
 
 mod bench;
 mod demo;
 mod deploy;
+mod fuzz;
 mod guest;
 mod run;
 mod setup;
@@ -48,6 +49,11 @@ enum Cmd {
     /// then the criterion micro-benchmarks; `--instructions` counts the
     /// worker batches' instructions per frame with callgrind instead.
     Bench(bench::BenchArgs),
+    /// Set up, build the fuzz targets of tests/fuzz once (cargo-fuzz,
+    /// nightly, AddressSanitizer) and fuzz each for --secs seconds (every
+    /// target, or --target T); fails naming the reproducer of any crash,
+    /// hang or out-of-memory (saved in tests/fuzz/artifacts/T/).
+    Fuzz(fuzz::FuzzArgs),
     /// Build the QEMU test guest (Debian kernel + busybox initramfs) into
     /// target/guest/ from Debian packages; cached, a second run does nothing.
     GuestImage,
@@ -89,6 +95,10 @@ fn main() -> Result<()> {
                 setup::run()?;
             }
             bench::run(&a)
+        }
+        Cmd::Fuzz(a) => {
+            setup::run()?;
+            fuzz::run(&a)
         }
         Cmd::GuestImage => guest::run(),
         Cmd::Deploy(a) => {
