@@ -462,11 +462,18 @@ impl Harness {
         let mut next_frame = 0;
         let mut i = 0;
         while i < entries.len() {
-            let first = read_chain(mem, &model.chains[i], entries[i].1);
-            assert!(first.len() >= HDR_LEN, "a used RX chain holds a header");
-            let n = usize::from(u16::from_le_bytes([first[10], first[11]]));
+            // The header may span chains (a driver should not post
+            // buffers shorter than it, but may).
+            let mut bytes = Vec::new();
+            let mut k = i;
+            while bytes.len() < HDR_LEN && k < entries.len() {
+                bytes.extend(read_chain(mem, &model.chains[k], entries[k].1));
+                k += 1;
+            }
+            assert!(bytes.len() >= HDR_LEN, "the used RX chains hold a header");
+            let n = usize::from(u16::from_le_bytes([bytes[10], bytes[11]]));
             assert!(
-                n >= 1 && i + n <= entries.len(),
+                n >= k - i && i + n <= entries.len(),
                 "num_buffers {n} at used entry {i} of {}",
                 entries.len()
             );
@@ -474,11 +481,7 @@ impl Harness {
                 self.features.mrg_rxbuf || n == 1,
                 "num_buffers {n} without MRG_RXBUF"
             );
-            let mut bytes = first;
-            for (chain, e) in model.chains[i + 1..i + n]
-                .iter()
-                .zip(&entries[i + 1..i + n])
-            {
+            for (chain, e) in model.chains[k..i + n].iter().zip(&entries[k..i + n]) {
                 bytes.extend(read_chain(mem, chain, e.1));
             }
             assert_eq!(bytes[..HDR_LEN], rx_header(n as u16), "the RX header");

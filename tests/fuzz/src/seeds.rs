@@ -617,6 +617,18 @@ impl Vu {
         s
     }
 
+    fn poke(self, gpa: u64, bytes: &[u8]) -> Self {
+        let mut s = self.op(crate::vhost_user::Op::Poke);
+        s.0.u64(gpa).u8(bytes.len() as u8).bytes(bytes);
+        s
+    }
+
+    fn flood(self, n: u16) -> Self {
+        let mut s = self.op(crate::vhost_user::Op::Flood);
+        s.0.u16(n);
+        s
+    }
+
     fn done(mut self) -> Vec<u8> {
         self.0.finish()
     }
@@ -688,7 +700,7 @@ fn vhost_user() -> Seeds {
             "memory-table-resent-and-reconnect",
             Vu::new(1)
                 .setup(0)
-                .mem_table(&[(0, 255, 0, 0, 0)], false)
+                .mem_table(&[(0, 200, 0, 0, 0)], false)
                 .post_rx(0, 4, 2048)
                 .inject(0, 4, 60)
                 .op(Op::Reconnect)
@@ -870,6 +882,148 @@ fn flow_table_load() -> Seeds {
     ]
 }
 
+// ----- regressions -----
+
+/// Inputs that reproduce known defects, written as
+/// `corpus/<target>/regress-<name>`: each fails its target until the
+/// defect is fixed, and guards it afterwards. (Reproducers the fuzzers
+/// find are committed the same way, as found.)
+pub fn regressions() -> Vec<(&'static str, Seeds)> {
+    vec![
+        ("queue_pair", queue_pair_regressions()),
+        ("relay", relay_regressions()),
+        ("vhost_user", vhost_user_regressions()),
+    ]
+}
+
+fn queue_pair_regressions() -> Seeds {
+    const R: u8 = 128;
+    const MRG: u8 = 1;
+    // Issue 11 #1: rejected TX chains (here: header-only) do not count
+    // against the batch budget; one process_tx pops all 300.
+    let tx512 = QpRing {
+        size_code: 1,
+        desc: 0xc000,
+        avail: 0xe000,
+        used: 0xf000,
+        flags: 1,
+    };
+    let tx_budget = Qp::new(R, 0, QP_RX, tx512)
+        .desc(1, 0, QP_BUF, 12, 0, 0)
+        .avail(1, 0, 256, 0)
+        .avail(1, 0, 44, 0)
+        .tx()
+        .done();
+    // Issue 11 #3: with MRG_RXBUF, 32768 avail entries naming one chain of
+    // 32767 zero-length writable descriptors and one 1-byte buffer: every
+    // frame pops 1512 chains and walks 32768 descriptors for each (about
+    // 50 million per frame, and a scratch vector of as many segments).
+    let rx_quadratic = {
+        let mut w = Writer::new();
+        let regions = [
+            RegionSpec {
+                gap_pages: 0,
+                size_code: 131,
+            },
+            RegionSpec {
+                gap_pages: 0,
+                size_code: 128,
+            },
+            RegionSpec {
+                gap_pages: 0,
+                size_code: 129,
+            },
+            RegionSpec {
+                gap_pages: 0,
+                size_code: 0,
+            },
+        ];
+        Layout::write(&mut w, &regions);
+        w.u8(MRG).u16(0).bool(false).u8(0).u8(0);
+        // RX: 32768 entries; desc in region 0, avail in 1, used in 2.
+        w.u8(7);
+        for region in [0, 1, 2] {
+            Layout::write_addr(&mut w, region, 0);
+        }
+        w.u16(0).u16(0).u8(1);
+        // TX: unused.
+        w.u8(0);
+        for off in [QP_TX.desc, QP_TX.avail, QP_TX.used] {
+            Layout::write_addr(&mut w, 3, off % 0x1000);
+        }
+        w.u16(0).u16(0).u8(1);
+        // Fill: descriptors 0..32767, zero-length, writable, chained.
+        w.u8(6).u8(0).u16(0).u16(32767);
+        Layout::write_addr(&mut w, 3, 0);
+        w.u16(0).u32(0).u16(WRITE | NEXT);
+        // Descriptor 32767: one writable byte, the end of the chain.
+        w.u8(4).u8(0).u16(32767);
+        Layout::write_addr(&mut w, 3, 0x100);
+        w.u32(1).u16(WRITE).u16(0);
+        // Avail index 32768: every entry (zero) names head 0.
+        w.u8(8).u8(0).u16(32768);
+        // 64 frames of 1500 bytes, one process_rx.
+        w.u8(0).u8(63).u16(1500).u8(0).u8(1);
+        w.finish()
+    };
+    vec![
+        ("issue11-1-tx-rejects-unbudgeted", tx_budget),
+        ("issue11-3-rx-quadratic-mergeable", rx_quadratic),
+    ]
+}
+
+fn relay_regressions() -> Seeds {
+    let enable = req::SET_VRING_ENABLE as u8;
+    // Issue 11 #2: an early SET_VRING_ENABLE with fds is held with its
+    // fds, without limit, until SET_FEATURES acks PROTOCOL_FEATURES.
+    let held = Relay::new(0)
+        .msg(enable, 0, 2, 8, 0x1_0000_0000)
+        .msg(enable, 0, 3, 8, 0x1_0000_0001)
+        .done();
+    // A frontend that never reads: once the relay's writes to it block,
+    // the relay stops, and does not end when the backend hangs up (the
+    // server's stop then waits for it forever).
+    let mut mute = Relay::new(1 | 2);
+    for _ in 0..64 {
+        mute = mute.back(req::GET_FEATURES as u8, 4096);
+    }
+    vec![
+        ("issue11-2-early-enable-fds-held", held),
+        (
+            "relay-blocked-on-a-frontend-that-does-not-read",
+            mute.done(),
+        ),
+    ]
+}
+
+fn vhost_user_regressions() -> Seeds {
+    use crate::vhost_user::Op;
+    // A memory table whose memfd (4 MiB) is shorter than its region (253
+    // MiB), and an RX buffer past the memfd's end: the worker's write
+    // there is a SIGBUS (issue 11, "guest memory fds are checked with
+    // fstat before mapping").
+    let mut bad = [0u8; 16];
+    bad.copy_from_slice(&desc(8 << 20, 2048, WRITE, 0));
+    let short_memfd = Vu::new(0)
+        .setup(0)
+        .mem_table(&[(0, 253, 0, 0, 1)], false)
+        .op(Op::Sync)
+        .post_rx(0, 1, 2048)
+        .poke(0x1_0000, &bad)
+        .inject(0, 1, 100)
+        .op(Op::Sync)
+        .op(Op::Settle)
+        .done();
+    // A frontend that sends requests and never reads the answers: the
+    // relay blocks writing to it, the request handler blocks writing to
+    // the relay, and stop never returns.
+    let flood = Vu::new(8).setup(0).flood(u16::MAX).done();
+    vec![
+        ("short-memfd-sigbus", short_memfd),
+        ("stop-blocked-by-a-frontend-that-does-not-read", flood),
+    ]
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -891,13 +1045,15 @@ mod tests {
     #[test]
     fn seeds_are_committed() {
         let bless = std::env::var_os("XDPATH_BLESS").is_some();
-        for (target, seeds) in all() {
+        let seeds = all().into_iter().map(|(t, s)| (t, "seed", s));
+        let regress = regressions().into_iter().map(|(t, s)| (t, "regress", s));
+        for (target, kind, seeds) in seeds.chain(regress) {
             let dir = corpus().join(target);
             if bless {
                 std::fs::create_dir_all(&dir).expect("create the corpus directory");
             }
             for (name, data) in seeds {
-                let path = dir.join(format!("seed-{name}"));
+                let path = dir.join(format!("{kind}-{name}"));
                 if bless {
                     std::fs::write(&path, &data).expect("write a seed");
                 } else {
@@ -1000,12 +1156,16 @@ mod tests {
     }
 
     /// Every committed input (seeds and regression reproducers) passes
-    /// its target. `XDPATH_FUZZ_ONLY=<target>` and
+    /// its target. `XDPATH_FUZZ_ONLY=<target>[/<part of a file name>]` and
     /// `XDPATH_FUZZ_SKIP_REGRESS=1` narrow it down.
     #[test]
     fn committed_inputs_pass() {
         let _one = serial();
         let only = std::env::var("XDPATH_FUZZ_ONLY").ok();
+        let (only, part) = match only.as_deref().map(|o| o.split_once('/')) {
+            Some(Some((t, p))) => (Some(t.to_string()), Some(p.to_string())),
+            _ => (only, None),
+        };
         let skip_regress = std::env::var_os("XDPATH_FUZZ_SKIP_REGRESS").is_some();
         for (target, _) in all() {
             if only.as_deref().is_some_and(|o| o != target) {
@@ -1021,7 +1181,9 @@ mod tests {
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default();
-                if skip_regress && name.starts_with("regress-") {
+                if (skip_regress && name.starts_with("regress-"))
+                    || part.as_deref().is_some_and(|p| !name.contains(p))
+                {
                     continue;
                 }
                 eprintln!("{target}: {name}");
