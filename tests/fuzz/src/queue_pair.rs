@@ -57,9 +57,12 @@ pub const MAX_OPS: usize = 256;
 pub const TX_POP_BUDGET: u16 = 4 * BATCH as u16;
 /// Largest vring (and the queues' maximum).
 const MAX_QUEUE: u16 = 32768;
-/// Descriptors the model reads per call at most before it gives up on the
-/// used-entry checks (the code under test has no such excuse).
-const MODEL_BUDGET: usize = 1 << 16;
+/// Avail entries the model looks at per call (more popped chains than
+/// this are not checked one by one; the code under test has no such
+/// excuse).
+const MODEL_WINDOW: u16 = 512;
+/// Descriptors the model reads per call at most.
+const MODEL_BUDGET: usize = 8192;
 
 type Mem = GuestMemoryAtomic<GuestMemoryMmap>;
 
@@ -186,62 +189,59 @@ struct ModelChain {
     writable: Vec<(u64, u64)>,
     /// Sum of the writable lengths.
     capacity: u64,
+    /// What the device reads to follow it: indirect tables, readable
+    /// buffers.
+    reads: Vec<(u64, u64)>,
 }
 
-/// The model's view of the chains a call may pop: their writable
-/// buffers, and every byte range the device reads to find them.
+/// The model's view, before a call, of the chains it may pop: for the
+/// first entries of the avail window (at most [`MODEL_WINDOW`], within
+/// [`MODEL_BUDGET`] descriptors), their writable buffers and what the
+/// device reads to find them.
 #[derive(Debug, Default)]
 struct Model {
-    /// Heads in the avail ring from next avail to the avail index.
-    window: Vec<u16>,
-    chains: Vec<ModelChain>,
-    /// Structure the device reads: avail ring, descriptor table, indirect
-    /// tables, readable buffers.
-    reads: Vec<(u64, u64)>,
-    /// Whether the model finished within its budget.
-    complete: bool,
+    /// Entries between next avail and the avail index, if the index reads
+    /// and is not past the ring.
+    pending: Option<u16>,
+    /// The avail ring and the descriptor table.
+    rings: Vec<(u64, u64)>,
+    /// Heads of the first window entries, each with its walked chain.
+    chains: Vec<(u16, ModelChain)>,
 }
 
 impl Model {
-    /// Walks the chains of the avail window, the way the spec reads them
-    /// (NEXT links, one level of indirect tables), bounded per chain by the
-    /// queue size and in total by [`MODEL_BUDGET`].
+    /// Walks the first chains of the avail window the way the spec reads
+    /// them (NEXT links, one level of indirect tables), bounded per chain
+    /// by the queue size and in total by [`MODEL_BUDGET`].
     fn read(mem: &GuestMemoryMmap, q: &QueueState) -> Self {
-        let mut m = Model {
-            complete: true,
-            ..Model::default()
-        };
+        let mut m = Model::default();
+        let size = u64::from(q.size);
+        m.rings.push((q.avail, 6 + 2 * size));
+        m.rings.push((q.desc, 16 * size));
         if q.size == 0 {
-            m.complete = false;
             return m;
         }
-        let size = u64::from(q.size);
-        m.reads.push((q.avail, 6 + 2 * size));
-        m.reads.push((q.desc, 16 * size));
         let Some(idx) = read_u16(mem, q.avail.wrapping_add(2)) else {
-            m.complete = false;
             return m;
         };
         let pending = idx.wrapping_sub(q.next_avail);
         if pending > q.size {
             return m;
         }
+        m.pending = Some(pending);
         let mut budget = MODEL_BUDGET;
-        for k in 0..pending {
+        'window: for k in 0..pending.min(MODEL_WINDOW) {
             let slot = u64::from(q.next_avail.wrapping_add(k) % q.size);
             let Some(head) = read_u16(mem, q.avail.wrapping_add(4 + 2 * slot)) else {
-                m.complete = false;
-                return m;
+                break;
             };
-            m.window.push(head);
             let mut chain = ModelChain::default();
             let (mut table, mut tsize, mut i) = (q.desc, q.size, head);
             let mut indirect = false;
             let mut steps = 0u32;
             loop {
                 if budget == 0 {
-                    m.complete = false;
-                    return m;
+                    break 'window;
                 }
                 budget -= 1;
                 if i >= tsize || steps > u32::from(q.size) {
@@ -261,7 +261,7 @@ impl Model {
                         break;
                     }
                     indirect = true;
-                    m.reads.push((addr, len));
+                    chain.reads.push((addr, len));
                     table = addr;
                     tsize = u16::try_from(len / 16).unwrap_or(u16::MAX);
                     i = 0;
@@ -271,16 +271,21 @@ impl Model {
                     chain.writable.push((addr, len));
                     chain.capacity += len;
                 } else {
-                    m.reads.push((addr, len));
+                    chain.reads.push((addr, len));
                 }
                 if flags & VRING_DESC_F_NEXT == 0 {
                     break;
                 }
                 i = next;
             }
-            m.chains.push(chain);
+            m.chains.push((head, chain));
         }
         m
+    }
+
+    /// The first `n` chains, if the model walked that many.
+    fn popped(&self, n: u16) -> Option<&[(u16, ModelChain)]> {
+        self.chains.get(..usize::from(n))
     }
 }
 
@@ -372,12 +377,12 @@ impl Harness {
         let popped = q1.next_avail.wrapping_sub(q0.next_avail);
         let used = q1.next_used.wrapping_sub(q0.next_used);
         let broken = delta(&c1, &c0, "bad_descriptor") + delta(&c1, &c0, "bad_avail_index") > 0;
-        let clean = self.clean_for_rx(&model, &q0);
-        if clean {
+        let chains = model.popped(popped);
+        let clean = chains.is_some_and(|c| self.clean_for_rx(&model, c, &q0));
+        if let (true, Some(pending)) = (clean, model.pending) {
             assert!(
-                usize::from(popped) <= model.window.len(),
-                "RX popped {popped} chains of {} available",
-                model.window.len()
+                popped <= pending,
+                "RX popped {popped} chains of {pending} available"
             );
         }
         assert!(used <= popped, "RX used {used} chains but popped {popped}");
@@ -390,7 +395,10 @@ impl Harness {
         } else {
             assert!(u64::from(used) >= delivered, "at least a chain per frame");
         }
-        if !clean || used == 0 {
+        let (true, Some(chains)) = (clean, chains) else {
+            return;
+        };
+        if used == 0 {
             return;
         }
         let entries = read_used(&mem, &q0, used);
@@ -400,13 +408,10 @@ impl Harness {
             "the used index is published"
         );
         let ids: Vec<u16> = entries.iter().map(|e| e.0).collect();
-        assert_eq!(
-            ids[..],
-            model.window[..usize::from(used)],
-            "RX uses the chains it popped, in order"
-        );
+        let heads: Vec<u16> = chains.iter().map(|c| c.0).collect();
+        assert_eq!(ids, heads, "RX uses the chains it popped, in order");
         let mut total = 0u64;
-        for (&(id, len), chain) in entries.iter().zip(&model.chains) {
+        for (&(id, len), (_, chain)) in entries.iter().zip(chains) {
             assert!(
                 u64::from(len) <= chain.capacity,
                 "used length {len} of chain {id} exceeds its {} writable bytes",
@@ -420,28 +425,33 @@ impl Harness {
             "used lengths = delivered bytes + one header per frame"
         );
         let frames = &self.pushed[first_frame..first_frame + consumed as usize];
-        self.check_rx_contents(&mem, &entries, &model, frames);
+        self.check_rx_contents(&mem, &entries, chains, frames);
     }
 
-    /// No byte the device writes (used ring, writable buffers) overlaps
-    /// anything it reads to find chains, and writable buffers do not
-    /// overlap each other, so the model's view stays true.
-    fn clean_for_rx(&self, model: &Model, q: &QueueState) -> bool {
-        if !model.complete {
-            return false;
-        }
+    /// No byte the device writes (used ring, the popped chains' writable
+    /// buffers) overlaps anything it reads to find chains (avail ring,
+    /// descriptor table, indirect tables, readable buffers), and the
+    /// writable buffers do not overlap each other, so the model's view of
+    /// guest memory stays true through the call.
+    fn clean_for_rx(&self, model: &Model, chains: &[(u16, ModelChain)], q: &QueueState) -> bool {
         let used = used_range(q);
         if !self.layout.contains(used.0, used.1) {
             return false;
         }
         let writes: Vec<(u64, u64)> = std::iter::once(used)
-            .chain(model.chains.iter().flat_map(|c| c.writable.iter().copied()))
+            .chain(chains.iter().flat_map(|c| c.1.writable.iter().copied()))
             .collect();
-        if writes.len() > 4096 {
+        let reads: Vec<(u64, u64)> = model
+            .rings
+            .iter()
+            .copied()
+            .chain(chains.iter().flat_map(|c| c.1.reads.iter().copied()))
+            .collect();
+        if writes.len() + reads.len() > 4096 {
             return false;
         }
         for (i, &w) in writes.iter().enumerate() {
-            if model.reads.iter().any(|&r| overlap(w, r))
+            if reads.iter().any(|&r| overlap(w, r))
                 || writes[i + 1..].iter().any(|&o| overlap(w, o))
             {
                 return false;
@@ -456,7 +466,7 @@ impl Harness {
         &self,
         mem: &GuestMemoryMmap,
         entries: &[(u16, u32)],
-        model: &Model,
+        chains: &[(u16, ModelChain)],
         frames: &[Vec<u8>],
     ) {
         let mut next_frame = 0;
@@ -467,7 +477,7 @@ impl Harness {
             let mut bytes = Vec::new();
             let mut k = i;
             while bytes.len() < HDR_LEN && k < entries.len() {
-                bytes.extend(read_chain(mem, &model.chains[k], entries[k].1));
+                bytes.extend(read_chain(mem, &chains[k].1, entries[k].1));
                 k += 1;
             }
             assert!(bytes.len() >= HDR_LEN, "the used RX chains hold a header");
@@ -481,7 +491,7 @@ impl Harness {
                 self.features.mrg_rxbuf || n == 1,
                 "num_buffers {n} without MRG_RXBUF"
             );
-            for (chain, e) in model.chains[k..i + n].iter().zip(&entries[k..i + n]) {
+            for ((_, chain), e) in chains[k..i + n].iter().zip(&entries[k..i + n]) {
                 bytes.extend(read_chain(mem, chain, e.1));
             }
             assert_eq!(bytes[..HDR_LEN], rx_header(n as u16), "the RX header");
@@ -528,15 +538,25 @@ impl Harness {
             popped <= TX_POP_BUDGET,
             "one process_tx popped {popped} chains (budget {TX_POP_BUDGET}); sent {sent}, rejected {rejected}"
         );
-        let clean = model.complete && !model.reads.iter().any(|&r| overlap(used_range(&q0), r));
-        if clean {
+        let used_ring_ok = self.layout.contains(q0.used, 6 + 8 * u64::from(q0.size));
+        let chains = model.popped(popped);
+        // The device writes only the used ring: nothing it reads may be
+        // under it.
+        let clean = used_ring_ok
+            && chains.is_some_and(|c| {
+                let u = used_range(&q0);
+                !model
+                    .rings
+                    .iter()
+                    .chain(c.iter().flat_map(|c| c.1.reads.iter()))
+                    .any(|&r| overlap(u, r))
+            });
+        if let (true, Some(pending)) = (clean, model.pending) {
             assert!(
-                usize::from(popped) <= model.window.len(),
-                "TX popped {popped} chains of {} available",
-                model.window.len()
+                popped <= pending,
+                "TX popped {popped} chains of {pending} available"
             );
         }
-        let used_ring_ok = self.layout.contains(q0.used, 6 + 8 * u64::from(q0.size));
         assert!(
             u64::from(used) <= sent + rejected,
             "TX used {used} chains, sent {sent}, rejected {rejected}"
@@ -554,17 +574,19 @@ impl Harness {
             u64::from(used) + broken,
             "TX pops = used chains + the malformed one that stopped the vring"
         );
-        if !clean || used == 0 {
+        let (true, Some(chains)) = (clean, chains) else {
+            return;
+        };
+        if used == 0 {
             return;
         }
         let entries = read_used(&mem, &q0, used);
         let mut ids: Vec<u16> = entries.iter().map(|e| e.0).collect();
-        let mut want = model.window[..usize::from(used)].to_vec();
+        // The malformed chain, if any, was popped last.
+        let mut want: Vec<u16> = chains[..usize::from(used)].iter().map(|c| c.0).collect();
         ids.sort_unstable();
         want.sort_unstable();
-        if broken == 0 {
-            assert_eq!(ids, want, "TX uses exactly the chains it popped");
-        }
+        assert_eq!(ids, want, "TX uses exactly the chains it popped");
         assert!(entries.iter().all(|e| e.1 == 0), "TX used lengths are 0");
     }
 }
@@ -708,17 +730,15 @@ pub fn run(data: &[u8]) -> CounterSnapshot {
                 let addr = h.layout.addr(&mut r);
                 let (step, len, flags) = (r.u16(), r.u32(), r.u16());
                 let q = queue_state(v);
-                let mem = h.mem.memory();
-                for k in 0..count {
-                    let i = first.wrapping_add(k);
-                    if q.size == 0 || i >= q.size {
-                        break;
-                    }
+                let n = count.min(q.size.saturating_sub(first));
+                let mut table = Vec::with_capacity(16 * usize::from(n));
+                for k in 0..n {
                     let a = addr.wrapping_add(u64::from(k) * u64::from(step));
-                    let d = descriptor(a, len, flags, i.wrapping_add(1));
-                    h.layout
-                        .poke(&mem, q.desc.wrapping_add(16 * u64::from(i)), &d);
+                    let next = first.wrapping_add(k).wrapping_add(1);
+                    table.extend_from_slice(&descriptor(a, len, flags, next));
                 }
+                let at = q.desc.wrapping_add(16 * u64::from(first));
+                h.layout.poke(&h.mem.memory(), at, &table);
             }
             Op::Reset => {
                 let f = r.u8();

@@ -987,8 +987,17 @@ fn relay_regressions() -> Seeds {
     for _ in 0..64 {
         mute = mute.back(req::GET_FEATURES as u8, 4096);
     }
+    // Issue 11 #10: a frontend that stops in the middle of a message (a
+    // header announcing 100 bytes, 4 sent) and stays connected: the relay
+    // waits for the rest forever, and does not end when the backend hangs
+    // up.
+    let stalled = Relay::new(2 | 4)
+        .msg(req::SET_OWNER as u8, 0, 0, 0, 0)
+        .lie(req::SET_VRING_KICK as u8, 100, &[1, 2, 3, 4])
+        .done();
     vec![
         ("issue11-2-early-enable-fds-held", held),
+        ("issue11-10-frontend-stalls-mid-message", stalled),
         (
             "relay-blocked-on-a-frontend-that-does-not-read",
             mute.done(),
@@ -1044,6 +1053,7 @@ mod tests {
     /// committed ones are what this module generates.
     #[test]
     fn seeds_are_committed() {
+        let _one = serial();
         let bless = std::env::var_os("XDPATH_BLESS").is_some();
         let seeds = all().into_iter().map(|(t, s)| (t, "seed", s));
         let regress = regressions().into_iter().map(|(t, s)| (t, "regress", s));

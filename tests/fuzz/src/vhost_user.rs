@@ -40,14 +40,18 @@ use std::sync::{Arc, Once};
 use std::time::Duration;
 use vm_memory::{Bytes, FileOffset, GuestAddress, GuestMemoryMmap, GuestRegionMmap};
 use vmm_sys_util::eventfd::EventFd;
-use xdpath_dataplane::{CounterSnapshot, MemPort, MemWire, NetConfig, Server, ServerError};
+use xdpath_dataplane::{
+    CounterSnapshot, MemPort, MemWire, NetConfig, Server, ServerError, ServerHandle,
+};
 
 /// Operations per input at most.
 pub const MAX_OPS: usize = 48;
 /// How long `Server::run` may take to return after `stop`.
 pub const STOP_LIMIT: Duration = Duration::from_secs(3);
 /// How long a sync point waits for the backend's answer.
-const SYNC_LIMIT: Duration = Duration::from_millis(300);
+const SYNC_LIMIT: Duration = Duration::from_millis(500);
+/// How long a connect waits for the server to take the frontend.
+const ACCEPT_LIMIT: Duration = Duration::from_secs(1);
 /// A send that takes longer means the backend stopped reading.
 const SEND_LIMIT: Duration = Duration::from_millis(100);
 /// Largest memfd the harness creates (regions may claim more).
@@ -443,6 +447,15 @@ impl Frontend {
     }
 }
 
+/// Connects a frontend and waits (bounded) until the server took it, so
+/// that what follows does not race the previous connection's teardown.
+fn connect(path: &std::path::Path, mute: bool, handle: &ServerHandle<MemPort>) -> Option<Frontend> {
+    let before = handle.connections();
+    let f = Frontend::connect(path, mute)?;
+    process::wait_until(ACCEPT_LIMIT, || handle.connections() > before);
+    Some(f)
+}
+
 static SOCKETS: AtomicU64 = AtomicU64::new(0);
 
 fn socket_path() -> PathBuf {
@@ -492,7 +505,7 @@ fn session(data: &[u8], baseline: Option<(usize, usize)>) -> Vec<CounterSnapshot
     let handle = server.handle();
     let mut run = Bounded::spawn("fuzz-server", move || server.run());
 
-    let mut front = Frontend::connect(&path, mute);
+    let mut front = connect(&path, mute, &handle);
     for _ in 0..MAX_OPS {
         if r.is_empty() {
             break;
@@ -513,7 +526,7 @@ fn session(data: &[u8], baseline: Option<(usize, usize)>) -> Vec<CounterSnapshot
         }
         let Some(f) = front.as_mut() else {
             if op == Op::Reconnect {
-                front = Frontend::connect(&path, mute);
+                front = connect(&path, mute, &handle);
             }
             continue;
         };
@@ -676,7 +689,7 @@ fn session(data: &[u8], baseline: Option<(usize, usize)>) -> Vec<CounterSnapshot
                 if let Some(old) = front.take() {
                     old.hang_up();
                 }
-                front = Frontend::connect(&path, mute);
+                front = connect(&path, mute, &handle);
             }
         }
     }
