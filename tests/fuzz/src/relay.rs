@@ -4,8 +4,9 @@
 //!
 //! Input, in order: a mode byte (bit 0: the frontend never reads what the
 //! relay sends it; bit 1: the backend side hangs up at the end instead of
-//! the frontend), then operations until the input ends (at most
-//! [`MAX_OPS`]):
+//! the frontend; bit 2: a frontend that stopped in the middle of a message
+//! stays connected when the backend hangs up), then operations until the
+//! input ends (at most [`MAX_OPS`]):
 //! - a frontend message (op byte bits 6-7 = 0): request byte (0xff: a raw
 //!   `u32` follows), flags byte (XORed with VERSION_1), fd-count byte (`%
 //!   8`; 8 to 15 mean 33, one more than a message may carry), payload
@@ -20,7 +21,10 @@
 //!
 //! Properties:
 //! - it ends: once either side hangs up, the relay returns within
-//!   [`END_LIMIT`];
+//!   [`END_LIMIT`]; if the backend hung up while the frontend, still
+//!   connected, stopped in the middle of a message (issue 11 #10), within
+//!   [`STALL_LIMIT`] (the relay's read timeout once a message has begun
+//!   must be shorter);
 //! - nothing leaks: afterwards the process has the fds it had before; and
 //!   while it runs, once a marker sent after everything else has come
 //!   through, the relay holds no fd it received (an early
@@ -47,6 +51,9 @@ use vmm_sys_util::eventfd::EventFd;
 pub const MAX_OPS: usize = 64;
 /// How long the relay may take to end once a side hung up.
 pub const END_LIMIT: Duration = Duration::from_secs(2);
+/// How long it may take when the backend hung up and the frontend stalled
+/// in the middle of a message (its read timeout, plus margin).
+pub const STALL_LIMIT: Duration = Duration::from_secs(10);
 /// How long the harness waits for the marker.
 const MARKER_LIMIT: Duration = Duration::from_secs(1);
 /// A send that takes longer means the peer stopped reading.
@@ -88,6 +95,47 @@ fn reader(s: UnixStream, seen: Arc<Mutex<Seen>>) {
     }
 }
 
+/// Where the frontend's byte stream stands in the relay's framing.
+#[derive(Debug, Default)]
+struct Framing {
+    /// Bytes of a header read so far.
+    hdr: Vec<u8>,
+    /// Payload bytes still to come.
+    left: usize,
+    /// The relay refuses what it got and ends.
+    dead: bool,
+}
+
+impl Framing {
+    fn feed(&mut self, mut bytes: &[u8], nfds: usize) {
+        self.dead |= nfds > wire::MAX_FDS;
+        while !bytes.is_empty() && !self.dead {
+            if self.left > 0 {
+                let t = self.left.min(bytes.len());
+                self.left -= t;
+                bytes = &bytes[t..];
+                continue;
+            }
+            let t = (wire::HDR - self.hdr.len()).min(bytes.len());
+            self.hdr.extend_from_slice(&bytes[..t]);
+            bytes = &bytes[t..];
+            if self.hdr.len() == wire::HDR {
+                let size = u32::from_ne_bytes(self.hdr[8..12].try_into().expect("4 bytes"));
+                self.hdr.clear();
+                match usize::try_from(size) {
+                    Ok(n) if n <= wire::MAX_MSG_SIZE => self.left = n,
+                    _ => self.dead = true,
+                }
+            }
+        }
+    }
+
+    /// The frontend stopped inside a message the relay accepts.
+    fn mid_message(&self) -> bool {
+        !self.dead && (!self.hdr.is_empty() || self.left > 0)
+    }
+}
+
 /// The relay's contract, fed the frontend's messages in order.
 #[derive(Debug, Default)]
 struct Contract {
@@ -126,6 +174,8 @@ pub fn run(data: &[u8]) -> usize {
     let mode = r.u8();
     let front_mute = mode & 1 != 0;
     let backend_hangs_up = mode & 2 != 0;
+    let stall = mode & 4 != 0;
+    let mut framing = Framing::default();
 
     let baseline = process::fds();
     let (front_peer, front) = UnixStream::pair().expect("socketpair");
@@ -182,6 +232,7 @@ pub fn run(data: &[u8]) -> usize {
                 let fds = vec![efd.as_raw_fd(); nfds];
                 if front_ok {
                     front_ok = wire::send(&front_peer, &bytes, &fds).is_ok();
+                    framing.feed(&bytes, nfds);
                 }
                 if len > wire::MAX_MSG_SIZE || nfds > wire::MAX_FDS || !front_ok {
                     // The relay refuses it and ends; nothing after it is
@@ -201,6 +252,7 @@ pub fn run(data: &[u8]) -> usize {
                 let bytes = r.bytes(n);
                 if front_ok {
                     front_ok = wire::send(&front_peer, bytes, &[]).is_ok();
+                    framing.feed(bytes, 0);
                 }
                 clean &= bytes.is_empty();
             }
@@ -212,6 +264,7 @@ pub fn run(data: &[u8]) -> usize {
                 bytes.extend_from_slice(r.bytes(n));
                 if front_ok {
                     front_ok = wire::send(&front_peer, &bytes, &[]).is_ok();
+                    framing.feed(&bytes, 0);
                 }
                 clean = false;
             }
@@ -276,22 +329,57 @@ pub fn run(data: &[u8]) -> usize {
         }
     }
 
-    // One side hangs up: the relay must end and close the other.
-    let hang_up = if backend_hangs_up {
-        &back_peer
+    // One side hangs up: the relay must end and close the other. A
+    // frontend that stopped in the middle of a message (and cannot be
+    // told from one that is slow, until a timeout) hangs up too, unless
+    // the input asks to see that timeout.
+    let mid_message = front_ok && framing.mid_message();
+    let stalled = backend_hangs_up && mid_message && stall;
+    if stalled {
+        // Let the relay forward what came before and start reading the
+        // unfinished message, so that it is waiting for the frontend (and
+        // not failing to write to a backend that already hung up).
+        let count = || {
+            at_backend
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .msgs
+                .len()
+        };
+        let mut last = count();
+        let mut quiet = std::time::Instant::now();
+        process::wait_until(MARKER_LIMIT, || {
+            let now = count();
+            if now != last {
+                last = now;
+                quiet = std::time::Instant::now();
+            }
+            quiet.elapsed() >= Duration::from_millis(20)
+        });
+    }
+    if backend_hangs_up {
+        let _ = back_peer.shutdown(std::net::Shutdown::Both);
+        if mid_message && !stall {
+            let _ = front_peer.shutdown(std::net::Shutdown::Both);
+        }
     } else {
-        &front_peer
-    };
-    let _ = hang_up.shutdown(std::net::Shutdown::Both);
+        let _ = front_peer.shutdown(std::net::Shutdown::Both);
+    }
+    let limit = if stalled { STALL_LIMIT } else { END_LIMIT };
     assert!(
-        relay.join_within(END_LIMIT).is_some(),
-        "the relay did not end within {END_LIMIT:?} after the {} hung up (frontend {})",
+        relay.join_within(limit).is_some(),
+        "the relay did not end within {limit:?} after the {} hung up (frontend {}{})",
         if backend_hangs_up {
             "backend"
         } else {
             "frontend"
         },
         if front_mute { "not reading" } else { "reading" },
+        if stalled {
+            ", stalled in the middle of a message: issue 11 #10"
+        } else {
+            ""
+        },
     );
     let _ = front_peer.shutdown(std::net::Shutdown::Both);
     let _ = back_peer.shutdown(std::net::Shutdown::Both);
