@@ -47,7 +47,7 @@ use xdpath_dataplane::handoff::Peers;
 use xdpath_dataplane::port::BATCH;
 use xdpath_dataplane::queue_pair::{DataPathFeatures, QueuePair};
 use xdpath_dataplane::virtio_net::{rx_header, HDR_LEN};
-use xdpath_dataplane::{CounterSnapshot, MemPort};
+use xdpath_dataplane::{CounterSnapshot, FramePort, MemPort};
 
 /// Operations per input at most.
 pub const MAX_OPS: usize = 256;
@@ -676,13 +676,18 @@ pub fn run(data: &[u8]) -> CounterSnapshot {
                     v => usize::from(v),
                 };
                 let seed = r.u8();
+                let port = h.qp.port_mut().expect("the pair keeps its port");
+                // Longer than a port frame: refused (one is enough to see
+                // it; building megabytes of them is not).
+                let len = len.min(port.max_frame_len() + 1);
+                let mut f: Vec<u8> = (0..len)
+                    .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+                    .collect();
                 for k in 0..n {
-                    let f: Vec<u8> = (0..len)
-                        .map(|i| (i as u8).wrapping_mul(31) ^ seed ^ k)
-                        .collect();
-                    let port = h.qp.port_mut().expect("the pair keeps its port");
+                    // Each frame differs in its first byte.
+                    f[0] = seed ^ k;
                     if port.push_rx(&f) {
-                        h.pushed.push(f);
+                        h.pushed.push(f.clone());
                     }
                 }
             }
