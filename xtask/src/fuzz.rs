@@ -263,10 +263,40 @@ fn run_target(
             .find_map(|l| l.strip_prefix(&format!("stat::{name}:")))
             .and_then(|v| v.trim().parse::<u64>().ok())
     };
+    // With -fork, the parent reports in its status lines instead.
+    let status_line = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with('#') && l.contains("exec/s:"));
+    let field = |key: &str| {
+        status_line
+            .and_then(|l| l.split(key).nth(1))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.trim_end_matches([':', 's']).parse::<u64>().ok())
+    };
+    let execs = stat("number_of_executed_units").or_else(|| {
+        status_line
+            .and_then(|l| l.trim_start_matches('#').split(':').next())
+            .and_then(|v| v.parse::<u64>().ok())
+    });
+    let per_sec = stat("average_exec_per_sec").or_else(|| {
+        execs
+            .zip(field("time: ").filter(|&t| t > 0))
+            .map(|(n, t)| n / t)
+    });
+    let found = new_artifacts(&artifacts, &before);
     let failure = match status {
-        Some(st) if st.success() => None,
+        // -fork with -ignore_crashes goes on after a crash and may exit 0.
+        Some(st) if st.success() && found.is_empty() => None,
+        Some(st) if st.success() => Some(format!(
+            "{} reproducer(s): {}",
+            found.len(),
+            found.join(", ")
+        )),
         Some(st) => Some(
-            new_artifact(&artifacts, &before)
+            found
+                .first()
+                .cloned()
                 .or_else(|| written_unit(&text))
                 .unwrap_or_else(|| format!("no reproducer saved (exit {st}); see the log")),
         ),
@@ -285,8 +315,8 @@ fn run_target(
     Ok(Outcome {
         target: target.to_string(),
         wall,
-        execs: stat("number_of_executed_units"),
-        per_sec: stat("average_exec_per_sec"),
+        execs,
+        per_sec,
         peak_rss_mb: stat("peak_rss_mb"),
         corpus: files(&work).len(),
         failure,
@@ -315,12 +345,13 @@ fn files(dir: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
-/// A file in `dir` that was not there before.
-fn new_artifact(dir: &Path, before: &[PathBuf]) -> Option<String> {
+/// The files in `dir` that were not there before.
+fn new_artifacts(dir: &Path, before: &[PathBuf]) -> Vec<String> {
     files(dir)
         .into_iter()
-        .find(|p| !before.contains(p))
+        .filter(|p| !before.contains(p))
         .map(|p| p.display().to_string())
+        .collect()
 }
 
 /// libFuzzer's "Test unit written to PATH".
