@@ -4,11 +4,13 @@
 //! exactly two commands (`cargo xtask demo`, `cargo xtask test`) and both
 //! install what they need first ([`setup`]). Each submodule owns one command;
 //! `cargo xtask bench` ([`bench`](mod@bench)) reproduces the README's
-//! Performance table; `cargo xtask soak` ([`soak`]) soaks a real daemon.
+//! Performance table; `cargo xtask soak` ([`soak`]) soaks a real daemon;
+//! `cargo xtask fuzz` ([`fuzz`]) runs the fuzz targets.
 
 mod bench;
 mod demo;
 mod deploy;
+mod fuzz;
 mod guest;
 mod run;
 mod setup;
@@ -54,6 +56,11 @@ enum Cmd {
     /// traffic with a reconnecting guest, API abuse; writes
     /// target/soak/long.json (or ci.json with --ci).
     Soak(soak::SoakArgs),
+    /// Set up, build the fuzz targets of tests/fuzz once (cargo-fuzz,
+    /// nightly, AddressSanitizer) and fuzz each for --secs seconds (every
+    /// target, or --target T); fails naming the reproducer of any crash,
+    /// hang or out-of-memory (saved in tests/fuzz/artifacts/T/).
+    Fuzz(fuzz::FuzzArgs),
     /// Build the QEMU test guest (Debian kernel + busybox initramfs) into
     /// target/guest/ from Debian packages; cached, a second run does nothing.
     GuestImage,
@@ -99,6 +106,10 @@ fn main() -> Result<()> {
         Cmd::Soak(a) => {
             setup::run()?;
             soak::run(&a)
+        }
+        Cmd::Fuzz(a) => {
+            setup::run()?;
+            fuzz::run(&a)
         }
         Cmd::GuestImage => guest::run(),
         Cmd::Deploy(a) => {

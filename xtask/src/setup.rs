@@ -11,7 +11,8 @@
 //! 4. bpffs mounted at `/sys/fs/bpf`,
 //! 5. hugepages for DPDK (the third-party frontend the tests use):
 //!    `vm.nr_hugepages` raised to 1024 if lower, and hugetlbfs mounted at
-//!    `/dev/hugepages`.
+//!    `/dev/hugepages`;
+//! 6. cargo-fuzz (`cargo xtask fuzz` and the test suite's fuzz smoke).
 //!
 //! The memlock limit is not a setup step: our binaries and tests raise
 //! RLIMIT_MEMLOCK for themselves at start (a shell limit does not persist).
@@ -64,6 +65,7 @@ const NR_HUGEPAGES: &str = "/proc/sys/vm/nr_hugepages";
 const HUGETLBFS: &str = "/dev/hugepages";
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
 
 pub fn run() -> Result<()> {
     if !is_root() {
@@ -73,6 +75,7 @@ pub fn run() -> Result<()> {
     }
     nightly_rust_src()?;
     bpf_linker()?;
+    cargo_fuzz()?;
     if is_root() {
         bpffs()?;
         hugepages()?;
@@ -207,6 +210,24 @@ fn bpf_linker() -> Result<()> {
     )?;
     std::fs::write(&stamp, want)?;
     Ok(())
+}
+
+/// cargo-fuzz, at [`CARGO_FUZZ_VERSION`] (about 25 s to build; a second
+/// run sees it installed and does nothing).
+fn cargo_fuzz() -> Result<()> {
+    let have = output(Command::new("cargo").args(["fuzz", "--version"]));
+    if have.is_some_and(|v| v.split_whitespace().nth(1) == Some(CARGO_FUZZ_VERSION)) {
+        return Ok(());
+    }
+    eprintln!("xtask setup: installing cargo-fuzz {CARGO_FUZZ_VERSION}");
+    status(Command::new("cargo").args([
+        "install",
+        "--locked",
+        "--force",
+        "cargo-fuzz",
+        "--version",
+        CARGO_FUZZ_VERSION,
+    ]))
 }
 
 /// Whether a filesystem of type `fstype` is mounted at `path`.

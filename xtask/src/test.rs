@@ -1,12 +1,14 @@
 //! `cargo xtask test`: the command CI and the README run.
 //!
-//! In order: `cargo fmt --check`; clippy with warnings denied; `cargo doc`
-//! with rustdoc warnings denied (`RUSTDOCFLAGS=-D warnings`); the
-//! workspace's binaries (the tests run `xdpathd`, `xdpctl`, `xtask` and
-//! `xdpath-bench` as processes); the QEMU guest image (cached; as root
-//! only, the VM tests need root anyway); then every test in the workspace;
-//! then, as root and unless test arguments were given, the soak's CI form
-//! (`xdpath-soak --ci`, see `soak.rs`).
+//! In order: `cargo fmt --check` (the workspace and the fuzz crate); clippy
+//! with warnings denied; `cargo doc` with rustdoc warnings denied
+//! (`RUSTDOCFLAGS=-D warnings`); the workspace's binaries (the tests run
+//! `xdpathd`, `xdpctl`, `xtask` and `xdpath-bench` as processes); the QEMU
+//! guest image (cached; as root only, the VM tests need root anyway); every
+//! test in the workspace; then, unless test arguments were given, the
+//! soak's CI form (as root: `xdpath-soak --ci`, see `soak.rs`) and the fuzz
+//! smoke: the fuzz targets built once and each run for a few seconds over
+//! its committed seeds and what it finds meanwhile ([`crate::fuzz::smoke`]).
 //!
 //! Privileged tests (namespaces, XDP, AF_XDP, QEMU, DPDK) are marked
 //! `#[ignore = "needs root: ..."]`. As root, as in CI, they run with the
@@ -19,6 +21,9 @@ use anyhow::Result;
 
 pub fn run(extra: &[String]) -> Result<()> {
     cargo(&["fmt", "--all", "--check"])?;
+    // The fuzz crate is its own workspace (see tests/fuzz/Cargo.toml).
+    let fuzz_manifest = format!("{}/Cargo.toml", crate::fuzz::FUZZ_DIR);
+    cargo(&["fmt", "--manifest-path", &fuzz_manifest, "--check"])?;
     cargo(&[
         "clippy",
         "--workspace",
@@ -52,10 +57,13 @@ pub fn run(extra: &[String]) -> Result<()> {
     }
     let args = test_args(root, extra);
     cargo(&args.iter().map(String::as_str).collect::<Vec<_>>())?;
-    // The soak's CI form (root: namespaces, XDP, DPDK); not when the
-    // caller picked tests.
+    // The soak's CI form (root: namespaces, XDP, DPDK) and the fuzz
+    // smoke; not when the caller picked tests.
     if root && extra.is_empty() {
         crate::soak::ci()?;
+    }
+    if extra.is_empty() {
+        crate::fuzz::smoke()?;
     }
     if !root {
         eprintln!(
