@@ -31,7 +31,8 @@
 //! route), 408 (a body that stalled), 409 (duplicate or conflict), 413 (a
 //! body over its route's cap, or a bulk list over the rule cap), 507 (the
 //! table is full) or 500; a connection over the server's cap waits for a
-//! slot rather than being refused (`api::server`). A
+//! slot rather than being refused, and a client trickling its request
+//! head gives its slot up to one waiting (`api::server`). A
 //! rejected write changes nothing. A message repeats at most
 //! `xdpath_api::rules::ECHO_MAX` characters of any value it was given, and
 //! is at most [`MAX_MESSAGE`] characters long.

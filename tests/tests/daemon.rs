@@ -1627,7 +1627,7 @@ fn a_request_over_the_api_connection_cap_waits_and_is_answered() {
     let t = Topology::new(1).expect("topology");
     let d = start(&t, &[]);
     let held: Vec<_> = (0..64).map(|_| api_conn(&d, b"GET /v1/hea")).collect();
-    // The 65th waits in the listen backlog: no answer while 64 are held.
+    // The 65th waits: no answer while 64 fresh clients hold the slots.
     let (tx, rx) = std::sync::mpsc::channel();
     let api = d.api.clone();
     let waiter = std::thread::spawn(move || {
@@ -1640,15 +1640,27 @@ fn a_request_over_the_api_connection_cap_waits_and_is_answered() {
     });
     assert!(
         rx.recv_timeout(Duration::from_millis(500)).is_err(),
-        "the 65th connection was served while 64 were held"
+        "the 65th connection was served while 64 fresh ones were held"
     );
-    // Once the held ones go, it is answered (not refused).
-    drop(held);
+    // Then it is answered (not refused) while all 64 still trickle their
+    // heads: the oldest of them, 2 s without a full head, gives its slot.
     let answer = rx
         .recv_timeout(WAIT)
-        .expect("the waiting request is answered once slots come back");
+        .expect("the waiting request is answered while the slow clients stay");
     assert!(matches!(answer, Ok((200, _))), "{answer:?}");
     waiter.join().expect("waiter");
+    let closed = held
+        .iter()
+        .filter(|s| {
+            use std::io::Read;
+            s.set_read_timeout(Some(Duration::from_millis(100)))
+                .expect("timeout");
+            let mut rest = Vec::new();
+            (&mut &**s).read_to_end(&mut rest).is_ok()
+        })
+        .count();
+    assert_eq!(closed, 1, "exactly one slow client gave its slot");
+    drop(held);
     assert!(
         d.call("GET", "/v1/health", None).is_ok(),
         "the slots come back"

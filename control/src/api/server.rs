@@ -9,7 +9,7 @@
 //!
 //! | limit | default | when exceeded |
 //! |---|---|---|
-//! | connections at once | 64 | one more waits in the listen backlog until a served one ends |
+//! | connections at once | 64 | one more waits until a served one ends, or until the oldest one still sending its head after 2 s is closed for it; further ones wait in the listen backlog |
 //! | the request head (line and headers) in full, from the connection's start | 10 s, 64 KiB | the connection is closed (431 when too large) |
 //! | between two pieces of the body | 10 s | 408 |
 //! | the whole body, from the head | 60 s | 408 |
@@ -29,6 +29,7 @@ use axum::Router;
 use http_body::{Body as HttpBody, Frame, SizeHint};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use std::collections::HashMap;
 use std::future::Future;
 use std::io;
 use std::os::unix::fs::PermissionsExt;
@@ -49,6 +50,9 @@ use tower::ServiceExt;
 pub struct Limits {
     /// Connections served at once.
     pub max_connections: usize,
+    /// When a connection waits over the cap, the oldest served one still
+    /// sending its request head after this long is closed for it.
+    pub evict_after: Duration,
     /// The request head must arrive in full within this long of the
     /// connection's start.
     pub head_timeout: Duration,
@@ -68,6 +72,7 @@ impl Default for Limits {
     fn default() -> Self {
         Self {
             max_connections: 64,
+            evict_after: Duration::from_secs(2),
             head_timeout: Duration::from_secs(10),
             max_head: 64 << 10,
             body_idle: Duration::from_secs(10),
@@ -197,26 +202,42 @@ pub async fn serve(
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut conns = JoinSet::new();
+    // Each served connection's phase and start, by task.
+    let mut slots: HashMap<tokio::task::Id, Slot> = HashMap::new();
+    // One connection accepted over the cap, waiting for a slot.
+    let mut waiting: Option<UnixStream> = None;
     tokio::pin!(shutdown);
     loop {
-        // At the cap the loop stops accepting: a connection over it waits
-        // in the kernel's listen backlog until one of the served ones ends
-        // (each is bounded by the timeouts above), so a burst of clients is
-        // served in turn rather than refused. The client's own connect and
-        // answer timeouts bound how long it waits.
-        let room = conns.len() < limits.max_connections;
+        if let Some(stream) = waiting.take() {
+            if conns.len() < limits.max_connections {
+                spawn(&mut conns, &mut slots, stream, &router, limits, &stop_rx);
+            } else {
+                evict_one(&slots, limits.evict_after);
+                waiting = Some(stream);
+            }
+        }
+        // At the cap the loop takes one more connection and holds it
+        // until a slot frees: a served one ends (each is bounded by the
+        // timeouts above), or the oldest one still sending its head after
+        // `evict_after` is closed for it. Further ones wait in the
+        // kernel's listen backlog; the clients' own timeouts bound that.
         tokio::select! {
             () = &mut shutdown => break,
-            Some(_) = conns.join_next(), if !conns.is_empty() => {}
-            accepted = listener.accept(), if room => match accepted {
-                Ok((stream, _)) => {
-                    conns.spawn(connection(stream, router.clone(), limits, stop_rx.clone()));
-                }
+            Some(ended) = conns.join_next_with_id(), if !conns.is_empty() => {
+                let id = match ended {
+                    Ok((id, ())) => id,
+                    Err(e) => e.id(),
+                };
+                slots.remove(&id);
+            }
+            accepted = listener.accept(), if waiting.is_none() => match accepted {
+                Ok((stream, _)) => waiting = Some(stream),
                 Err(e) => {
                     tracing::warn!("API: accepting a connection failed: {e}; retrying");
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
+            () = tokio::time::sleep(EVICT_CHECK), if waiting.is_some() => {}
         }
     }
     drop(listener);
@@ -236,14 +257,69 @@ pub async fn serve(
     }
 }
 
+/// A served connection, as the accept loop sees it.
+struct Slot {
+    phase: PhaseCell,
+    since: Instant,
+    task: tokio::task::AbortHandle,
+}
+
+/// How often a connection waiting for a slot looks for one to free.
+const EVICT_CHECK: Duration = Duration::from_millis(100);
+
+fn spawn(
+    conns: &mut JoinSet<()>,
+    slots: &mut HashMap<tokio::task::Id, Slot>,
+    stream: UnixStream,
+    router: &Router,
+    limits: Limits,
+    stop: &tokio::sync::watch::Receiver<bool>,
+) {
+    let phase = PhaseCell::default();
+    let task = conns.spawn(connection(
+        stream,
+        router.clone(),
+        limits,
+        stop.clone(),
+        phase.clone(),
+    ));
+    slots.insert(
+        task.id(),
+        Slot {
+            phase,
+            since: Instant::now(),
+            task,
+        },
+    );
+}
+
+/// Closes the oldest connection that has been sending its request head
+/// for `after` or longer, if there is one, so that a connection waiting
+/// over the cap gets its slot (a client that trickles its head cannot
+/// hold a slot while others wait). Its slot comes back when its task ends.
+fn evict_one(slots: &HashMap<tokio::task::Id, Slot>, after: Duration) {
+    let oldest = slots
+        .values()
+        .filter(|s| s.phase.get() == Phase::Head && !s.task.is_finished())
+        .filter(|s| s.since.elapsed() >= after)
+        .min_by_key(|s| s.since);
+    if let Some(s) = oldest {
+        tracing::debug!(
+            "API: closing a connection that sent no full request head in {:?}, for one waiting",
+            s.since.elapsed()
+        );
+        s.task.abort();
+    }
+}
+
 /// Serves one connection (one request) until it ends or the server stops.
 async fn connection(
     stream: UnixStream,
     router: Router,
     limits: Limits,
     mut stop: tokio::sync::watch::Receiver<bool>,
+    phase: PhaseCell,
 ) {
-    let phase = PhaseCell::default();
     let service = {
         let phase = phase.clone();
         hyper::service::service_fn(move |req: hyper::Request<Incoming>| {
@@ -762,6 +838,7 @@ mod tests {
         let srv = Running::start(Limits {
             max_connections: 3,
             write_stall: Duration::from_millis(300),
+            evict_after: Duration::from_secs(60),
             ..quick()
         });
         let held: Vec<StdStream> = (0..3)
@@ -811,6 +888,52 @@ mod tests {
         drop(hogs);
     }
 
+    #[test]
+    fn a_client_trickling_its_head_gives_its_slot_to_one_waiting() {
+        let srv = Running::start(Limits {
+            max_connections: 3,
+            evict_after: Duration::from_millis(500),
+            ..quick()
+        });
+        let held: Vec<StdStream> = (0..3)
+            .map(|_| {
+                let mut s = srv.connect();
+                s.write_all(b"GET /v1/hea").unwrap();
+                s
+            })
+            .collect();
+        // The slow clients keep their slots while nobody waits ...
+        std::thread::sleep(Duration::from_millis(800));
+        for s in &held {
+            s.set_nonblocking(true).unwrap();
+            let mut b = [0u8; 1];
+            assert!(
+                matches!(Read::read(&mut &*s, &mut b), Err(e) if e.kind() == io::ErrorKind::WouldBlock),
+                "a slow client was closed while nobody waited"
+            );
+            s.set_nonblocking(false).unwrap();
+        }
+        // ... and one waiting is served while they are all still there:
+        // the oldest slow one is closed for it.
+        let answer = xdpath_api::client::request_with_timeout(
+            &srv.sock,
+            "GET",
+            "/v1/stats",
+            None,
+            Duration::from_secs(5),
+        );
+        assert!(matches!(answer, Ok((200, _))), "{answer:?}");
+        let closed = held
+            .iter()
+            .filter(|s| {
+                s.set_read_timeout(Some(Duration::from_millis(200)))
+                    .unwrap();
+                let mut rest = Vec::new();
+                (&mut &**s).read_to_end(&mut rest).is_ok()
+            })
+            .count();
+        assert_eq!(closed, 1, "one slow client gave its slot");
+    }
     #[test]
     fn an_early_refusal_reaches_a_streaming_client() {
         let srv = Running::start(quick());
