@@ -127,6 +127,8 @@ pub struct ControlState<P: Platform> {
     pub started: Instant,
     /// The XDP program's id.
     pub prog_id: u32,
+    /// The API server's own counters (`server::serve` updates them).
+    pub api_stats: Arc<server::ConnStats>,
 }
 
 /// An API error response.
@@ -683,6 +685,7 @@ async fn metrics<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResul
         classifier: c,
         queues: s.server.all_counters(),
         guest_connected: s.server.connected(),
+        api_slow_heads_closed: s.api_stats.slow_heads_closed(),
     })
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
     Ok((
@@ -703,6 +706,9 @@ pub struct Scrape {
     pub queues: Vec<QueueCounterValues>,
     /// Whether a guest is connected.
     pub guest_connected: bool,
+    /// API connections closed for sending no full request head in time
+    /// while another waited for their slot.
+    pub api_slow_heads_closed: u64,
 }
 
 /// A `prometheus-client` collector over one [`Scrape`]: every counter of
@@ -741,6 +747,14 @@ impl Collector for ScrapeCollector {
             MetricType::Gauge,
         )?;
         ConstGauge::new(i64::from(s.guest_connected)).encode(m.encode_family(&iface)?)?;
+        let mut m = enc.encode_descriptor(
+            "xdpath_api_slow_clients_closed",
+            "API connections closed because they sent no full request head within 2 s while \
+             another connection waited for a slot.",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(s.api_slow_heads_closed).encode(m.encode_family(&iface)?)?;
         Ok(())
     }
 }
@@ -1145,6 +1159,7 @@ mod tests {
             },
             queues: vec![snapshot(3), snapshot(4)],
             guest_connected: true,
+            api_slow_heads_closed: 2,
         })
         .unwrap();
         let lab = r#"iface="we\"ird\\if\n""#;
@@ -1160,6 +1175,7 @@ mod tests {
                 .to_string(),
             "# TYPE xdpath_guest_connected gauge\n".to_string(),
             format!("xdpath_guest_connected{{{lab}}} 1\n"),
+            format!("xdpath_api_slow_clients_closed_total{{{lab}}} 2\n"),
         ] {
             assert!(text.contains(&want), "missing {want:?} in\n{text}");
         }
@@ -1168,7 +1184,7 @@ mod tests {
         let samples = text.lines().filter(|l| !l.starts_with('#')).count();
         assert_eq!(
             samples,
-            ClassifierCounters::NAMES.len() + 2 * QueueCounterValues::NAMES.len() + 1
+            ClassifierCounters::NAMES.len() + 2 * QueueCounterValues::NAMES.len() + 2
         );
         // No queues: no queue families at all.
         let text = metrics_text(Scrape {
@@ -1176,6 +1192,7 @@ mod tests {
             classifier: ClassifierCounters::default(),
             queues: vec![],
             guest_connected: false,
+            api_slow_heads_closed: 0,
         })
         .unwrap();
         assert!(!text.contains("xdpath_queue_"), "{text}");

@@ -92,6 +92,7 @@ impl Rig {
             cfg,
             started: Instant::now(),
             prog_id: 7,
+            api_stats: Default::default(),
         });
         Self {
             state,

@@ -1661,6 +1661,16 @@ fn a_request_over_the_api_connection_cap_waits_and_is_answered() {
         .count();
     assert_eq!(closed, 1, "exactly one slow client gave its slot");
     drop(held);
+    let metrics = xdpath_control::client::request(&d.api, "GET", "/metrics", None)
+        .expect("metrics")
+        .1;
+    assert!(
+        metrics.contains(&format!(
+            "xdpath_api_slow_clients_closed_total{{iface=\"{}\"}} 1\n",
+            t.host_if
+        )),
+        "{metrics}"
+    );
     assert!(
         d.call("GET", "/v1/health", None).is_ok(),
         "the slots come back"

@@ -177,7 +177,7 @@ fn contract(e: Endpoint, g: &mut SchemaGenerator) -> Contract {
         Endpoint::Metrics => Contract {
             request: None,
             request_note: "",
-            ok: (200, "OpenMetrics text: xdpath_classifier_<counter>_total{iface}, xdpath_queue_<counter>_total{iface,queue}, xdpath_guest_connected{iface}", None),
+            ok: (200, "OpenMetrics text: xdpath_classifier_<counter>_total{iface}, xdpath_queue_<counter>_total{iface,queue}, xdpath_guest_connected{iface}, xdpath_api_slow_clients_closed_total{iface}", None),
             errors: &[500],
         },
     }

@@ -35,7 +35,7 @@ use std::io;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Duration;
@@ -198,6 +198,7 @@ pub async fn serve(
     listener: UnixListener,
     router: Router,
     limits: Limits,
+    stats: Arc<ConnStats>,
     shutdown: impl Future<Output = ()>,
 ) {
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
@@ -212,7 +213,7 @@ pub async fn serve(
             if conns.len() < limits.max_connections {
                 spawn(&mut conns, &mut slots, stream, &router, limits, &stop_rx);
             } else {
-                evict_one(&slots, limits.evict_after);
+                evict_one(&mut slots, limits.evict_after, &stats);
                 waiting = Some(stream);
             }
         }
@@ -257,11 +258,28 @@ pub async fn serve(
     }
 }
 
+/// What the accept loop did that a client would want counted (shown in
+/// `/metrics`).
+#[derive(Debug, Default)]
+pub struct ConnStats {
+    slow_heads_closed: AtomicU64,
+}
+
+impl ConnStats {
+    /// Connections closed to give their slot to one waiting, because they
+    /// had not sent a full request head after `Limits::evict_after`.
+    pub fn slow_heads_closed(&self) -> u64 {
+        self.slow_heads_closed.load(Ordering::Relaxed)
+    }
+}
+
 /// A served connection, as the accept loop sees it.
 struct Slot {
     phase: PhaseCell,
     since: Instant,
     task: tokio::task::AbortHandle,
+    /// Closed for a connection waiting; its task is ending.
+    evicted: bool,
 }
 
 /// How often a connection waiting for a slot looks for one to free.
@@ -289,6 +307,7 @@ fn spawn(
             phase,
             since: Instant::now(),
             task,
+            evicted: false,
         },
     );
 }
@@ -297,13 +316,19 @@ fn spawn(
 /// for `after` or longer, if there is one, so that a connection waiting
 /// over the cap gets its slot (a client that trickles its head cannot
 /// hold a slot while others wait). Its slot comes back when its task ends.
-fn evict_one(slots: &HashMap<tokio::task::Id, Slot>, after: Duration) {
+fn evict_one(slots: &mut HashMap<tokio::task::Id, Slot>, after: Duration, stats: &ConnStats) {
+    if slots.values().any(|s| s.evicted) {
+        // One is already giving its slot.
+        return;
+    }
     let oldest = slots
-        .values()
+        .values_mut()
         .filter(|s| s.phase.get() == Phase::Head && !s.task.is_finished())
         .filter(|s| s.since.elapsed() >= after)
         .min_by_key(|s| s.since);
     if let Some(s) = oldest {
+        s.evicted = true;
+        stats.slow_heads_closed.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(
             "API: closing a connection that sent no full request head in {:?}, for one waiting",
             s.since.elapsed()
@@ -596,6 +621,7 @@ mod tests {
         sock: PathBuf,
         stop: Option<tokio::sync::oneshot::Sender<()>>,
         done: std::sync::mpsc::Receiver<Instant>,
+        stats: Arc<ConnStats>,
         _dir: Dir,
     }
 
@@ -614,6 +640,8 @@ mod tests {
             .unwrap();
             let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
             let (done_tx, done) = std::sync::mpsc::channel();
+            let stats = Arc::new(ConnStats::default());
+            let served = stats.clone();
             std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
                     .enable_all()
@@ -622,7 +650,7 @@ mod tests {
                 rt.block_on(async move {
                     std_listener.set_nonblocking(true).unwrap();
                     let listener = UnixListener::from_std(std_listener).unwrap();
-                    serve(listener, stand_in(), limits, async {
+                    serve(listener, stand_in(), limits, served, async {
                         let _ = stop_rx.await;
                     })
                     .await;
@@ -633,6 +661,7 @@ mod tests {
                 sock,
                 stop: Some(stop_tx),
                 done,
+                stats,
                 _dir: dir,
             }
         }
@@ -933,6 +962,7 @@ mod tests {
             })
             .count();
         assert_eq!(closed, 1, "one slow client gave its slot");
+        assert_eq!(srv.stats.slow_heads_closed(), 1, "and it is counted");
     }
     #[test]
     fn an_early_refusal_reaches_a_streaming_client() {

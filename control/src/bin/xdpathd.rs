@@ -367,6 +367,7 @@ fn run(flags: &Flags) -> Result<()> {
         cfg: cfg.clone(),
         started: Instant::now(),
         prog_id,
+        api_stats: Arc::new(server::ConnStats::default()),
     });
     // Steer traffic to the sockets only while a guest's workers read them.
     let events = state.clone();
@@ -544,7 +545,8 @@ fn serve_api(
                 _ = dataplane_done => tracing::error!("the dataplane ended"),
             }
         };
-        server::serve(listener, router(state), Limits::default(), shutdown).await;
+        let stats = state.api_stats.clone();
+        server::serve(listener, router(state), Limits::default(), stats, shutdown).await;
         Ok(())
     })
 }
