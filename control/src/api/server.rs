@@ -837,13 +837,7 @@ mod tests {
         });
         // 50 connections with half a request line each, and one whose
         // request is being handled.
-        let slow: Vec<StdStream> = (0..50)
-            .map(|_| {
-                let mut s = srv.connect();
-                s.write_all(b"GET /v1/hea").unwrap();
-                s
-            })
-            .collect();
+        let slow = slow_clients(&srv, 50);
         let mut busy = srv.connect();
         busy.write_all(b"GET /v1/health HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap();
@@ -862,6 +856,17 @@ mod tests {
         }
     }
 
+    /// `n` clients that sent half a request line and then nothing.
+    fn slow_clients(srv: &Running, n: usize) -> Vec<StdStream> {
+        (0..n)
+            .map(|_| {
+                let mut s = srv.connect();
+                s.write_all(b"GET /v1/hea").unwrap();
+                s
+            })
+            .collect()
+    }
+
     #[test]
     fn a_connection_over_the_cap_waits_for_a_slot_and_is_served() {
         let srv = Running::start(Limits {
@@ -870,13 +875,7 @@ mod tests {
             evict_after: Duration::from_secs(60),
             ..quick()
         });
-        let held: Vec<StdStream> = (0..3)
-            .map(|_| {
-                let mut s = srv.connect();
-                s.write_all(b"GET /v1/hea").unwrap();
-                s
-            })
-            .collect();
+        let held = slow_clients(&srv, 3);
         std::thread::sleep(Duration::from_millis(100));
         // Over the cap: no answer while the three are held ...
         let (tx, rx) = std::sync::mpsc::channel();
@@ -924,13 +923,7 @@ mod tests {
             evict_after: Duration::from_millis(500),
             ..quick()
         });
-        let held: Vec<StdStream> = (0..3)
-            .map(|_| {
-                let mut s = srv.connect();
-                s.write_all(b"GET /v1/hea").unwrap();
-                s
-            })
-            .collect();
+        let held = slow_clients(&srv, 3);
         // The slow clients keep their slots while nobody waits ...
         std::thread::sleep(Duration::from_millis(800));
         for s in &held {
