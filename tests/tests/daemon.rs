@@ -856,8 +856,20 @@ fn a_failing_start_never_attaches_xdp() {
             }
             "AF_XDP socket busy" => {
                 let host_if = t.host_if.clone();
+                // The earlier cases' daemons bound queue 0 and exited; the
+                // kernel frees it asynchronously, so the test's own bind
+                // may find it busy for a moment.
                 _busy = Some(t.in_host(move || {
-                    xdpath_tests::xsk::XskReceiver::bind(&host_if, 0).expect("queue 0 taken")
+                    let until = std::time::Instant::now() + Duration::from_secs(5);
+                    loop {
+                        match xdpath_tests::xsk::XskReceiver::bind(&host_if, 0) {
+                            Ok(r) => break r,
+                            Err(e) if std::time::Instant::now() >= until => {
+                                panic!("queue 0 taken: {e}")
+                            }
+                            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+                        }
+                    }
                 }));
                 "Creating the AF_XDP socket of queue 0 failed".into()
             }
