@@ -709,9 +709,10 @@ fn every_store_step(case: &Case) {
     }
 }
 
-#[test]
-fn a_failing_store_step_leaves_memory_disk_and_maps_as_they_were() {
-    let cases: Vec<Case> = single_cases()
+/// The operations that touch the store: every single change, every switch,
+/// and the syncs that adopt what the maps hold.
+fn store_cases() -> Vec<Case> {
+    single_cases()
         .into_iter()
         .chain(switch_cases())
         .chain(
@@ -719,7 +720,12 @@ fn a_failing_store_step_leaves_memory_disk_and_maps_as_they_were() {
                 .into_iter()
                 .filter(|c| c.name.contains("adopting")),
         )
-        .collect();
+        .collect()
+}
+
+#[test]
+fn a_failing_store_step_leaves_memory_disk_and_maps_as_they_were() {
+    let cases = store_cases();
     for case in &cases {
         every_store_step(case);
     }
@@ -986,15 +992,7 @@ fn every_store_step_durably(case: &Case) {
 
 #[test]
 fn every_acknowledged_operation_survives_a_reload_and_a_crash_after_any_failing_step() {
-    let cases: Vec<Case> = single_cases()
-        .into_iter()
-        .chain(switch_cases())
-        .chain(
-            sync_cases()
-                .into_iter()
-                .filter(|c| c.name.contains("adopting")),
-        )
-        .collect();
+    let cases = store_cases();
     for case in &cases {
         every_store_step_durably(case);
     }

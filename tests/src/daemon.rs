@@ -145,11 +145,7 @@ impl Daemon {
             .args(more)
             .spawn()
             .context("starting xdpathd")?;
-        let mut status = None;
-        wait_until(timeout, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
+        let status = exit_within(&mut child, timeout);
         if status.is_none() {
             let _ = child.kill();
             let _ = child.wait();
@@ -271,17 +267,24 @@ impl Daemon {
         // SAFETY: kill(2) on the pid of a child we spawned and have not
         // reaped yet (so the pid cannot have been reused).
         unsafe { libc::kill(child.id() as i32, sig) };
-        let mut status = None;
-        wait_until(timeout, || {
-            status = child.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if status.is_none() {
+        exit_within(&mut child, timeout).or_else(|| {
             let _ = child.kill();
-            status = child.wait().ok();
-        }
-        status
+            child.wait().ok()
+        })
     }
+}
+
+/// `child`'s exit status if it exits within `timeout`.
+fn exit_within(
+    child: &mut std::process::Child,
+    timeout: Duration,
+) -> Option<std::process::ExitStatus> {
+    let mut status = None;
+    wait_until(timeout, || {
+        status = child.try_wait().ok().flatten();
+        status.is_some()
+    });
+    status
 }
 
 impl Drop for Daemon {

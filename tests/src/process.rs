@@ -5,6 +5,8 @@
 use crate::bridge::{from_guest, WAIT};
 use crate::frontend::{FrontendOptions, TestFrontend};
 use crate::wait_until;
+use std::os::unix::process::CommandExt;
+use std::process::Command;
 use std::time::Duration;
 
 /// Threads of this process.
@@ -71,5 +73,29 @@ pub fn reconnect_session(round: u64, connect: impl FnOnce(FrontendOptions) -> Te
         fe.set_vring_enable(2, true).expect("enable vring 2");
         let _ = fe.recv(0, 4, Duration::from_millis(20));
         let _ = fe.recv(1, 4, Duration::from_millis(20));
+    }
+}
+
+/// Makes the child `cmd` spawns die (SIGKILL) when the thread that spawns
+/// it ends, or at once if this process is already gone by the time it
+/// runs: a test or soak that is killed without running its guards still
+/// takes its children with it. The guards kill them first in every normal
+/// path. `PR_SET_PDEATHSIG` fires when the spawning *thread* ends, so spawn
+/// from a thread that lives as long as the child's guard.
+pub fn die_with_parent(cmd: &mut Command) {
+    // SAFETY: getpid is always safe. The closure runs in the forked child
+    // before exec and only makes async-signal-safe calls (prctl, getppid,
+    // getpid, kill on itself).
+    unsafe {
+        let parent = libc::getpid();
+        cmd.pre_exec(move || {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                libc::kill(libc::getpid(), libc::SIGKILL);
+            }
+            Ok(())
+        });
     }
 }

@@ -17,7 +17,6 @@
 use anyhow::{bail, Context, Result};
 use std::collections::VecDeque;
 use std::io::{BufRead, BufReader, Read};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -257,24 +256,7 @@ impl Testpmd {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: the closure runs in the forked child before exec and only
-        // makes async-signal-safe calls (prctl, getppid, kill on itself).
-        // PR_SET_PDEATHSIG fires when the spawning *thread* ends: a test
-        // thread that dies without running destructors (the harness being
-        // killed) still takes testpmd with it. The guard kills it first in
-        // every normal path.
-        unsafe {
-            let parent = libc::getpid();
-            cmd.pre_exec(move || {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if libc::getppid() != parent {
-                    libc::kill(libc::getpid(), libc::SIGKILL);
-                }
-                Ok(())
-            });
-        }
+        crate::process::die_with_parent(&mut cmd);
         let mut child = cmd.spawn().with_context(|| format!("starting {command}"))?;
         let log = Arc::new(Mutex::new(Log::default()));
         let outputs: [Option<Box<dyn Read + Send>>; 2] = [

@@ -960,32 +960,27 @@ mod tests {
     #[test]
     fn an_early_refusal_reaches_a_streaming_client() {
         let srv = Running::start(quick());
+        let refused_413 = |upload| {
+            let e = xdpath_api::client::call_upload(&srv.sock, "PUT", "/v1/prefixes", upload)
+                .unwrap_err();
+            assert!(
+                matches!(
+                    &e,
+                    xdpath_api::client::ClientError::Refused { status: 413, .. }
+                ),
+                "{e:?}"
+            );
+        };
         let dir = Dir::new("upload");
         // Announced over the cap: refused before the body is sent.
         let big = dir.0.join("big.json");
         let f = std::fs::File::create(&big).unwrap();
         f.set_len(17 << 20).unwrap();
         let upload = xdpath_api::client::Upload::file(std::fs::File::open(&big).unwrap()).unwrap();
-        let e =
-            xdpath_api::client::call_upload(&srv.sock, "PUT", "/v1/prefixes", upload).unwrap_err();
-        assert!(
-            matches!(
-                &e,
-                xdpath_api::client::ClientError::Refused { status: 413, .. }
-            ),
-            "{e:?}"
-        );
+        refused_413(upload);
         // Chunked from a pipe: cut off at the cap.
         let upload = xdpath_api::client::Upload::reader(std::io::repeat(b' ').take(20 << 20));
-        let e =
-            xdpath_api::client::call_upload(&srv.sock, "PUT", "/v1/prefixes", upload).unwrap_err();
-        assert!(
-            matches!(
-                &e,
-                xdpath_api::client::ClientError::Refused { status: 413, .. }
-            ),
-            "{e:?}"
-        );
+        refused_413(upload);
     }
 
     #[test]

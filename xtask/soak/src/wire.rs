@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
+use xdpath_tests::frames::checksum;
 use xdpath_tests::packet::{Receiver, Sender};
 use xdpath_tests::topology::enter_netns;
 
@@ -270,23 +271,6 @@ pub struct Pinger {
     thread: Option<JoinHandle<Result<PingCount>>>,
     sent: Arc<AtomicU64>,
     received: Arc<AtomicU64>,
-}
-
-/// The Internet checksum.
-fn checksum(data: &[u8]) -> u16 {
-    let mut sum = 0u32;
-    for c in data.chunks(2) {
-        let w = if c.len() == 2 {
-            u16::from_be_bytes([c[0], c[1]])
-        } else {
-            u16::from(c[0]) << 8
-        };
-        sum += u32::from(w);
-    }
-    while sum > 0xffff {
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    !(sum as u16)
 }
 
 /// An ICMP echo request with identifier `id` and our 64-bit sequence
