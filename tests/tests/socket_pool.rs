@@ -33,6 +33,15 @@ struct Rig {
     events: Arc<Mutex<Vec<&'static str>>>,
 }
 
+/// One test at a time: `a_socket_closed_before_the_up_event_is_not_registered`
+/// needs the fd number the old socket frees to go to the file it opens,
+/// and the other tests open and close fds (sockets, eventfds) meanwhile.
+fn one_at_a_time() -> std::sync::MutexGuard<'static, ()> {
+    static FDS: Mutex<()> = Mutex::new(());
+    FDS.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
 fn opts() -> FrontendOptions {
     FrontendOptions {
         queue_pairs: PAIRS,
@@ -172,6 +181,7 @@ const STEPS: [ReplaceStep; 4] = [
 /// next is steered to the new socket.
 #[test]
 fn a_disconnect_between_the_steps_of_a_replacement_leaves_no_entry() {
+    let _serial = one_at_a_time();
     for step in STEPS {
         let r = rig();
         let fe = Arc::new(Mutex::new(Some(r.connect())));
@@ -200,6 +210,7 @@ fn a_disconnect_between_the_steps_of_a_replacement_leaves_no_entry() {
 /// worker reads.
 #[test]
 fn a_connect_between_the_steps_of_a_replacement_steers_the_new_socket() {
+    let _serial = one_at_a_time();
     for step in STEPS {
         let r = rig();
         r.assert_failed_open("no guest yet");
@@ -227,6 +238,7 @@ fn a_connect_between_the_steps_of_a_replacement_steers_the_new_socket() {
 /// its number taken by another file), and must not be registered.
 #[test]
 fn a_socket_closed_before_the_up_event_is_not_registered() {
+    let _serial = one_at_a_time();
     // The replacement runs inside the first Up event, before the pool hears
     // of it; the pool is filled in once the rig exists.
     let late: Arc<Mutex<Option<Arc<Rig>>>> = Arc::new(Mutex::new(None));
