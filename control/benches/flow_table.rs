@@ -22,7 +22,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 use xdpath_control::flow_table::FlowTable;
 use xdpath_control::maps::FakeMaps;
-use xdpath_control::rules::{flow_specs_from_json, FlowRuleSpec};
+use xdpath_control::rules::{flow_specs_from_json, FlowRuleSpec, LegacyIds};
 use xdpath_control::{Classifier, ClassifierConfig};
 
 const N: usize = 100_000;
@@ -52,7 +52,7 @@ fn bench_rules(c: &mut Criterion) {
     g.bench_function("validate_100k", |b| {
         b.iter(|| {
             for (i, s) in list.iter().enumerate() {
-                black_box(s.validate(i as u32 + 1).expect("valid"));
+                black_box(s.validate(i as u32 + 1, &LegacyIds).expect("valid"));
             }
         })
     });
@@ -82,7 +82,11 @@ fn bench_fake(c: &mut Criterion) {
                     which ^= 1;
                     let list = sets[which].clone();
                     let t0 = Instant::now();
-                    black_box(table.replace_flows(&mut maps, list).expect("replace"));
+                    black_box(
+                        table
+                            .replace_flows(&mut maps, list, &LegacyIds)
+                            .expect("replace"),
+                    );
                     total += t0.elapsed();
                 }
                 total
@@ -173,10 +177,16 @@ fn bench_maps(c: &mut Criterion) -> Result<(), String> {
             b.iter_custom(|iters| {
                 let mut total = Duration::ZERO;
                 for _ in 0..iters {
-                    table.replace_flows(&mut cl, Vec::new()).expect("empty");
+                    table
+                        .replace_flows(&mut cl, Vec::new(), &LegacyIds)
+                        .expect("empty");
                     let list = sets[0].clone();
                     let t0 = Instant::now();
-                    black_box(table.replace_flows(&mut cl, list).expect("replace"));
+                    black_box(
+                        table
+                            .replace_flows(&mut cl, list, &LegacyIds)
+                            .expect("replace"),
+                    );
                     total += t0.elapsed();
                 }
                 total
@@ -190,7 +200,11 @@ fn bench_maps(c: &mut Criterion) -> Result<(), String> {
                     which ^= 1;
                     let list = sets[which].clone();
                     let t0 = Instant::now();
-                    black_box(table.replace_flows(&mut cl, list).expect("replace"));
+                    black_box(
+                        table
+                            .replace_flows(&mut cl, list, &LegacyIds)
+                            .expect("replace"),
+                    );
                     total += t0.elapsed();
                 }
                 total

@@ -20,7 +20,10 @@
 //! | POST   | /v1/prefixes                | add one prefix rule                   |
 //! | PUT    | /v1/prefixes                | replace all prefix rules, atomically  |
 //! | DELETE | /v1/prefixes/{id}           | delete one prefix rule                |
-//! | GET    | /v1/guests                  | the guest(s) and their vhost-user port|
+//! | GET    | /v1/guests                  | the guests, their sockets and counters|
+//! | POST   | /v1/guests                  | add a guest (and start serving it)    |
+//! | GET    | /v1/guests/{name}           | one guest                             |
+//! | DELETE | /v1/guests/{name}           | remove a guest (`?force=true`: with its rules) |
 //! | GET    | /v1/queues                  | queues, their sockets and counters    |
 //! | POST   | /v1/queues/{queue}/replace  | replace a queue's AF_XDP socket       |
 //! | GET    | /v1/stats                   | classifier and per-queue counters     |
@@ -56,8 +59,11 @@
 //!
 //! Shared state ([`ControlState`]): the classifier and the flow table in one
 //! mutex (every map write goes through it; held only for map syscalls, on a
-//! blocking thread), the socket pool (its own mutex, see `socket_pool`), and
-//! the dataplane's handle (atomics).
+//! blocking thread), and the guests ([`GuestSet`]: the registry and, per
+//! guest, its socket pool and dataplane handle; its mutex comes before the
+//! maps' one). A rule is added under the guests' lock, so the guest it
+//! names cannot go meanwhile; a bulk list is checked against a snapshot of
+//! the names.
 
 mod body;
 mod bulk;
@@ -66,13 +72,16 @@ pub mod server;
 pub use body::{body_limit, BodyError, BULK_BYTES_PER_RULE, SMALL_BODY};
 
 use crate::config::DaemonConfig;
+use crate::flood::FloodStats;
 use crate::flow_table::{FlowTable, FlowTableError};
+use crate::guest_registry::GuestError;
+use crate::guests::{GuestSet, GuestSetError};
 use crate::platform::{ClassifierMaps, Platform};
 use crate::rules::{
-    echo, read_flow_specs, read_prefix_specs, FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec,
-    RuleKind,
+    echo, read_flow_specs, read_prefix_specs, FlowRule, FlowRuleSpec, ListedRules, PrefixRule,
+    PrefixRuleSpec, RuleKind,
 };
-use crate::socket_pool::{self, PoolError, SocketPool};
+use crate::socket_pool::{self, PoolError};
 use axum::body::Body;
 use axum::extract::{Extension, Path, State};
 use axum::http::{Request, StatusCode};
@@ -90,10 +99,9 @@ use std::time::Instant;
 use tower::ServiceExt;
 use xdpath_api::openapi::METRICS_CONTENT_TYPE;
 use xdpath_api::{
-    ClassifierCounters, Endpoint, ErrorBody, Guest, Health, Method, QueueCounterValues,
-    QueueSocket, QueueStats, QueueStatus, Replaced, SocketState, Stats,
+    ClassifierCounters, Endpoint, ErrorBody, GuestInfo, GuestSpec, Health, Method,
+    QueueCounterValues, QueueSocket, QueueStats, QueueStatus, Replaced, SocketState, Stats,
 };
-use xdpath_dataplane::{PortFactory, ServerHandle};
 
 /// The maps' source of truth and their projection, behind one mutex.
 pub struct Tables<M> {
@@ -109,18 +117,15 @@ impl<M> AsMut<M> for Tables<M> {
     }
 }
 
-/// The dataplane's handle on platform `P`.
-pub type Dataplane<P> = ServerHandle<<<P as Platform>::Ports as PortFactory>::Port>;
-
 /// Everything the handlers share, on the kernel or in memory
 /// ([`crate::platform`]).
 pub struct ControlState<P: Platform> {
-    /// Classifier + flow table.
-    pub tables: Mutex<Tables<P::Maps>>,
-    /// The socket pool.
-    pub pool: SocketPool<P::Ports>,
-    /// The dataplane.
-    pub server: Dataplane<P>,
+    /// Classifier + flow table (shared with the guests' connection hooks).
+    pub tables: Arc<Mutex<Tables<P::Maps>>>,
+    /// The guests: their registry and what runs for each.
+    pub guests: GuestSet<P>,
+    /// The wire's broadcast slow path's counters, once it runs.
+    pub flood: std::sync::OnceLock<Arc<FloodStats>>,
     /// The configuration the daemon runs with.
     pub cfg: DaemonConfig,
     /// When the daemon started.
@@ -258,7 +263,10 @@ fn route_name(e: Endpoint) -> &'static str {
         Endpoint::AddPrefix => "POST /v1/prefixes",
         Endpoint::ReplacePrefixes => "PUT /v1/prefixes",
         Endpoint::DeletePrefix => "DELETE /v1/prefixes/{id}",
-        Endpoint::Guests => "GET /v1/guests",
+        Endpoint::ListGuests => "GET /v1/guests",
+        Endpoint::AddGuest => "POST /v1/guests",
+        Endpoint::GetGuest => "GET /v1/guests/{name}",
+        Endpoint::DeleteGuest => "DELETE /v1/guests/{name}",
         Endpoint::Queues => "GET /v1/queues",
         Endpoint::ReplaceQueue => "POST /v1/queues/{queue}/replace",
         Endpoint::Stats => "GET /v1/stats",
@@ -368,7 +376,10 @@ pub fn handler<P: Platform>(e: Endpoint) -> MethodRouter<Arc<ControlState<P>>> {
         Endpoint::AddPrefix => on(m, add_prefix::<P>),
         Endpoint::ReplacePrefixes => on(m, replace_prefixes::<P>),
         Endpoint::DeletePrefix => on(m, delete_prefix::<P>),
-        Endpoint::Guests => on(m, guests::<P>),
+        Endpoint::ListGuests => on(m, guests::<P>),
+        Endpoint::AddGuest => on(m, add_guest::<P>),
+        Endpoint::GetGuest => on(m, get_guest::<P>),
+        Endpoint::DeleteGuest => on(m, delete_guest::<P>),
         Endpoint::Queues => on(m, queues::<P>),
         Endpoint::ReplaceQueue => on(m, replace_queue::<P>),
         Endpoint::Stats => on(m, stats::<P>),
@@ -392,8 +403,13 @@ async fn health<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> Json<Heal
         xdp_prog_id: s.prog_id,
         xdp_mode: s.cfg.xdp_mode,
         queues: s.cfg.queues,
-        guest_connected: s.server.connected(),
-        connections: s.server.connections(),
+        guest_connected: s.guests.running().iter().any(|g| g.server().connected()),
+        connections: s
+            .guests
+            .running()
+            .iter()
+            .map(|g| g.server().connections())
+            .sum(),
         uptime_s: s.started.elapsed().as_secs(),
     })
 }
@@ -465,6 +481,7 @@ macro_rules! table_routes {
             let permit = gate.0.acquire_owned().await.map_err(|e| {
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, format!("The list gate failed: {e}."))
             })?;
+            let names = s.guests.names();
             let rules = blocking(move || {
                 s.tables
                     .lock()
@@ -473,7 +490,7 @@ macro_rules! table_routes {
                     .$m_list()
             })
             .await?;
-            let answer = Json(rules).into_response();
+            let answer = Json(ListedRules { rules: &rules, guests: &names }).into_response();
             Ok(answer.map(|inner| Body::new(Held { inner, _permit: permit })))
         }
 
@@ -481,16 +498,21 @@ macro_rules! table_routes {
             let text = body::read_small(body).await?;
             let spec = <$spec>::from_json(&text)?;
             let cap = s.cfg.$cap as usize;
-            let rule = blocking(move || {
-                let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
-                let Tables { classifier, flows } = &mut *t;
-                if flows.$count() >= cap {
-                    return Err(table_full($kind, cap));
-                }
-                flows.$m_add(classifier, spec).map_err(ApiError::from)
+            let (rule, names) = blocking(move || {
+                // Under the guests' lock: no guest goes while its rule is
+                // added (the guests' lock comes before the maps').
+                s.guests.with_names(|names| {
+                    let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
+                    let Tables { classifier, flows } = &mut *t;
+                    if flows.$count() >= cap {
+                        return Err(table_full($kind, cap));
+                    }
+                    let rule = flows.$m_add(classifier, spec, names).map_err(ApiError::from)?;
+                    Ok((rule, names.names()))
+                })
             })
             .await??;
-            Ok((StatusCode::CREATED, Json(rule)).into_response())
+            Ok((StatusCode::CREATED, Json(rule.listed(&names))).into_response())
         }
 
         async fn $replace<P: Platform>(
@@ -508,8 +530,9 @@ macro_rules! table_routes {
             let started = std::time::Instant::now();
             let announced = body::announced(req.headers(), req.body());
             let expect = usize::try_from(announced / MIN_RULE_BYTES).unwrap_or(cap);
+            let names = s.guests.names();
             let parsed = body::parse_streaming(req.into_body(), move |reader| {
-                bulk::read_and_check::<$rule>(reader, cap, expect, $kind, |reader, each| {
+                bulk::read_and_check::<$rule>(reader, cap, expect, $kind, &names, |reader, each| {
                     $read(reader, cap, each)
                 })
             })
@@ -589,17 +612,109 @@ table_routes!(
     delete_prefix
 );
 
-async fn guests<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> Json<Vec<Guest>> {
-    Json(vec![Guest {
-        port: crate::config::GUEST_PORT,
-        mac: s.cfg.guest_mac,
-        ips: s.cfg.guest_ip.clone(),
-        vhost_socket: s.cfg.vhost_socket(),
-        queue_pairs: s.cfg.queues,
-        mtu: s.cfg.mtu,
-        connected: s.server.connected(),
-        connections: s.server.connections(),
-    }])
+/// The listing of every guest, with its counters and the rules that send
+/// to it.
+fn guest_infos<P: Platform>(s: &ControlState<P>) -> Vec<GuestInfo> {
+    let list = s.guests.list();
+    let rules: Vec<usize> = {
+        let t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
+        list.iter()
+            .map(|(g, _)| t.flows.rules_for_guest(g.id))
+            .collect()
+    };
+    list.iter()
+        .zip(rules)
+        .map(|((g, r), n)| s.guests.info(g, r.as_deref(), n))
+        .collect()
+}
+
+async fn guests<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
+    let infos = blocking(move || guest_infos(&s)).await?;
+    Ok(Json(infos).into_response())
+}
+
+async fn get_guest<P: Platform>(
+    State(s): State<Arc<ControlState<P>>>,
+    Path(name): Path<String>,
+) -> ApiResult {
+    let infos = blocking(move || guest_infos(&s)).await?;
+    infos
+        .into_iter()
+        .find(|g| g.name == name)
+        .map(|g| Json(g).into_response())
+        .ok_or_else(|| GuestError::NotFound(name).into())
+}
+
+async fn add_guest<P: Platform>(State(s): State<Arc<ControlState<P>>>, body: Body) -> ApiResult {
+    let text = body::read_small(body).await?;
+    let spec = GuestSpec::from_json(&text).map_err(GuestError::Invalid)?;
+    let info = blocking(move || -> Result<GuestInfo, ApiError> {
+        let g = s.guests.add(spec)?;
+        let running = s.guests.running().into_iter().find(|r| r.id() == g.id);
+        Ok(s.guests.info(&g, running.as_deref(), 0))
+    })
+    .await??;
+    Ok((StatusCode::CREATED, Json(info)).into_response())
+}
+
+/// `force` of `DELETE /v1/guests/{name}?force=true`: absent is false;
+/// anything but `force=true` or `force=false` is refused.
+fn force_param(query: Option<&str>) -> Result<bool, ApiError> {
+    match query.unwrap_or("") {
+        "" | "force=false" => Ok(false),
+        "force=true" => Ok(true),
+        other => Err(ApiError::bad_field(
+            "force",
+            format!(
+                "Field `force`: {} is not a query this route takes; use force=true or force=false.",
+                echo(other)
+            ),
+        )),
+    }
+}
+
+async fn delete_guest<P: Platform>(
+    State(s): State<Arc<ControlState<P>>>,
+    Path(name): Path<String>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+) -> ApiResult {
+    let force = force_param(query.as_deref())?;
+    blocking(move || s.guests.remove(&name, force)).await??;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+impl From<GuestError> for ApiError {
+    fn from(e: GuestError) -> Self {
+        Self {
+            status: StatusCode::from_u16(e.http_status())
+                .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR),
+            body: e.error_body(),
+        }
+    }
+}
+
+impl From<GuestSetError> for ApiError {
+    fn from(e: GuestSetError) -> Self {
+        match e {
+            GuestSetError::Guest(e) => e.into(),
+            GuestSetError::Table(e) => e.into(),
+            GuestSetError::Start(e) => Self::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("{e}: {}", source_text(&e)),
+            ),
+        }
+    }
+}
+
+/// The causes of `e`, joined.
+fn source_text(e: &dyn std::error::Error) -> String {
+    let mut parts = Vec::new();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        parts.push(c.to_string());
+        cause = c.source();
+    }
+    parts.join(": ")
 }
 
 /// The API's form of the pool's socket state.
@@ -613,21 +728,23 @@ fn socket_state(s: socket_pool::SocketState) -> SocketState {
 }
 
 async fn queues<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> Json<Vec<QueueStatus>> {
-    let counters = s.server.all_counters();
-    Json(
-        s.pool
-            .list()
-            .into_iter()
-            .map(|q| QueueStatus {
-                counters: counters.get(q.queue as usize).copied(),
-                queue: q.queue,
-                socket: socket_state(q.state),
-                socket_generation: q.generation,
-            })
-            .collect(),
-    )
+    let mut out = Vec::new();
+    for g in s.guests.running() {
+        let counters = g.server().all_counters();
+        out.extend(g.pool().list().into_iter().map(|q| QueueStatus {
+            guest: g.name().to_string(),
+            counters: counters.get(q.queue as usize).copied(),
+            queue: q.queue,
+            socket: socket_state(q.state),
+            socket_generation: q.generation,
+        }));
+    }
+    Json(out)
 }
 
+/// Replaces queue `queue`'s socket of every running guest, one after the
+/// other (the others' traffic on the queue is not disturbed); answers with
+/// the first guest's.
 async fn replace_queue<P: Platform>(
     State(s): State<Arc<ControlState<P>>>,
     Path(raw): Path<String>,
@@ -638,7 +755,20 @@ async fn replace_queue<P: Platform>(
             format!("Field `queue`: {} is not a queue index.", echo(&raw)),
         )
     })?;
-    let info = blocking(move || s.pool.replace(queue, &s.tables, &s.server)).await??;
+    let info = blocking(move || -> Result<_, ApiError> {
+        let mut first = None;
+        for g in s.guests.running() {
+            let info = g.pool().replace(queue, &s.tables, g.server())?;
+            first.get_or_insert(info);
+        }
+        first.ok_or_else(|| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                format!("Queue {queue} has no socket: no guest runs."),
+            )
+        })
+    })
+    .await??;
     Ok(Json(QueueSocket {
         queue: info.queue,
         state: socket_state(info.state),
@@ -661,30 +791,55 @@ async fn classifier_counters<P: Platform>(
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
 }
 
-/// The queue pairs' counters with their indices.
-fn queue_stats(snaps: Vec<QueueCounterValues>) -> Vec<QueueStats> {
-    (0u32..)
-        .zip(snaps)
-        .map(|(queue, counters)| QueueStats { queue, counters })
+/// Every running guest's queue pairs' counters, by guest name.
+fn guest_queues<P: Platform>(s: &ControlState<P>) -> Vec<(String, Vec<QueueCounterValues>, bool)> {
+    s.guests
+        .running()
+        .iter()
+        .map(|g| {
+            (
+                g.name().to_string(),
+                g.server().all_counters(),
+                g.server().connected(),
+            )
+        })
         .collect()
 }
 
 async fn stats<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
     let classifier = classifier_counters::<P>(s.clone()).await?;
-    Ok(Json(Stats {
-        classifier,
-        queues: queue_stats(s.server.all_counters()),
-    })
-    .into_response())
+    let queues = guest_queues(&s)
+        .into_iter()
+        .flat_map(|(guest, snaps, _)| {
+            (0u32..)
+                .zip(snaps)
+                .map(move |(queue, counters)| QueueStats {
+                    guest: guest.clone(),
+                    queue,
+                    counters,
+                })
+        })
+        .collect();
+    Ok(Json(Stats { classifier, queues }).into_response())
 }
 
 async fn metrics<P: Platform>(State(s): State<Arc<ControlState<P>>>) -> ApiResult {
     let c = classifier_counters::<P>(s.clone()).await?;
+    let flood = s.flood.get().map(|f| {
+        use std::sync::atomic::Ordering::Relaxed;
+        [
+            ("frames", f.frames.load(Relaxed)),
+            ("copies", f.copies.load(Relaxed)),
+            ("dropped_rate", f.dropped_rate.load(Relaxed)),
+            ("dropped_guest", f.dropped_guest.load(Relaxed)),
+            ("dropped_oversize", f.dropped_oversize.load(Relaxed)),
+        ]
+    });
     let text = metrics_text(Scrape {
         iface: s.cfg.iface.clone(),
         classifier: c,
-        queues: s.server.all_counters(),
-        guest_connected: s.server.connected(),
+        guests: guest_queues(&s),
+        flood,
         api_slow_heads_closed: s.api_stats.slow_heads_closed(),
     })
     .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, e))?;
@@ -702,10 +857,11 @@ pub struct Scrape {
     pub iface: String,
     /// The classifier's counters.
     pub classifier: ClassifierCounters,
-    /// Each queue pair's counters (label `queue` = index).
-    pub queues: Vec<QueueCounterValues>,
-    /// Whether a guest is connected.
-    pub guest_connected: bool,
+    /// Per running guest (label `guest`): its queue pairs' counters (label
+    /// `queue` = index) and whether its frontend is connected.
+    pub guests: Vec<(String, Vec<QueueCounterValues>, bool)>,
+    /// The wire's broadcast slow path's counters, once it runs.
+    pub flood: Option<[(&'static str, u64); 5]>,
     /// API connections closed for sending no full request head in time
     /// while another waited for their slot.
     pub api_slow_heads_closed: u64,
@@ -726,27 +882,46 @@ impl Collector for ScrapeCollector {
             let mut m = enc.encode_descriptor(&family, &help, None, MetricType::Counter)?;
             ConstCounter::new(v).encode(m.encode_family(&iface)?)?;
         }
-        if !s.queues.is_empty() {
+        if s.guests.iter().any(|(_, q, _)| !q.is_empty()) {
             for (i, name) in QueueCounterValues::NAMES.iter().enumerate() {
                 let family = format!("xdpath_queue_{name}");
                 let help = QueueCounterValues::DOCS.get(i).map(|d| d.join(" "));
                 let help = help.as_deref().unwrap_or(name);
                 let mut m = enc.encode_descriptor(&family, help, None, MetricType::Counter)?;
-                for (q, snap) in s.queues.iter().enumerate() {
-                    let v = snap.fields().get(i).map_or(0, |f| f.1);
-                    let queue = q.to_string();
-                    let labels = [("iface", s.iface.as_str()), ("queue", queue.as_str())];
-                    ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                for (guest, queues, _) in &s.guests {
+                    for (q, snap) in queues.iter().enumerate() {
+                        let v = snap.fields().get(i).map_or(0, |f| f.1);
+                        let queue = q.to_string();
+                        let labels = [
+                            ("iface", s.iface.as_str()),
+                            ("guest", guest.as_str()),
+                            ("queue", queue.as_str()),
+                        ];
+                        ConstCounter::new(v).encode(m.encode_family(&labels)?)?;
+                    }
                 }
             }
         }
         let mut m = enc.encode_descriptor(
             "xdpath_guest_connected",
-            "1 while a vhost-user frontend is connected.",
+            "1 while the guest's vhost-user frontend is connected.",
             None,
             MetricType::Gauge,
         )?;
-        ConstGauge::new(i64::from(s.guest_connected)).encode(m.encode_family(&iface)?)?;
+        for (guest, _, connected) in &s.guests {
+            let labels = [("iface", s.iface.as_str()), ("guest", guest.as_str())];
+            ConstGauge::new(i64::from(*connected)).encode(m.encode_family(&labels)?)?;
+        }
+        if let Some(flood) = &s.flood {
+            for (name, v) in flood {
+                let family = format!("xdpath_wire_flood_{name}");
+                let help = format!(
+                    "Wire broadcast and multicast copied to the guests (slow path): {name}."
+                );
+                let mut m = enc.encode_descriptor(&family, &help, None, MetricType::Counter)?;
+                ConstCounter::new(*v).encode(m.encode_family(&iface)?)?;
+            }
+        }
         let mut m = enc.encode_descriptor(
             "xdpath_api_slow_clients_closed",
             "API connections closed because they sent no full request head within 2 s while \
@@ -771,7 +946,9 @@ pub fn metrics_text(s: Scrape) -> Result<String, String> {
 
 /// The concrete path of a documented path (`{id}` -> 1, `{queue}` -> 0).
 fn concrete(path: &str) -> String {
-    path.replace("{id}", "1").replace("{queue}", "0")
+    path.replace("{id}", "1")
+        .replace("{queue}", "0")
+        .replace("{name}", "default")
 }
 
 /// One request through `router`: the status and the body as text.
@@ -876,6 +1053,7 @@ pub async fn check_router(router: Router, doc: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::GuestRef;
     use crate::rules::{flow_specs_from_json, prefix_specs_from_json};
     use xdpath_api::openapi::{document, document_text, response_schema, validate};
     use xdpath_api::{MacAddr, XdpAttachMode};
@@ -1027,12 +1205,12 @@ mod tests {
             src_port: 1000,
             dst_port: 53,
             action: "guest".into(),
-            guest: Some(2),
+            guest: Some(GuestRef::Id(2)),
         }
-        .validate(7)
+        .validate(7, &crate::rules::LegacyIds)
         .unwrap();
         let icmp: FlowRule = FlowRuleSpec::new("fd00::2", "fd00::1", 200u8, "drop")
-            .validate(8)
+            .validate(8, &crate::rules::LegacyIds)
             .unwrap();
         check(Endpoint::AddFlow, serde_json::to_value(flow).unwrap());
         check(
@@ -1040,7 +1218,7 @@ mod tests {
             serde_json::to_value([flow, icmp]).unwrap(),
         );
         let prefix: PrefixRule = PrefixRuleSpec::new("fd00:88::/32", "host")
-            .validate(3)
+            .validate(3, &crate::rules::LegacyIds)
             .unwrap();
         check(
             Endpoint::ListPrefixes,
@@ -1056,27 +1234,28 @@ mod tests {
                 .unwrap(),
             );
         }
-        for mac in [None, Some(MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 2]))] {
-            let g = Guest {
-                port: 1,
-                mac,
-                ips: vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()],
-                vhost_socket: "/run/xdpath/eth1.vhost.sock".into(),
-                queue_pairs: 2,
-                mtu: 1500,
-                connected: false,
-                connections: 0,
-            };
-            check(Endpoint::Guests, serde_json::to_value([g]).unwrap());
-        }
+        let mut spec = xdpath_api::GuestSpec::new("web1", MacAddr([0x52, 0x54, 0, 0xab, 0xcd, 2]));
+        spec.ips = vec!["10.0.0.5".parse().unwrap(), "fd00::5".parse().unwrap()];
+        let g = xdpath_api::GuestInfo::new(
+            1,
+            &spec,
+            "/run/xdpath/eth1.web1.vhost.sock".into(),
+            2,
+            0o660,
+        );
+        check(Endpoint::ListGuests, serde_json::to_value([&g]).unwrap());
+        check(Endpoint::AddGuest, serde_json::to_value(&g).unwrap());
+        check(Endpoint::GetGuest, serde_json::to_value(&g).unwrap());
         let queues = [
             QueueStatus {
+                guest: "default".into(),
                 queue: 0,
                 socket: SocketState::Bound,
                 socket_generation: 1,
                 counters: Some(snapshot(5)),
             },
             QueueStatus {
+                guest: "web1".into(),
                 queue: 1,
                 socket: SocketState::Failed("binding failed".into()),
                 socket_generation: 2,
@@ -1099,7 +1278,14 @@ mod tests {
                 redirects: 4,
                 ..Default::default()
             },
-            queues: queue_stats(vec![snapshot(1), snapshot(2)]),
+            queues: (0u32..)
+                .zip([snapshot(1), snapshot(2)])
+                .map(|(queue, counters)| QueueStats {
+                    guest: "default".into(),
+                    queue,
+                    counters,
+                })
+                .collect(),
         };
         let v = serde_json::to_value(&stats).unwrap();
         assert_eq!(v["queues"][1]["queue"], 1);
@@ -1141,12 +1327,17 @@ mod tests {
                 Endpoint::ReplaceFlows => flow_specs_from_json(text.as_bytes()).map(|_| ()),
                 Endpoint::AddPrefix => PrefixRuleSpec::from_json(text.as_bytes()).map(|_| ()),
                 Endpoint::ReplacePrefixes => prefix_specs_from_json(text.as_bytes()).map(|_| ()),
+                Endpoint::AddGuest => {
+                    let g = xdpath_api::GuestSpec::from_json(text.as_bytes());
+                    assert!(g.as_ref().is_ok_and(|g| g.validate().is_ok()), "{g:?}");
+                    Ok(())
+                }
                 other => panic!("{other:?} has a request body this test does not know"),
             };
             assert!(read.is_ok(), "{e:?}: {read:?}");
             seen += 1;
         }
-        assert_eq!(seen, 4);
+        assert_eq!(seen, 5);
     }
 
     #[test]
@@ -1157,8 +1348,8 @@ mod tests {
                 frames: 7,
                 ..Default::default()
             },
-            queues: vec![snapshot(3), snapshot(4)],
-            guest_connected: true,
+            guests: vec![("web1".into(), vec![snapshot(3), snapshot(4)], true)],
+            flood: None,
             api_slow_heads_closed: 2,
         })
         .unwrap();
@@ -1167,14 +1358,14 @@ mod tests {
             format!("xdpath_classifier_frames_total{{{lab}}} 7\n"),
             format!("xdpath_classifier_meta_errors_total{{{lab}}} 0\n"),
             "# TYPE xdpath_classifier_frames counter\n".to_string(),
-            format!("xdpath_queue_rx_frames_total{{{lab},queue=\"0\"}} 3\n"),
-            format!("xdpath_queue_rx_frames_total{{{lab},queue=\"1\"}} 4\n"),
-            format!("xdpath_queue_tx_bytes_total{{{lab},queue=\"1\"}} 12\n"),
-            format!("xdpath_queue_xdp_tx_ring_empty_total{{{lab},queue=\"0\"}} 4\n"),
+            format!("xdpath_queue_rx_frames_total{{{lab},guest=\"web1\",queue=\"0\"}} 3\n"),
+            format!("xdpath_queue_rx_frames_total{{{lab},guest=\"web1\",queue=\"1\"}} 4\n"),
+            format!("xdpath_queue_tx_bytes_total{{{lab},guest=\"web1\",queue=\"1\"}} 12\n"),
+            format!("xdpath_queue_xdp_tx_ring_empty_total{{{lab},guest=\"web1\",queue=\"0\"}} 4\n"),
             "# HELP xdpath_queue_rx_frames Frames delivered to the guest (wire -> guest).\n"
                 .to_string(),
             "# TYPE xdpath_guest_connected gauge\n".to_string(),
-            format!("xdpath_guest_connected{{{lab}}} 1\n"),
+            format!("xdpath_guest_connected{{{lab},guest=\"web1\"}} 1\n"),
             format!("xdpath_api_slow_clients_closed_total{{{lab}}} 2\n"),
         ] {
             assert!(text.contains(&want), "missing {want:?} in\n{text}");
@@ -1190,12 +1381,25 @@ mod tests {
         let text = metrics_text(Scrape {
             iface: "eth1".into(),
             classifier: ClassifierCounters::default(),
-            queues: vec![],
-            guest_connected: false,
+            guests: vec![],
+            flood: Some([
+                ("frames", 3),
+                ("copies", 6),
+                ("dropped_rate", 0),
+                ("dropped_guest", 1),
+                ("dropped_oversize", 0),
+            ]),
             api_slow_heads_closed: 0,
         })
         .unwrap();
         assert!(!text.contains("xdpath_queue_"), "{text}");
-        assert!(text.contains("xdpath_guest_connected{iface=\"eth1\"} 0\n"));
+        assert!(
+            !text.contains("xdpath_guest_connected{"),
+            "no guest, no sample: {text}"
+        );
+        assert!(
+            text.contains("xdpath_wire_flood_copies_total{iface=\"eth1\"} 6\n"),
+            "{text}"
+        );
     }
 }

@@ -571,23 +571,34 @@ impl Classifier {
             .map_err(|e| ClassifierError::Load(format!("{e}")))
     }
 
-    /// Registers the AF_XDP socket `fd` for NIC rx queue `queue`.
-    pub fn register_socket(&mut self, queue: u32, fd: &impl AsRawFd) -> Result<()> {
+    /// Registers the AF_XDP socket `fd` at XSKMAP entry `slot`
+    /// ([`common::xsk_slot`] of a guest and a NIC rx queue; guest 1's
+    /// entries are the queue numbers).
+    pub fn register_socket(&mut self, slot: u32, fd: &impl AsRawFd) -> Result<()> {
         let mut xsks: XskMap<&mut MapData> = self
             .map_mut(common::MAP_XSKS)?
             .try_into()
             .map_err(map_err(common::MAP_XSKS))?;
-        xsks.set(queue, fd.as_raw_fd(), 0)
+        xsks.set(slot, fd.as_raw_fd(), 0)
             .map_err(map_err(common::MAP_XSKS))
     }
 
-    /// Removes the socket of `queue`: its traffic fails open to the host.
-    pub fn unregister_socket(&mut self, queue: u32) -> Result<()> {
+    /// Removes the socket at entry `slot`: its traffic fails open to the
+    /// host.
+    pub fn unregister_socket(&mut self, slot: u32) -> Result<()> {
         let mut xsks: XskMap<&mut MapData> = self
             .map_mut(common::MAP_XSKS)?
             .try_into()
             .map_err(map_err(common::MAP_XSKS))?;
-        xsks.unset(queue).map_err(map_err(common::MAP_XSKS))
+        xsks.unset(slot).map_err(map_err(common::MAP_XSKS))
+    }
+
+    /// Makes `port` the guest of the default action `guest` (one update
+    /// of the `CONFIG` entry, the rest kept).
+    pub fn set_default_port(&mut self, port: u32) -> Result<()> {
+        let mut c = self.config()?;
+        c.default_port = port;
+        self.set_config(&c)
     }
 
     /// The current configuration.

@@ -8,11 +8,20 @@
 //! and combinations (every error names the setting and says how to fix it)
 //! before anything is touched. The same names are used as TOML keys and as
 //! `--flags` (`vhost_socket` / `--vhost-socket`).
+//!
+//! Guests: `[[guest]]` tables ([`DaemonConfig::guests`], each a
+//! `GuestSpec`, errors naming `guest[i].<key>`, tables counted from 0),
+//! and the one-guest shorthand `guest_mac`, `guest_ip`, `vhost_socket`
+//! ([`DaemonConfig::shorthand_guest`]: the guest `default`, id 1). Both
+//! may be combined as long as no name, MAC, socket or address collides
+//! ([`DaemonConfig::guest_registry`]).
 
+use crate::guest_registry::{GuestDefaults, GuestError, GuestRegistry};
 use serde::{Deserialize, Deserializer};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use xdpath_api::{Action, MacAddr, XdpAttachMode};
+use xdpath_api::guests::{check_guest_name, SHORTHAND_GUEST};
+use xdpath_api::{Action, GuestSpec, MacAddr, XdpAttachMode};
 
 /// Where the daemon puts its files unless told otherwise.
 pub const DEFAULT_RUN_DIR: &str = "/run/xdpath";
@@ -20,6 +29,24 @@ pub const DEFAULT_RUN_DIR: &str = "/run/xdpath";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/xdpath";
 /// Guest port id of the (one) guest.
 pub const GUEST_PORT: u32 = 1;
+
+/// A user or group (`group`) name or number resolved to its id; an
+/// unknown one is an error naming `setting`.
+fn resolve_id(setting: &str, name: Option<&str>, group: bool) -> Result<Option<u32>, ConfigError> {
+    name.map(|n| {
+        lookup_id(n, group).ok_or_else(|| {
+            invalid(
+                setting,
+                format!(
+                    "{} {n:?} does not exist; give a name from {} or a number.",
+                    if group { "group" } else { "user" },
+                    if group { "/etc/group" } else { "/etc/passwd" }
+                ),
+            )
+        })
+    })
+    .transpose()
+}
 
 /// Everything `xdpathd` needs to run on one NIC.
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -97,6 +124,16 @@ pub struct DaemonConfig {
     /// `xdpath_common::MAX_PREFIXES`).
     #[serde(default = "max_prefixes")]
     pub max_prefixes: u32,
+    /// The guests the file declares (`[[guest]]` tables, each with the
+    /// keys of a [`GuestSpec`]). They win over the same names in the
+    /// guests' state file.
+    #[serde(default, rename = "guest")]
+    pub guests: Vec<GuestSpec>,
+    /// The guest frames no rule matches go to with `default_action =
+    /// "guest"` (its name); may be left out when the one-guest shorthand
+    /// guest is the only guest.
+    #[serde(default)]
+    pub default_guest: Option<String>,
 }
 
 fn max_flows() -> u32 {
@@ -124,23 +161,9 @@ fn vhost_socket_mode() -> u32 {
 }
 
 /// Reads a file mode: octal text ("0660", "660") or an integer, at most
-/// 0777.
+/// 0777 (the API's reading, `xdpath_api::guests::file_mode`).
 fn file_mode<'de, D: Deserializer<'de>>(d: D) -> Result<u32, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Mode {
-        Text(String),
-        Number(u32),
-    }
-    let (mode, shown) = match Mode::deserialize(d)? {
-        Mode::Text(t) => (u32::from_str_radix(&t, 8).ok(), format!("{t:?}")),
-        Mode::Number(n) => (Some(n), format!("{n:#o}")),
-    };
-    mode.filter(|m| *m <= 0o777).ok_or_else(|| {
-        serde::de::Error::custom(format!(
-            "{shown} is not a file mode; use octal permission bits such as \"0660\"."
-        ))
-    })
+    xdpath_api::guests::file_mode(d)
 }
 
 /// A user (`passwd`) or group name, or a numeric id, as an id.
@@ -211,6 +234,21 @@ pub enum ConfigError {
     },
 }
 
+/// A guest refusal as a setting's problem: the reason without the field
+/// prefix (the setting names it).
+fn problem(e: &GuestError) -> String {
+    match e {
+        GuestError::Invalid(s) => s.reason.clone(),
+        other => {
+            let text = other.to_string();
+            match text.split_once("`: ") {
+                Some((_, rest)) if text.starts_with('`') => rest.to_string(),
+                _ => text,
+            }
+        }
+    }
+}
+
 fn invalid(setting: &str, problem: impl Into<String>) -> ConfigError {
     ConfigError::Invalid {
         setting: setting.to_string(),
@@ -269,16 +307,107 @@ impl DaemonConfig {
     /// error names the setting.
     pub fn from_table(table: toml::Table) -> Result<Self, ConfigError> {
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
-            let setting = e.path().iter().find_map(|s| match s {
-                serde_path_to_error::Segment::Map { key } => Some(key.clone()),
-                _ => None,
-            });
+            // `guest_mac`, or inside a `[[guest]]` table `guest[1].mac`
+            // (tables counted from 0).
+            let mut setting: Option<String> = None;
+            for seg in e.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Map { key } => {
+                        setting = Some(match setting {
+                            None => key.clone(),
+                            Some(s) => format!("{s}.{key}"),
+                        });
+                    }
+                    serde_path_to_error::Segment::Seq { index } => {
+                        if let Some(s) = &mut setting {
+                            s.push_str(&format!("[{index}]"));
+                        }
+                    }
+                    _ => {}
+                }
+            }
             let problem = e.inner().message().to_string();
             match setting {
-                Some(setting) => ConfigError::Invalid { setting, problem },
-                None => ConfigError::Settings(problem),
+                // An empty key (`"" = 0`) names nothing: the problem (the
+                // settings there are) is the message.
+                Some(setting) if !setting.is_empty() => ConfigError::Invalid { setting, problem },
+                _ => ConfigError::Settings(problem),
             }
         })
+    }
+
+    /// The guests' state file, next to the flow table's:
+    /// `<state_dir>/<iface>.guests.json`.
+    pub fn guest_file(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+            .join(format!("{}.guests.json", self.iface))
+    }
+
+    /// What the daemon fills in for a guest that leaves it out.
+    pub fn guest_defaults(&self) -> GuestDefaults {
+        GuestDefaults {
+            run_dir: PathBuf::from(DEFAULT_RUN_DIR),
+            iface: self.iface.clone(),
+            queues: self.queues,
+        }
+    }
+
+    /// The one-guest shorthand as a guest: named `default` (id 1 when
+    /// added), with `guest_mac`, `guest_ip` and the socket `vhost_socket`
+    /// (default `/run/xdpath/<iface>.vhost.sock`, as before guests had
+    /// names). It exists when any of `guest_mac`, `guest_ip` and
+    /// `vhost_socket` is set, as the one guest did; without `guest_mac` it
+    /// is reached by rules only (and picks its own MAC).
+    /// `vhost_socket_mode`, `_owner` and `_group` are the daemon's defaults
+    /// for every guest's socket, this one's included.
+    pub fn shorthand_guest(&self) -> Option<GuestSpec> {
+        if self.guest_mac.is_none() && self.guest_ip.is_empty() && self.vhost_socket.is_none() {
+            return None;
+        }
+        let mut g = GuestSpec::new(SHORTHAND_GUEST, MacAddr([0; 6]));
+        g.mac = self.guest_mac;
+        g.ips = self.guest_ip.clone();
+        g.vhost_socket = Some(self.vhost_socket());
+        Some(g)
+    }
+
+    /// The guest frames no rule matches go to under `default_action =
+    /// "guest"`: `default_guest`, or the shorthand guest when it is the
+    /// only guest the configuration declares.
+    pub fn default_guest_name(&self) -> Option<String> {
+        if let Some(g) = &self.default_guest {
+            return Some(g.clone());
+        }
+        match (self.shorthand_guest(), self.guests.is_empty()) {
+            (Some(s), true) => Some(s.name),
+            _ => None,
+        }
+    }
+
+    /// The configured guests (the shorthand one with id 1, then the
+    /// `[[guest]]` tables in order) in a registry without a file: checks
+    /// them together, each error naming its setting.
+    pub fn guest_registry(&self) -> Result<GuestRegistry, ConfigError> {
+        let mut r = GuestRegistry::new(self.guest_defaults());
+        if let Some(s) = self.shorthand_guest() {
+            r.add_with_id(1, s).map_err(|e| {
+                let setting = match e.field() {
+                    Some("ips") => "guest_ip",
+                    Some("vhost_socket") => "vhost_socket",
+                    _ => "guest_mac",
+                };
+                invalid(setting, problem(&e))
+            })?;
+        }
+        for (i, g) in self.guests.iter().enumerate() {
+            r.add(g.clone()).map_err(|e| {
+                let field = e.field().unwrap_or("name");
+                invalid(&format!("guest[{i}].{field}"), problem(&e))
+            })?;
+        }
+        Ok(r)
     }
 
     /// The vhost-user socket path (default `/run/xdpath/<iface>.vhost.sock`).
@@ -293,27 +422,53 @@ impl DaemonConfig {
     pub fn vhost_socket_permissions(
         &self,
     ) -> Result<xdpath_dataplane::SocketPermissions, ConfigError> {
-        let id = |setting: &str, name: &Option<String>, group: bool| {
-            name.as_deref()
-                .map(|n| {
-                    lookup_id(n, group).ok_or_else(|| {
-                        invalid(
-                            setting,
-                            format!(
-                                "{} {n:?} does not exist; give a name from {} or a number.",
-                                if group { "group" } else { "user" },
-                                if group { "/etc/group" } else { "/etc/passwd" }
-                            ),
-                        )
-                    })
-                })
-                .transpose()
-        };
         Ok(xdpath_dataplane::SocketPermissions {
             mode: self.vhost_socket_mode,
-            owner: id("vhost_socket_owner", &self.vhost_socket_owner, false)?,
-            group: id("vhost_socket_group", &self.vhost_socket_group, true)?,
+            owner: resolve_id(
+                "vhost_socket_owner",
+                self.vhost_socket_owner.as_deref(),
+                false,
+            )?,
+            group: resolve_id(
+                "vhost_socket_group",
+                self.vhost_socket_group.as_deref(),
+                true,
+            )?,
         })
+    }
+
+    /// Mode, owner and group of guest `spec`'s vhost-user socket: its own
+    /// `socket_mode`, `socket_owner`, `socket_group`, or the daemon's
+    /// `vhost_socket_*`; an unknown user or group is an error naming the
+    /// field (`socket_owner`, `socket_group`).
+    pub fn guest_socket_permissions(
+        &self,
+        spec: &GuestSpec,
+    ) -> Result<xdpath_dataplane::SocketPermissions, xdpath_api::GuestSpecError> {
+        let mut d = self
+            .vhost_socket_permissions()
+            .map_err(|e| xdpath_api::GuestSpecError::new("socket_owner", e.to_string()))?;
+        if let Some(m) = spec.socket_mode {
+            d.mode = m;
+        }
+        for (field, name, group, slot) in [
+            ("socket_owner", &spec.socket_owner, false, &mut d.owner),
+            ("socket_group", &spec.socket_group, true, &mut d.group),
+        ] {
+            if let Some(n) = name {
+                *slot = Some(lookup_id(n, group).ok_or_else(|| {
+                    xdpath_api::GuestSpecError::new(
+                        field,
+                        format!(
+                            "{} {n:?} does not exist; give a name from {} or a number.",
+                            if group { "group" } else { "user" },
+                            if group { "/etc/group" } else { "/etc/passwd" }
+                        ),
+                    )
+                })?);
+            }
+        }
+        Ok(d)
     }
 
     /// The API socket path (default `/run/xdpath/<iface>.api.sock`).
@@ -376,10 +531,44 @@ impl DaemonConfig {
                 ));
             }
         }
-        if self.default_action == Action::Guest && self.guest_mac.is_none() {
+        let guests = self.guest_registry()?;
+        for (i, g) in self.guests.iter().enumerate() {
+            self.guest_socket_permissions(g)
+                .map_err(|e| invalid(&format!("guest[{i}].{}", e.field), e.reason))?;
+        }
+        if let Some(name) = &self.default_guest {
+            check_guest_name(name).map_err(|e| invalid("default_guest", e.reason))?;
+            if self.default_action != Action::Guest {
+                return Err(invalid(
+                    "default_guest",
+                    format!(
+                        "applies to default_action = \"guest\" only, not to {:?}.",
+                        self.default_action.name()
+                    ),
+                ));
+            }
+            if !self.guests.is_empty() && guests.get(name).is_none() {
+                return Err(invalid(
+                    "default_guest",
+                    format!(
+                        "no guest named {name:?} is configured; name one of {}.",
+                        guests
+                            .iter()
+                            .map(|g| format!("{:?}", g.name()))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+        if self.default_action == Action::Guest && self.default_guest_name().is_none() {
             return Err(invalid(
                 "default_action",
-                "`guest` needs a guest; set guest_mac too.",
+                if self.guests.is_empty() {
+                    "`guest` needs a guest; set default_guest to a guest's name (or guest_mac for the one-guest shorthand)."
+                } else {
+                    "`guest` needs a guest; with [[guest]] tables, set default_guest to the name of the one frames no rule matches go to."
+                },
             ));
         }
         for (setting, v, max) in [
@@ -589,5 +778,158 @@ mod tests {
             e,
             "Setting `vhost_socket_group`: group \"no-such-group-xdpath\" does not exist; give a name from /etc/group or a number."
         );
+    }
+
+    const TWO_GUESTS: &str = "iface = \"eth1\"\nqueues = 4\n\
+        [[guest]]\nname = \"web1\"\nmac = \"52:54:00:00:00:01\"\nips = [\"10.0.0.5\", \"fd00::5\"]\nqueues = 2\n\
+        socket_mode = \"0600\"\nsocket_owner = \"root\"\nsocket_group = \"0\"\n\
+        [[guest]]\nname = \"db\"\nmac = \"52:54:00:00:00:02\"\nvhost_socket = \"/run/vm/db.sock\"\nsocket_mode = 0o640\n";
+
+    #[test]
+    fn guest_tables_are_read_and_checked_together() {
+        let c = DaemonConfig::from_toml(TWO_GUESTS).unwrap();
+        assert_eq!(c.guests.len(), 2);
+        let web = &c.guests[0];
+        assert_eq!(
+            (
+                web.name.as_str(),
+                web.queues,
+                web.socket_mode,
+                web.socket_owner.as_deref()
+            ),
+            ("web1", Some(2), Some(0o600), Some("root"))
+        );
+        assert_eq!(c.guests[1].socket_mode, Some(0o640));
+        assert_eq!(c.shorthand_guest(), None);
+        c.validate().unwrap();
+        let r = c.guest_registry().unwrap();
+        let ids: Vec<(u32, &str)> = r.iter().map(|g| (g.id, g.name())).collect();
+        assert_eq!(ids, vec![(1, "web1"), (2, "db")]);
+        assert_eq!(
+            r.vhost_socket(&c.guests[0]),
+            PathBuf::from("/run/xdpath/eth1.web1.vhost.sock")
+        );
+        assert_eq!(
+            c.guest_file(),
+            PathBuf::from("/var/lib/xdpath/eth1.guests.json")
+        );
+        let cases: &[(&str, &str)] = &[
+            ("[[guest]]\nname = \"Web 1\"\nmac = \"52:54:00:00:00:09\"", "Setting `guest[2].name`: \"Web 1\" is not a guest name; use 1 to 15 lowercase letters, digits, '-' or '_' starting with a letter or digit."),
+            ("[[guest]]\nname = \"web1\"\nmac = \"52:54:00:00:00:09\"", "Setting `guest[2].name`: \"web1\" is guest \"web1\"'s already."),
+            ("[[guest]]\nname = \"x\"\nmac = \"52:54:00:00:00:02\"", "Setting `guest[2].mac`: 52:54:00:00:00:02 is guest \"db\"'s already."),
+            ("[[guest]]\nname = \"x\"\nmac = \"52:54:00:00:00:09\"\nvhost_socket = \"/run/vm/db.sock\"", "Setting `guest[2].vhost_socket`: /run/vm/db.sock is guest \"db\"'s already."),
+            ("[[guest]]\nname = \"x\"\nmac = \"52:54:00:00:00:09\"\nips = [\"fd00::5\"]", "Setting `guest[2].ips`: fd00::5 is guest \"web1\"'s already."),
+            ("[[guest]]\nname = \"x\"\nmac = \"52:54:00:00:00:09\"\nqueues = 5", "Setting `guest[2].queues`: 5 queue pairs; this daemon has 4 (--queues)."),
+            ("[[guest]]\nname = \"x\"\nmac = \"zz\"", "Setting `guest[2].mac`: \"zz\" is not a MAC address like 52:54:00:12:34:56."),
+            ("[[guest]]\nname = \"x\"\nmac = \"52:54:00:00:00:09\"\ncolor = 1", "Setting `guest[2].color`: unknown field `color`, expected one of `name`, `mac`, `ips`, `queues`, `vhost_socket`, `anti_spoof`, `vhost_client`, `socket_mode`, `socket_owner`, `socket_group`"),
+            ("[[guest]]\nname = \"x\"\nmac = \"52:54:00:00:00:09\"\nsocket_mode = \"rw\"", "Setting `guest[2].socket_mode`: \"rw\" is not a file mode; use octal permission bits such as \"0660\"."),
+            ("guest_mac = \"52:54:00:00:00:01\"", "Setting `guest[0].mac`: 52:54:00:00:00:01 is guest \"default\"'s already."),
+        ];
+        for (extra, want) in cases {
+            // Top-level keys must come before the tables.
+            let text = if extra.starts_with("[[") {
+                format!("{TWO_GUESTS}{extra}")
+            } else {
+                format!("{extra}\n{TWO_GUESTS}")
+            };
+            let e = DaemonConfig::from_toml(&text)
+                .and_then(|c| c.validate())
+                .unwrap_err()
+                .to_string();
+            assert_eq!(&e, want, "{extra}");
+        }
+    }
+
+    #[test]
+    fn an_empty_key_is_refused_naming_the_settings() {
+        // Found by the config_toml fuzz target: `'' = 0`.
+        let e = DaemonConfig::from_toml("'' = 0\n").unwrap_err();
+        assert!(matches!(e, ConfigError::Settings(_)), "{e}");
+        assert!(e.to_string().contains("`iface`"), "{e}");
+    }
+
+    #[test]
+    fn the_shorthand_is_the_guest_default_with_id_1() {
+        let c = DaemonConfig::from_toml(
+            "iface = \"eth1\"\nguest_mac = \"52:54:00:00:00:aa\"\nguest_ip = [\"10.0.0.9\"]\ndefault_action = \"guest\"",
+        )
+        .unwrap();
+        c.validate().unwrap();
+        let s = c.shorthand_guest().unwrap();
+        assert_eq!(s.name, "default");
+        assert_eq!(s.ips, vec!["10.0.0.9".parse::<IpAddr>().unwrap()]);
+        assert_eq!(
+            s.vhost_socket,
+            Some(PathBuf::from("/run/xdpath/eth1.vhost.sock"))
+        );
+        assert_eq!(c.default_guest_name().as_deref(), Some("default"));
+        let r = c.guest_registry().unwrap();
+        assert_eq!(r.by_id(1).map(|g| g.name()), Some("default"));
+        // With tables too: allowed without collisions, ids after 1; the
+        // default guest must then be named.
+        let both = format!("guest_mac = \"52:54:00:00:00:aa\"\n{TWO_GUESTS}");
+        let c = DaemonConfig::from_toml(&both).unwrap();
+        c.validate().unwrap();
+        let ids: Vec<(u32, String)> = c
+            .guest_registry()
+            .unwrap()
+            .iter()
+            .map(|g| (g.id, g.name().to_string()))
+            .collect();
+        assert_eq!(
+            ids,
+            vec![(1, "default".into()), (2, "web1".into()), (3, "db".into())]
+        );
+        let e = DaemonConfig::from_toml(&format!("default_action = \"guest\"\n{both}"))
+            .unwrap()
+            .validate()
+            .unwrap_err()
+            .to_string();
+        assert_eq!(e, "Setting `default_action`: `guest` needs a guest; with [[guest]] tables, set default_guest to the name of the one frames no rule matches go to.");
+        let c = DaemonConfig::from_toml(&format!(
+            "default_action = \"guest\"\ndefault_guest = \"db\"\n{both}"
+        ))
+        .unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.default_guest_name().as_deref(), Some("db"));
+        for (extra, want) in [
+            ("default_action = \"guest\"\ndefault_guest = \"nope\"", "Setting `default_guest`: no guest named \"nope\" is configured; name one of \"default\", \"web1\", \"db\"."),
+            ("default_guest = \"db\"", "Setting `default_guest`: applies to default_action = \"guest\" only, not to \"host\"."),
+            ("default_action = \"guest\"\ndefault_guest = \"DB\"", "Setting `default_guest`: \"DB\" is not a guest name; use 1 to 15 lowercase letters, digits, '-' or '_' starting with a letter or digit."),
+        ] {
+            let e = DaemonConfig::from_toml(&format!("{extra}\n{both}"))
+                .unwrap()
+                .validate()
+                .unwrap_err()
+                .to_string();
+            assert_eq!(e, want, "{extra}");
+        }
+        let ip_only = DaemonConfig::from_toml("iface = \"e\"\nguest_ip = [\"10.0.0.1\"]").unwrap();
+        ip_only.validate().unwrap();
+        let g = ip_only.shorthand_guest().expect("the shorthand guest");
+        assert_eq!((g.name.as_str(), g.mac, g.ips.len()), ("default", None, 1));
+        let e = DaemonConfig::from_toml(&format!(
+            "{TWO_GUESTS}[[guest]]\nname = \"x\"\nmac = \"52:54:00:00:00:09\"\nsocket_group = \"no-such-group-xdpath\""
+        ))
+        .unwrap()
+        .validate()
+        .unwrap_err()
+        .to_string();
+        assert_eq!(e, "Setting `guest[2].socket_group`: group \"no-such-group-xdpath\" does not exist; give a name from /etc/group or a number.");
+        let c = DaemonConfig::from_toml("iface = \"e\"\nvhost_socket_mode = \"0640\"").unwrap();
+        let mut g = GuestSpec::new("a", MacAddr([0x52, 0, 0, 0, 0, 1]));
+        assert_eq!(c.guest_socket_permissions(&g).unwrap().mode, 0o640);
+        g.socket_mode = Some(0o600);
+        g.socket_owner = Some("0".into());
+        let p = c.guest_socket_permissions(&g).unwrap();
+        assert_eq!((p.mode, p.owner, p.group), (0o600, Some(0), None));
+        // A socket alone declares the shorthand guest without a MAC (one
+        // reached by rules only, as the one guest could be).
+        let c = DaemonConfig::from_toml("iface = \"e\"\nvhost_socket = \"/run/x.sock\"").unwrap();
+        c.validate().unwrap();
+        let g = c.shorthand_guest().expect("the shorthand guest");
+        assert_eq!((g.name.as_str(), g.mac), ("default", None));
+        let c = DaemonConfig::from_toml("iface = \"e\"").unwrap();
+        assert_eq!(c.shorthand_guest(), None, "no one-guest setting: no guest");
     }
 }

@@ -48,6 +48,10 @@ pub trait Platform: Send + Sync + 'static {
     type Maps: ClassifierMaps;
     /// Where a queue's port comes from.
     type Ports: PortFactory + Send + Sync;
+
+    /// The factory of guest `guest`'s ports: on every queue, a port of its
+    /// own (docs/ARCHITECTURE.md, "Several guests").
+    fn guest_ports(ports: &Self::Ports, guest: u32) -> Self::Ports;
 }
 
 /// The real thing: an attached classifier and AF_XDP sockets.
@@ -57,6 +61,12 @@ pub enum Kernel {}
 impl Platform for Kernel {
     type Maps = Classifier;
     type Ports = XskFactory;
+
+    /// The same factory: every port it opens is a new socket on the
+    /// queue, sharing the queue's UMEM.
+    fn guest_ports(ports: &XskFactory, _guest: u32) -> XskFactory {
+        ports.clone()
+    }
 }
 
 /// The control plane in memory: fake maps and in-memory ports.
@@ -66,4 +76,10 @@ pub enum InMemory {}
 impl Platform for InMemory {
     type Maps = FakeMaps;
     type Ports = MemFactory;
+
+    /// The wire's ports of `guest` (each guest has its own port on every
+    /// in-memory queue).
+    fn guest_ports(ports: &MemFactory, guest: u32) -> MemFactory {
+        ports.for_guest(guest)
+    }
 }

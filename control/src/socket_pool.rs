@@ -64,37 +64,39 @@ pub const WORKER_TIMEOUT: Duration = Duration::from_secs(5);
 /// Pause between two attempts to open a queue's new socket.
 const REOPEN_PAUSE: Duration = Duration::from_millis(10);
 
-/// The XSKMAP writes the pool makes: steer a queue's traffic to a socket,
-/// or take the queue's entry out so its traffic fails open to the host.
+/// The XSKMAP writes the pool makes: steer a guest's traffic on a queue to
+/// its socket, or take the entry out so that traffic fails open to the
+/// host. Entries are XSKMAP slots ([`xdpath_common::xsk_slot`]: one per
+/// guest and queue; guest 1's slots are the queue numbers).
 pub trait SocketMap {
     /// Why a write failed.
     type Error: std::fmt::Display;
 
-    /// Points queue `queue`'s entry at the socket `fd`.
-    fn register(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error>;
+    /// Points entry `slot` at the socket `fd`.
+    fn register(&mut self, slot: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error>;
 
-    /// Removes queue `queue`'s entry (none there is not an error).
-    fn unregister(&mut self, queue: u32) -> Result<(), Self::Error>;
+    /// Removes entry `slot` (none there is not an error).
+    fn unregister(&mut self, slot: u32) -> Result<(), Self::Error>;
 }
 
 impl SocketMap for Classifier {
     type Error = crate::ClassifierError;
 
-    fn register(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error> {
-        self.register_socket(queue, &fd)
+    fn register(&mut self, slot: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error> {
+        self.register_socket(slot, &fd)
     }
 
-    fn unregister(&mut self, queue: u32) -> Result<(), Self::Error> {
-        self.unregister_socket(queue)
+    fn unregister(&mut self, slot: u32) -> Result<(), Self::Error> {
+        self.unregister_socket(slot)
     }
 }
 
 /// One write to a [`MemSocketMap`], in the order made.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum MapWrite {
-    /// `register(queue, fd)`.
+    /// `register(slot, fd)`.
     Register(u32, RawFd),
-    /// `unregister(queue)`.
+    /// `unregister(slot)`.
     Unregister(u32),
 }
 
@@ -113,9 +115,15 @@ impl MemSocketMap {
         Self::default()
     }
 
-    /// The fd queue `queue`'s entry points at, if any.
-    pub fn entry(&self, queue: u32) -> Option<RawFd> {
-        self.entries.get(&queue).copied()
+    /// The fd entry `slot` points at, if any (guest 1's slot of a queue
+    /// is the queue number).
+    pub fn entry(&self, slot: u32) -> Option<RawFd> {
+        self.entries.get(&slot).copied()
+    }
+
+    /// Every entry, by slot.
+    pub fn entries(&self) -> &BTreeMap<u32, RawFd> {
+        &self.entries
     }
 
     /// Every write that succeeded, in order.
@@ -146,17 +154,17 @@ impl AsMut<MemSocketMap> for MemSocketMap {
 impl SocketMap for MemSocketMap {
     type Error = std::io::Error;
 
-    fn register(&mut self, queue: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error> {
+    fn register(&mut self, slot: u32, fd: BorrowedFd<'_>) -> Result<(), Self::Error> {
         self.refuse()?;
-        self.entries.insert(queue, fd.as_raw_fd());
-        self.writes.push(MapWrite::Register(queue, fd.as_raw_fd()));
+        self.entries.insert(slot, fd.as_raw_fd());
+        self.writes.push(MapWrite::Register(slot, fd.as_raw_fd()));
         Ok(())
     }
 
-    fn unregister(&mut self, queue: u32) -> Result<(), Self::Error> {
+    fn unregister(&mut self, slot: u32) -> Result<(), Self::Error> {
         self.refuse()?;
-        self.entries.remove(&queue);
-        self.writes.push(MapWrite::Unregister(queue));
+        self.entries.remove(&slot);
+        self.writes.push(MapWrite::Unregister(slot));
         Ok(())
     }
 }
@@ -192,6 +200,9 @@ pub enum PoolError {
     /// No such queue.
     #[error("Queue {0} does not exist.")]
     NoSuchQueue(u32),
+    /// The guest id has no XSKMAP entries (ids are 1..=MAX_GUESTS).
+    #[error("Guest id {0} is out of range; ids are 1 to {max}.", max = xdpath_common::MAX_GUESTS)]
+    NoSuchGuest(u32),
     /// A replacement of this queue is already running.
     #[error("Queue {0} is being replaced already.")]
     Busy(u32),
@@ -251,10 +262,12 @@ struct PoolState {
     connected: bool,
 }
 
-/// The pool for one interface, over the factory `F` that opens its
-/// sockets.
+/// The pool of one guest on one interface (its socket on every queue),
+/// over the factory `F` that opens its sockets.
 pub struct SocketPool<F> {
     factory: F,
+    /// The guest id whose XSKMAP entries the pool writes.
+    guest: u32,
     timeout: Duration,
     state: Mutex<PoolState>,
     on_step: Option<StepHook>,
@@ -296,6 +309,7 @@ impl<F: PortFactory> SocketPool<F> {
         Ok((
             Self {
                 factory,
+                guest: 1,
                 timeout: WORKER_TIMEOUT,
                 state: Mutex::new(PoolState {
                     queues: infos,
@@ -306,6 +320,28 @@ impl<F: PortFactory> SocketPool<F> {
             },
             ports,
         ))
+    }
+
+    /// The same pool, writing the XSKMAP entries of guest `guest` (1 when
+    /// not set: the entries are the queue numbers). Ids outside
+    /// `1..=MAX_GUESTS` are refused.
+    pub fn for_guest(mut self, guest: u32) -> Result<Self, PoolError> {
+        if xdpath_common::xsk_slot(guest, 0).is_none() {
+            return Err(PoolError::NoSuchGuest(guest));
+        }
+        self.guest = guest;
+        Ok(self)
+    }
+
+    /// The guest whose entries the pool writes.
+    pub fn guest(&self) -> u32 {
+        self.guest
+    }
+
+    /// The XSKMAP entry of this pool's guest on `queue` (queues beyond
+    /// `MAX_QUEUES` have none: the pool never creates them).
+    fn slot(&self, queue: u32) -> Result<u32, PoolError> {
+        xdpath_common::xsk_slot(self.guest, queue).ok_or(PoolError::NoSuchQueue(queue))
     }
 
     /// The same pool, calling `hook(queue, step)` after each step of a
@@ -378,11 +414,15 @@ impl<F: PortFactory> SocketPool<F> {
             // (its interface vanished) is closed by its worker too, but that
             // ends the server, so no connection event follows.
             let fd = unsafe { BorrowedFd::borrow_raw(fd) };
-            if let Err(e) = maps.register(queue, fd) {
-                first_err.get_or_insert(PoolError::Map {
+            let written = match self.slot(queue) {
+                Ok(slot) => maps.register(slot, fd).map_err(|e| PoolError::Map {
                     queue,
                     detail: e.to_string(),
-                });
+                }),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = written {
+                first_err.get_or_insert(e);
             }
         }
         first_err.map_or(Ok(()), Err)
@@ -457,12 +497,13 @@ impl<F: PortFactory> SocketPool<F> {
             queue,
             detail: e.to_string(),
         };
+        let slot = self.slot(queue)?;
         // 1. Fail open first; from here on no event registers the old
         //    socket (its record is cleared with the entry).
         {
             let mut m = maps.lock().unwrap_or_else(PoisonError::into_inner);
             let mut st = self.lock();
-            m.as_mut().unregister(queue).map_err(map_err)?;
+            m.as_mut().unregister(slot).map_err(map_err)?;
             if let Some(fd) = st.fds.get_mut(queue as usize) {
                 *fd = None;
             }
@@ -489,7 +530,7 @@ impl<F: PortFactory> SocketPool<F> {
             let mut m = maps.lock().unwrap_or_else(PoisonError::into_inner);
             let mut st = self.lock();
             if st.connected {
-                m.as_mut().register(queue, port.as_fd()).map_err(map_err)?;
+                m.as_mut().register(slot, port.as_fd()).map_err(map_err)?;
             }
             if let Some(fd) = st.fds.get_mut(queue as usize) {
                 *fd = Some(port.as_fd().as_raw_fd());
@@ -516,7 +557,9 @@ impl<F: PortFactory> SocketPool<F> {
         let mut st = self.lock();
         st.connected = false;
         for info in &st.queues {
-            let _ = maps.unregister(info.queue);
+            if let Ok(slot) = self.slot(info.queue) {
+                let _ = maps.unregister(slot);
+            }
         }
     }
 }
@@ -586,6 +629,7 @@ mod tests {
             mtu: 1500,
             max_queue_size: 256,
             poll_idle: Duration::ZERO,
+            link: None,
         };
         let server = Server::new(&path, cfg, ports).expect("server");
         Rig {

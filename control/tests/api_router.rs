@@ -20,11 +20,11 @@ use tower::ServiceExt;
 use xdpath_common::Counters;
 use xdpath_control::api::{check_router, router, ControlState, Tables};
 use xdpath_control::config::DaemonConfig;
-use xdpath_control::flow_table::{FlowTable, GuestEntries};
+use xdpath_control::flow_table::FlowTable;
+use xdpath_control::guests::{GuestSet, OnExit};
 use xdpath_control::maps::{FakeContents, FakeMaps, Flows, RuleMaps};
 use xdpath_control::platform::InMemory;
-use xdpath_control::socket_pool::SocketPool;
-use xdpath_dataplane::{MemFactory, MemWire, NetConfig, Server};
+use xdpath_dataplane::{MemFactory, MemWire};
 
 const QUEUES: u16 = 2;
 
@@ -32,12 +32,13 @@ const QUEUES: u16 = 2;
 struct Rig {
     state: Arc<ControlState<InMemory>>,
     dir: PathBuf,
-    // Keeps the vhost-user listener (and so the handle's server) alive.
-    _server: Server<xdpath_dataplane::MemPort>,
+    /// The in-memory NIC every guest's ports are on.
+    wire: MemWire,
 }
 
 impl Drop for Rig {
     fn drop(&mut self) {
+        self.state.guests.stop_all();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
@@ -66,39 +67,27 @@ impl Rig {
         .expect("config");
         cfg.validate().expect("a valid config");
 
-        let mut maps = FakeMaps::new();
-        let mut flows = FlowTable::load(&cfg.state_file()).expect("flow table");
-        let guests = GuestEntries::for_guest(1, cfg.guest_mac.map(|m| m.octets()), &cfg.guest_ip);
-        flows.set_guests(&mut maps, guests).expect("guest entries");
-
-        let factory = MemFactory::new(MemWire::new(u32::from(QUEUES)), 256, 256, 2048);
-        let (pool, ports) =
-            SocketPool::create(factory, u32::from(QUEUES)).expect("in-memory sockets");
-        let net = NetConfig {
-            queue_pairs: cfg.queues,
-            mac: cfg.guest_mac.map(|m| m.octets()),
-            mtu: cfg.mtu,
-            max_queue_size: 1024,
-            poll_idle: std::time::Duration::ZERO,
-        };
-        let server = Server::new(&cfg.vhost_socket(), net, ports).expect("vhost-user server");
+        let flows = FlowTable::load(&cfg.state_file()).expect("flow table");
+        let tables = Arc::new(Mutex::new(Tables {
+            classifier: FakeMaps::new(),
+            flows,
+        }));
+        let wire = MemWire::new(u32::from(QUEUES));
+        let factory = MemFactory::new(wire.clone(), 256, 256, 2048);
+        let on_exit: OnExit = Arc::new(|name: &str, r| panic!("guest {name} ended: {r:?}"));
+        let guests =
+            GuestSet::<InMemory>::load(&cfg, factory, tables.clone(), on_exit).expect("guests");
+        guests.start_all().expect("guests start");
         let state = Arc::new(ControlState::<InMemory> {
-            tables: Mutex::new(Tables {
-                classifier: maps,
-                flows,
-            }),
-            pool,
-            server: server.handle(),
+            tables,
+            guests,
+            flood: Default::default(),
             cfg,
             started: Instant::now(),
             prog_id: 7,
             api_stats: Default::default(),
         });
-        Self {
-            state,
-            dir,
-            _server: server,
-        }
+        Self { state, dir, wire }
     }
 
     fn router(&self) -> Router {
@@ -255,7 +244,9 @@ async fn queues_are_replaced_through_the_pool_and_counters_are_shown() {
         "{text}"
     );
     assert!(
-        text.contains("xdpath_queue_rx_frames_total{iface=\"mem0\",queue=\"1\"} 0"),
+        text.contains(
+            "xdpath_queue_rx_frames_total{iface=\"mem0\",guest=\"default\",queue=\"1\"} 0"
+        ),
         "{text}"
     );
     let (_, health) = rig.call("GET", "/v1/health", None).await;
@@ -619,4 +610,153 @@ async fn at_most_two_listings_are_in_memory_at_once() {
     // Other routes never wait for listings.
     let (status, _) = rig.call("GET", "/v1/health", None).await;
     assert_eq!(status, StatusCode::OK);
+}
+
+/// Guests come and go through the API: an added guest's MAC and address
+/// reach the guest tables and its socket appears; bad names, duplicate
+/// MACs, sockets or addresses and unknown guests in rules are refused
+/// naming the field, changing nothing; a guest rules name is removed only
+/// with force, its rules with it, in one step; a removed guest's socket
+/// and entries are gone and the other guest is untouched.
+#[tokio::test]
+async fn guests_are_added_refused_and_removed_through_the_api() {
+    let rig = Rig::new();
+    let sock = rig.dir.join("web1.sock");
+    let web1 = json!({"name": "web1", "mac": "52:54:00:00:00:21", "ips": ["10.0.0.21"],
+                      "vhost_socket": sock});
+    let (status, body) = rig.call("POST", "/v1/guests", Some(web1.clone())).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    assert_eq!(
+        (body["id"].clone(), body["connected"].clone()),
+        (json!(2), json!(false))
+    );
+    assert!(sock.exists(), "the guest's socket is there");
+    let macs = |rig: &Rig| -> Vec<([u8; 6], u32)> {
+        let gen = rig.maps(|m| m.contents().gens.guests);
+        rig.maps(|m| m.contents())
+            .macs
+            .into_iter()
+            .filter(|(k, _)| k.gen == gen)
+            .map(|(k, v)| (k.mac, v.port))
+            .collect()
+    };
+    assert_eq!(
+        macs(&rig),
+        [
+            ([0x52, 0x54, 0, 0, 0, 0x11], 1),
+            ([0x52, 0x54, 0, 0, 0, 0x21], 2)
+        ]
+    );
+
+    let before = rig.maps(|m| m.contents());
+    for (body, status, field, text) in [
+        (
+            json!({"name": "Web 2", "mac": "52:54:00:00:00:22"}),
+            400,
+            "name",
+            "is not a guest name",
+        ),
+        (
+            json!({"name": "web2", "mac": "52:54:00:00:00:21"}),
+            409,
+            "mac",
+            "is guest \"web1\"'s already",
+        ),
+        (
+            json!({"name": "web2", "mac": "52:54:00:00:00:22", "vhost_socket": sock}),
+            409,
+            "vhost_socket",
+            "web1",
+        ),
+        (
+            json!({"name": "web2", "mac": "52:54:00:00:00:22", "ips": ["10.0.0.21"]}),
+            409,
+            "ips",
+            "web1",
+        ),
+        (
+            json!({"name": "web1", "mac": "52:54:00:00:00:22"}),
+            409,
+            "name",
+            "web1",
+        ),
+        (
+            json!({"name": "web2", "mac": "52:54:00:00:00:22", "queues": 9}),
+            400,
+            "queues",
+            "queue pairs",
+        ),
+        (
+            json!({"name": "web2", "mac": "52:54:00:00:00:22", "colour": 1}),
+            400,
+            "colour",
+            "",
+        ),
+    ] {
+        let (got, answer) = rig.call("POST", "/v1/guests", Some(body.clone())).await;
+        assert_eq!(got.as_u16(), status, "{body}: {answer}");
+        assert_eq!(answer["field"], json!(field), "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(text),
+            "{body}: {answer}"
+        );
+    }
+    assert_eq!(
+        rig.maps(|m| m.contents()),
+        before,
+        "refusals change nothing"
+    );
+    let (_, list) = rig.call("GET", "/v1/guests", None).await;
+    assert_eq!(list.as_array().unwrap().len(), 2);
+
+    // Rules name guests; an unknown one is refused naming the field.
+    let rule = |guest: &str| {
+        json!({"src": "10.9.9.9", "dst": "10.0.0.21", "proto": "udp", "dst_port": 53,
+               "action": "guest", "guest": guest})
+    };
+    let (status, answer) = rig.call("POST", "/v1/flows", Some(rule("db1"))).await;
+    assert_eq!(
+        (status.as_u16(), answer["field"].clone()),
+        (400, json!("guest")),
+        "{answer}"
+    );
+    let (status, answer) = rig.call("POST", "/v1/flows", Some(rule("web1"))).await;
+    assert_eq!(status, StatusCode::CREATED, "{answer}");
+    assert_eq!(answer["guest"], json!("web1"), "listed by name: {answer}");
+    let (_, flows) = rig.call("GET", "/v1/flows", None).await;
+    assert_eq!(flows[0]["guest"], json!("web1"));
+    let (_, g) = rig.call("GET", "/v1/guests/web1", None).await;
+    assert_eq!(g["rules"], json!(1));
+
+    // Removal: refused while a rule names it, then forced.
+    let (status, answer) = rig.call("DELETE", "/v1/guests/web1", None).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    assert!(sock.exists());
+    let (status, answer) = rig.call("DELETE", "/v1/guests/web1?force=yes", None).await;
+    assert_eq!(
+        (status.as_u16(), answer["field"].clone()),
+        (400, json!("force")),
+        "{answer}"
+    );
+    let (status, _) = rig.call("DELETE", "/v1/guests/web1?force=true", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT);
+    assert!(!sock.exists(), "its socket is gone");
+    assert_eq!(
+        macs(&rig),
+        [([0x52, 0x54, 0, 0, 0, 0x11], 1)],
+        "its entries are gone"
+    );
+    let (_, flows) = rig.call("GET", "/v1/flows", None).await;
+    assert_eq!(flows, json!([]), "its rule went with it");
+    let (status, _) = rig.call("GET", "/v1/guests/web1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    let (status, _) = rig.call("DELETE", "/v1/guests/web1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    // The registry on disk says the same.
+    let saved = std::fs::read_to_string(rig.state.cfg.guest_file()).unwrap();
+    assert!(
+        saved.contains("\"default\"") && !saved.contains("web1"),
+        "{saved}"
+    );
+    let _ = &rig.wire;
 }

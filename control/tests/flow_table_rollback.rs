@@ -20,7 +20,9 @@ use xdpath_control::flow_table::{
 use xdpath_control::maps::{
     FakeContents, FakeMaps, Flows, Generations, Macs, Neigh, Prefixes, RuleMaps,
 };
-use xdpath_control::rules::{FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec};
+use xdpath_control::rules::{
+    FlowRule, FlowRuleSpec, GuestRef, LegacyIds, PrefixRule, PrefixRuleSpec,
+};
 
 /// A private state directory, removed on drop.
 struct Dir(PathBuf);
@@ -59,7 +61,7 @@ fn flow(id: Option<u32>, port: u16, action: &str) -> FlowRuleSpec {
     s.id = id;
     s.dst_port = port;
     if action == "guest" {
-        s.guest = Some(2);
+        s.guest = Some(GuestRef::Id(2));
     }
     s
 }
@@ -239,6 +241,7 @@ fn projected() -> Setup {
                 flow(Some(2), 2, "drop"),
                 flow(Some(3), 3, "host"),
             ],
+            &LegacyIds,
         )
         .expect("flows");
         t.replace_prefixes(
@@ -247,9 +250,10 @@ fn projected() -> Setup {
                 prefix(Some(1), "10.88.0.0/16", "drop"),
                 prefix(Some(2), "fd00:88::/32", "host"),
             ],
+            &LegacyIds,
         )
         .expect("prefixes");
-        t.add_flow(&mut m, flow(Some(4), 4, "drop"))
+        t.add_flow(&mut m, flow(Some(4), 4, "drop"), &LegacyIds)
             .expect("a journal entry");
         assert_exact(&m, &t, "setup");
         assert!(disk(&t).1.is_some(), "the journal exists");
@@ -282,7 +286,7 @@ fn foreign_and_stale(t: &FlowTable) -> FakeMaps {
     let flows = t.flows();
     let mut wrong = flows[1].bpf_value();
     wrong.action = xdpath_common::Action::Host as u32;
-    let foreign = flow(Some(99), 99, "drop").validate(0).unwrap();
+    let foreign = flow(Some(99), 99, "drop").validate(0, &LegacyIds).unwrap();
     m.insert_into::<Flows>(&[
         (flows[0].bpf_key(1), flows[0].bpf_value()),
         (flows[1].bpf_key(1), wrong),
@@ -349,6 +353,7 @@ fn switch_cases() -> Vec<Case> {
                         flow(None, 5, "drop"),
                         flow(None, 6, "host"),
                     ],
+                    &LegacyIds,
                 )
                 .map(|_| ())
             }),
@@ -356,7 +361,7 @@ fn switch_cases() -> Vec<Case> {
         Case {
             name: "replace_flows with nothing",
             setup: projected(),
-            op: Box::new(|t, m| t.replace_flows(m, vec![]).map(|_| ())),
+            op: Box::new(|t, m| t.replace_flows(m, vec![], &LegacyIds).map(|_| ())),
         },
         Case {
             name: "replace_prefixes",
@@ -368,6 +373,7 @@ fn switch_cases() -> Vec<Case> {
                         prefix(Some(2), "fd00:88::/32", "drop"),
                         prefix(None, "10.99.0.0/16", "drop"),
                     ],
+                    &LegacyIds,
                 )
                 .map(|_| ())
             }),
@@ -382,7 +388,41 @@ fn switch_cases() -> Vec<Case> {
             setup: projected(),
             op: Box::new(|t, m| t.set_guests(m, GuestEntries::new())),
         },
+        Case {
+            name: "remove_guest (its rules and its entries, one switch)",
+            setup: projected(),
+            op: Box::new(|t, m| t.remove_guest(m, 2, GuestEntries::new()).map(|_| ())),
+        },
     ]
+}
+
+#[test]
+fn removing_a_guest_takes_its_rules_and_entries_and_keeps_the_rest() {
+    let d = Dir::new();
+    let (mut t, mut m) = projected()(&d);
+    assert_eq!(t.rules_for_guest(2), 1);
+    let before = m.generations().unwrap();
+    assert_eq!(t.remove_guest(&mut m, 2, guests_b()).unwrap(), 1);
+    let after = m.generations().unwrap();
+    assert_ne!(
+        (before.rules, before.guests),
+        (after.rules, after.guests),
+        "both generations flipped"
+    );
+    assert_eq!(t.rules_for_guest(2), 0);
+    let ids: Vec<u32> = t.flows().iter().map(|r| r.id).collect();
+    assert_eq!(ids, [2, 3, 4], "the other rules stay");
+    assert_eq!(t.prefixes().len(), 2);
+    assert_eq!(t.guests(), &guests_b());
+    assert_exact(&m, &t, "after remove_guest");
+    // A guest no rule names: nothing but the entries change.
+    assert_eq!(t.remove_guest(&mut m, 7, GuestEntries::new()).unwrap(), 0);
+    assert_eq!(t.flows().len(), 3);
+    assert_exact(&m, &t, "after removing a guest without rules");
+    let flows = t.flows();
+    drop(t);
+    let reloaded = FlowTable::load(&d.state()).unwrap();
+    assert_eq!(reloaded.flows(), flows, "the removal is durable");
 }
 
 fn sync_cases() -> Vec<Case> {
@@ -433,7 +473,10 @@ fn single_cases() -> Vec<Case> {
         Case {
             name: "add_flow",
             setup: projected(),
-            op: Box::new(|t, m| t.add_flow(m, flow(None, 7, "guest")).map(|_| ())),
+            op: Box::new(|t, m| {
+                t.add_flow(m, flow(None, 7, "guest"), &LegacyIds)
+                    .map(|_| ())
+            }),
         },
         Case {
             name: "delete_flow",
@@ -444,7 +487,7 @@ fn single_cases() -> Vec<Case> {
             name: "add_prefix",
             setup: projected(),
             op: Box::new(|t, m| {
-                t.add_prefix(m, prefix(None, "10.77.0.0/16", "drop"))
+                t.add_prefix(m, prefix(None, "10.77.0.0/16", "drop"), &LegacyIds)
                     .map(|_| ())
             }),
         },
@@ -647,7 +690,8 @@ fn recreated_maps_are_projected_again() {
     let d = Dir::new();
     let (mut t, mut m) = projected()(&d);
     m.recreate();
-    t.add_flow(&mut m, flow(None, 9, "drop")).unwrap();
+    t.add_flow(&mut m, flow(None, 9, "drop"), &LegacyIds)
+        .unwrap();
     assert_exact(&m, &t, "recreated");
     assert_eq!(t.flows().len(), 5);
 }
@@ -743,7 +787,8 @@ fn a_failed_journal_append_whose_rollback_fails_is_repaired_by_the_next_call() {
         // The map write works; undoing it does not.
         m.fail_from(2);
         let e = if add {
-            t.add_flow(&mut m, flow(None, 7, "drop")).map(|_| ())
+            t.add_flow(&mut m, flow(None, 7, "drop"), &LegacyIds)
+                .map(|_| ())
         } else {
             t.delete_flow(&mut m, 3)
         }
@@ -774,7 +819,7 @@ fn a_failed_snapshot_whose_switch_back_fails_is_repaired_by_the_next_call() {
     // switching back (5) does not.
     m.fail_from(5);
     let e = t
-        .replace_flows(&mut m, vec![flow(None, 5, "drop")])
+        .replace_flows(&mut m, vec![flow(None, 5, "drop")], &LegacyIds)
         .expect_err("the snapshot fails");
     assert!(
         e.to_string().starts_with(&format!(
@@ -935,12 +980,15 @@ fn every_store_step_durably(case: &Case) {
         let follow: [(&str, Op); 3] = [
             (
                 "add_flow",
-                Box::new(|t, m| t.add_flow(m, flow(None, 40, "drop")).map(|_| ())),
+                Box::new(|t, m| {
+                    t.add_flow(m, flow(None, 40, "drop"), &LegacyIds)
+                        .map(|_| ())
+                }),
             ),
             (
                 "add_prefix",
                 Box::new(|t, m| {
-                    t.add_prefix(m, prefix(None, "10.40.0.0/16", "host"))
+                    t.add_prefix(m, prefix(None, "10.40.0.0/16", "host"), &LegacyIds)
                         .map(|_| ())
                 }),
             ),

@@ -58,6 +58,10 @@ pub struct NetConfig {
     /// moved for this long (0 = purely event driven). Idle pairs never
     /// poll.
     pub poll_idle: std::time::Duration,
+    /// The guest among several: its id, the switch of all local guests
+    /// and its anti-spoofing policy (`None`: one guest, every TX frame to
+    /// the wire, no checks).
+    pub link: Option<crate::queue_pair::GuestLink>,
 }
 
 /// Default of [`NetConfig::poll_idle`].

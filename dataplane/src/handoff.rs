@@ -147,6 +147,17 @@ impl Peers {
         }
     }
 
+    /// Whether any pair's RX vring was seen enabled (a frontend is
+    /// connected and its driver is up).
+    pub fn any_enabled(&self) -> bool {
+        self.rx_enabled.load(Ordering::Acquire) != 0
+    }
+
+    /// How many pairs' RX vrings were seen enabled.
+    pub fn enabled_count(&self) -> u16 {
+        self.rx_enabled.load(Ordering::Acquire).count_ones() as u16
+    }
+
     /// Forgets all enabled bits (a new frontend connection).
     pub fn reset(&self) {
         self.rx_enabled.store(0, Ordering::Release);

@@ -5,12 +5,14 @@
 //!   ([`port::FramePort`]), how ports are opened ([`port::PortFactory`]),
 //!   xdpilone-style TX batches, and what every port shares (batch size,
 //!   headroom, [`port::PortStats`]). Depends on no port.
-//! - [`xsk`]: one AF_XDP socket with its UMEM, rings and frame lists
-//!   ([`xsk::XskPort`]), the real [`port::FramePort`], and its factory
-//!   ([`xsk::XskFactory`]).
+//! - [`xsk`]: AF_XDP sockets, one per guest and NIC queue, sharing the
+//!   queue's UMEM, fill and completion rings and free frames
+//!   ([`xsk::XskPort`]), the real [`port::FramePort`], and the factory
+//!   that keeps the per-queue shared state ([`xsk::XskFactory`]).
 //! - [`mem_port`]: an in-memory [`port::FramePort`] on an in-memory NIC
-//!   ([`mem_port::MemPort`], [`mem_port::MemWire`],
-//!   [`mem_port::MemFactory`]) for tests and benchmarks (no root, no NIC).
+//!   whose queues take one port per guest ([`mem_port::MemPort`],
+//!   [`mem_port::MemWire`], [`mem_port::MemFactory`]) for tests and
+//!   benchmarks (no root, no NIC).
 //! - [`chain`]: walking and copying one virtqueue descriptor chain, with
 //!   every guest-controlled address and length checked.
 //! - [`queue_pair`]: the data path of one queue pair (RX: port -> guest,
@@ -49,6 +51,7 @@ pub mod port;
 pub mod queue_pair;
 pub mod relay;
 pub mod server;
+pub mod switch;
 pub mod virtio_net;
 pub mod xsk;
 

@@ -14,7 +14,12 @@
 //! - From any thread, through the wire: a [`MemWire`] is an in-memory NIC
 //!   whose [`MemQueue`]s outlive the ports opened on them
 //!   ([`MemPort::open`], [`MemFactory`]), so a replaced port is on the same
-//!   wire. [`MemQueue::inject`] hands a frame to the queue's port; it
+//!   wire. A queue takes one port per guest, as a NIC queue takes one
+//!   AF_XDP socket per guest ([`MemPort::open_for`],
+//!   [`MemFactory::for_guest`]; the plain ones open as guest
+//!   [`DEFAULT_GUEST`]). [`MemQueue::inject_to`] hands a frame to one
+//!   guest's port, as the XDP program's redirect to that guest's XSKMAP
+//!   slot does ([`MemQueue::inject`]: to guest [`DEFAULT_GUEST`]); it
 //!   waits on the wire until the port's `rx_consume` copies it into an RX
 //!   frame. The port's eventfd is readable exactly while such frames wait,
 //!   so it wakes the worker's (level-triggered) epoll as a socket would.
@@ -25,24 +30,33 @@
 //! they wait on the completion list (readable with [`MemPort::tx_completed`])
 //! until the next `reap_completions` returns them to the free list. A port
 //! opened on a wire queue also leaves a copy of every committed frame
-//! there, for [`MemQueue::take_sent`] / [`MemQueue::wait_sent`].
+//! there, with its guest: the wire is shared, so [`MemQueue::take_sent`] /
+//! [`MemQueue::wait_sent`] see every guest's frames, and
+//! [`MemQueue::take_sent_by`] tells which guest sent each.
 //!
-//! Failures, as the kernel shows them: while a port is open on a queue,
-//! opening another one there fails with EBUSY (as binding a second socket
-//! to a NIC queue does), and [`MemQueue::refuse_opens`] makes the next
-//! opens fail the same way, as while the kernel frees a closed socket's
-//! queue. [`MemQueue::vanish`] plays an interface that went away: the next
-//! TX commit fails with ENXIO, `socket_error` says ENXIO, opens fail with
-//! ENODEV and injected frames find no port.
+//! Every port keeps its own arena, also when several guests' ports share
+//! a queue: sharing the queue's UMEM (fill ring, completion ring, free
+//! frames) is an `XskPort` detail ([`crate::xsk`]) that the queue pair
+//! never sees, so the double leaves it out.
+//!
+//! Failures, as the kernel shows them: while a guest's port is open on a
+//! queue, opening another one there for the same guest fails with EBUSY
+//! (as binding a second UMEM's socket to a bound NIC queue does), and
+//! [`MemQueue::refuse_opens`] makes the next opens (of any guest) fail the
+//! same way, as while the kernel frees a closed socket's queue.
+//! [`MemQueue::vanish`] plays an interface that went away: every port's
+//! next TX commit fails with ENXIO, `socket_error` says ENXIO, opens fail
+//! with ENODEV and injected frames find no port.
 //!
 //! Ownership: a `MemPort` belongs to one queue-pair worker and does not lock
 //! on its own frames. A port on a wire shares one small, named piece of
-//! state with the wire's users: its queue's [`MemQueue`] (one mutex over the
-//! waiting frames, the captured TX frames and the attachment, and an atomic
-//! "frames waiting" flag that `rx_consume` reads without the lock). The
-//! eventfd's state changes only under that mutex, so it cannot disagree
-//! with the waiting frames: a producer signals when the first frame arrives,
-//! the consumer clears it when it takes the last one.
+//! state with the wire's users: its queue's [`MemQueue`] (one mutex over
+//! the attached ports with the frames waiting for each, the captured TX
+//! frames and the stats; and per port an atomic "frames waiting" flag that
+//! `rx_consume` reads without the lock). The eventfd's state changes only
+//! under that mutex, so it cannot disagree with the waiting frames: a
+//! producer signals when the first frame for the port arrives, the
+//! consumer clears it when it takes the last one.
 
 use crate::port::{FramePort, PortFactory, PortStats, Push, XDP_PACKET_HEADROOM};
 use std::collections::VecDeque;
@@ -87,20 +101,21 @@ pub struct MemPortCounts {
 /// What a [`MemQueue`] has seen, for assertions.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct MemQueueStats {
-    /// Injected frames queued for the queue's port.
+    /// Injected frames queued for a port (of their guest).
     pub delivered: u64,
-    /// Injected frames that found no port (none open, or the interface
-    /// vanished); on a real NIC they would fail open to the host.
+    /// Injected frames that found no port (none open for their guest, or
+    /// the interface vanished); on a real NIC they would fail open to the
+    /// host.
     pub unclaimed: u64,
     /// Injected frames dropped: empty, longer than the port's frames, or
     /// the port's backlog full.
     pub dropped: u64,
-    /// Frames ports transmitted on this queue.
+    /// Frames ports (of every guest) transmitted on this queue.
     pub sent: u64,
     /// Transmitted frames dropped from the capture because nobody took
     /// them (more than [`WIRE_SENT_FRAMES`]).
     pub sent_overflow: u64,
-    /// Ports opened on this queue.
+    /// Ports opened on this queue (of every guest).
     pub opened: u64,
     /// Opens refused (queue busy or interface gone).
     pub refused: u64,
@@ -110,33 +125,57 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
-/// The port open on a wire queue, as the queue sees it.
+/// The guest whose port [`MemQueue::inject`], [`MemQueue::attached`] and
+/// the plain [`MemFactory`] mean.
+pub const DEFAULT_GUEST: u32 = 1;
+
+/// A port open on a wire queue, as the queue sees it.
 struct Attached {
     id: u64,
+    guest: u32,
     wake: Arc<EventFd>,
     max_frame_len: usize,
+    /// Injected frames waiting for the port's `rx_consume`.
+    waiting: VecDeque<Vec<u8>>,
+    /// `waiting` is not empty. Written under the queue's mutex; the port
+    /// reads it without the mutex to skip the lock when nothing waits.
+    flag: Arc<AtomicBool>,
+}
+
+impl Attached {
+    /// Drops the waiting frames (counted by the caller) and clears the fd.
+    fn clear(&mut self) -> u64 {
+        let n = self.waiting.len() as u64;
+        self.waiting.clear();
+        self.flag.store(false, Ordering::Release);
+        let _ = self.wake.read();
+        n
+    }
 }
 
 /// A wire queue's state behind its mutex.
 #[derive(Default)]
 struct WireState {
-    port: Option<Attached>,
-    /// Injected frames waiting for the port's `rx_consume`.
-    waiting: VecDeque<Vec<u8>>,
-    /// Frames transmitted, oldest first, until the test takes them.
-    sent: VecDeque<Vec<u8>>,
+    /// The ports open on the queue, at most one per guest.
+    ports: Vec<Attached>,
+    /// Frames transmitted with their sender's guest, oldest first, until
+    /// the test takes them.
+    sent: VecDeque<(u32, Vec<u8>)>,
     refuse_opens: u32,
     next_id: u64,
     stats: MemQueueStats,
+}
+
+impl WireState {
+    fn port_of(&self, guest: u32) -> Option<&Attached> {
+        self.ports.iter().find(|p| p.guest == guest)
+    }
 }
 
 /// One queue of the in-memory NIC.
 struct WireQueue {
     index: u32,
     state: Mutex<WireState>,
-    /// `state.waiting` is not empty. Written under the mutex; the port
-    /// reads it without the mutex to skip the lock when nothing waits.
-    waiting: AtomicBool,
     /// The interface vanished.
     gone: AtomicBool,
     /// Signalled when frames were transmitted.
@@ -171,7 +210,7 @@ impl MemWire {
 
 /// One queue of a [`MemWire`]: the test's side of the wire (inject,
 /// capture, make it fail) and the attachment point of at most one
-/// [`MemPort`] at a time. Clones are handles on the same queue.
+/// [`MemPort`] per guest at a time. Clones are handles on the same queue.
 #[derive(Clone)]
 pub struct MemQueue {
     inner: Arc<WireQueue>,
@@ -192,7 +231,6 @@ impl MemQueue {
             inner: Arc::new(WireQueue {
                 index,
                 state: Mutex::new(WireState::default()),
-                waiting: AtomicBool::new(false),
                 gone: AtomicBool::new(false),
                 sent_cv: Condvar::new(),
             }),
@@ -204,42 +242,61 @@ impl MemQueue {
         self.inner.index
     }
 
-    /// The wire delivers `frame` to the queue's port: it waits for the
-    /// port's `rx_consume`, and the port's fd is readable until then.
-    /// False (counted) when no port is open, the interface vanished, the
-    /// frame is empty or longer than the port's frames, or
-    /// [`WIRE_QUEUE_FRAMES`] frames wait already.
+    /// The wire delivers `frame` to guest [`DEFAULT_GUEST`]'s port on the
+    /// queue: [`MemQueue::inject_to`] that guest.
     pub fn inject(&self, frame: &[u8]) -> bool {
+        self.inject_to(DEFAULT_GUEST, frame)
+    }
+
+    /// The wire delivers `frame` to `guest`'s port on the queue (what the
+    /// XDP program's redirect to that guest's XSKMAP slot does): it waits
+    /// for the port's `rx_consume`, and the port's fd is readable until
+    /// then. False (counted) when the guest has no port open here
+    /// (`unclaimed`), the interface vanished (`unclaimed`), the frame is
+    /// empty or longer than the port's frames, or [`WIRE_QUEUE_FRAMES`]
+    /// frames wait for that port already (`dropped`).
+    pub fn inject_to(&self, guest: u32, frame: &[u8]) -> bool {
         let q = &self.inner;
         let mut st = lock(&q.state);
-        let Some(max) = st.port.as_ref().map(|p| p.max_frame_len) else {
-            st.stats.unclaimed += 1;
+        let WireState { ports, stats, .. } = &mut *st;
+        let Some(p) = ports.iter_mut().find(|p| p.guest == guest) else {
+            stats.unclaimed += 1;
             return false;
         };
-        if frame.is_empty() || frame.len() > max || st.waiting.len() >= WIRE_QUEUE_FRAMES {
-            st.stats.dropped += 1;
+        if frame.is_empty() || frame.len() > p.max_frame_len || p.waiting.len() >= WIRE_QUEUE_FRAMES
+        {
+            stats.dropped += 1;
             return false;
         }
-        if st.waiting.is_empty() {
+        if p.waiting.is_empty() {
             // First waiting frame: the fd becomes readable (under the
             // lock, so the consumer cannot clear it in between).
-            q.waiting.store(true, Ordering::Release);
-            if let Some(p) = &st.port {
-                let _ = p.wake.write(1);
-            }
+            p.flag.store(true, Ordering::Release);
+            let _ = p.wake.write(1);
         }
-        st.waiting.push_back(frame.to_vec());
-        st.stats.delivered += 1;
+        p.waiting.push_back(frame.to_vec());
+        stats.delivered += 1;
         true
     }
 
-    /// Takes every frame transmitted on this queue so far, oldest first.
+    /// Takes every frame transmitted on this queue so far, by any guest,
+    /// oldest first (the wire is shared).
     pub fn take_sent(&self) -> Vec<Vec<u8>> {
+        lock(&self.inner.state)
+            .sent
+            .drain(..)
+            .map(|(_, f)| f)
+            .collect()
+    }
+
+    /// Like [`MemQueue::take_sent`], with the guest whose port sent each
+    /// frame.
+    pub fn take_sent_by(&self) -> Vec<(u32, Vec<u8>)> {
         lock(&self.inner.state).sent.drain(..).collect()
     }
 
-    /// Waits up to `timeout` until at least `n` transmitted frames are
-    /// there, then takes them all (fewer if the time ran out).
+    /// Waits up to `timeout` until at least `n` transmitted frames (of any
+    /// guest) are there, then takes them all (fewer if the time ran out).
     pub fn wait_sent(&self, n: usize, timeout: Duration) -> Vec<Vec<u8>> {
         let end = Instant::now() + timeout;
         let mut st = lock(&self.inner.state);
@@ -255,28 +312,27 @@ impl MemQueue {
                 .unwrap_or_else(PoisonError::into_inner)
                 .0;
         }
-        st.sent.drain(..).collect()
+        st.sent.drain(..).map(|(_, f)| f).collect()
     }
 
-    /// The next `n` opens on this queue fail with EBUSY, as while the
-    /// kernel still frees the queue from a closed socket.
+    /// The next `n` opens on this queue (of any guest) fail with EBUSY, as
+    /// while the kernel still frees the queue from a closed socket.
     pub fn refuse_opens(&self, n: u32) {
         lock(&self.inner.state).refuse_opens = n;
     }
 
-    /// The interface goes away: the open port's next TX commit fails with
-    /// ENXIO (its socket error says so too), new opens fail with ENODEV,
-    /// waiting and later injected frames find no port.
+    /// The interface goes away: every open port's next TX commit fails
+    /// with ENXIO (its socket error says so too), new opens fail with
+    /// ENODEV, waiting and later injected frames find no port.
     pub fn vanish(&self) {
         let q = &self.inner;
         let mut st = lock(&q.state);
         q.gone.store(true, Ordering::Release);
-        st.stats.unclaimed += st.waiting.len() as u64;
-        st.waiting.clear();
-        q.waiting.store(false, Ordering::Release);
-        if let Some(p) = st.port.take() {
-            let _ = p.wake.read();
+        let mut lost = 0;
+        for mut p in std::mem::take(&mut st.ports) {
+            lost += p.clear();
         }
+        st.stats.unclaimed += lost;
     }
 
     /// Whether [`MemQueue::vanish`] was called.
@@ -284,23 +340,50 @@ impl MemQueue {
         self.inner.gone.load(Ordering::Acquire)
     }
 
-    /// The id of the port open on this queue (ids count up from 1 per
-    /// queue), if one is.
+    /// The id of guest [`DEFAULT_GUEST`]'s port open on this queue (ids
+    /// count up from 1 per queue, over all guests), if one is.
     pub fn attached(&self) -> Option<u64> {
-        lock(&self.inner.state).port.as_ref().map(|p| p.id)
+        self.attached_of(DEFAULT_GUEST)
     }
 
-    /// The fd of the port open on this queue, if one is.
+    /// The id of `guest`'s port open on this queue, if one is.
+    pub fn attached_of(&self, guest: u32) -> Option<u64> {
+        lock(&self.inner.state).port_of(guest).map(|p| p.id)
+    }
+
+    /// The fd of guest [`DEFAULT_GUEST`]'s port open on this queue, if
+    /// one is.
     pub fn attached_fd(&self) -> Option<RawFd> {
+        self.attached_fd_of(DEFAULT_GUEST)
+    }
+
+    /// The fd of `guest`'s port open on this queue, if one is.
+    pub fn attached_fd_of(&self, guest: u32) -> Option<RawFd> {
         lock(&self.inner.state)
-            .port
-            .as_ref()
+            .port_of(guest)
             .map(|p| p.wake.as_raw_fd())
     }
 
-    /// Injected frames waiting for the port's `rx_consume`.
+    /// The guests with a port open on this queue, in the order they
+    /// opened.
+    pub fn attached_guests(&self) -> Vec<u32> {
+        lock(&self.inner.state)
+            .ports
+            .iter()
+            .map(|p| p.guest)
+            .collect()
+    }
+
+    /// Injected frames waiting for guest [`DEFAULT_GUEST`]'s port.
     pub fn waiting(&self) -> usize {
-        lock(&self.inner.state).waiting.len()
+        self.waiting_of(DEFAULT_GUEST)
+    }
+
+    /// Injected frames waiting for `guest`'s port's `rx_consume`.
+    pub fn waiting_of(&self, guest: u32) -> usize {
+        lock(&self.inner.state)
+            .port_of(guest)
+            .map_or(0, |p| p.waiting.len())
     }
 
     /// What the queue has seen so far.
@@ -313,6 +396,9 @@ impl MemQueue {
 struct Link {
     queue: MemQueue,
     id: u64,
+    guest: u32,
+    /// Frames wait for this port on the wire (`Attached::flag`).
+    waiting: Arc<AtomicBool>,
 }
 
 /// An in-memory port (see the module documentation).
@@ -388,15 +474,31 @@ impl MemPort {
         })
     }
 
-    /// Opens a port like [`MemPort::new`] on wire queue `queue`: frames
-    /// injected there reach it, frames it sends are captured there.
-    ///
-    /// # Errors
-    /// EBUSY while another port is open on the queue or the queue refuses
-    /// opens ([`MemQueue::refuse_opens`]), ENODEV once it vanished, or the
-    /// eventfd's error.
+    /// Opens a port like [`MemPort::new`] on wire queue `queue` as guest
+    /// [`DEFAULT_GUEST`]: [`MemPort::open_for`] that guest.
     pub fn open(
         queue: &MemQueue,
+        rx_frames: usize,
+        tx_frames: usize,
+        frame_size: usize,
+    ) -> io::Result<Self> {
+        Self::open_for(queue, DEFAULT_GUEST, rx_frames, tx_frames, frame_size)
+    }
+
+    /// Opens a port like [`MemPort::new`] on wire queue `queue` as guest
+    /// `guest` (any number names a guest; the daemon's guest ids start at
+    /// 1): frames injected there for that guest reach it, frames it sends
+    /// are captured there. The port keeps its own arena: ports of several
+    /// guests on one queue share no frames (sharing the queue's UMEM is an
+    /// `XskPort` detail).
+    ///
+    /// # Errors
+    /// EBUSY while `guest` has a port open on the queue or the queue
+    /// refuses opens ([`MemQueue::refuse_opens`]), ENODEV once it
+    /// vanished, or the eventfd's error.
+    pub fn open_for(
+        queue: &MemQueue,
+        guest: u32,
         rx_frames: usize,
         tx_frames: usize,
         frame_size: usize,
@@ -407,7 +509,7 @@ impl MemPort {
         } else if st.refuse_opens > 0 {
             st.refuse_opens -= 1;
             Some(libc::EBUSY)
-        } else if st.port.is_some() {
+        } else if st.port_of(guest).is_some() {
             Some(libc::EBUSY)
         } else {
             None
@@ -419,14 +521,21 @@ impl MemPort {
         let mut port = Self::new(rx_frames, tx_frames, frame_size)?;
         st.next_id += 1;
         st.stats.opened += 1;
-        st.port = Some(Attached {
-            id: st.next_id,
+        let flag = Arc::new(AtomicBool::new(false));
+        let id = st.next_id;
+        st.ports.push(Attached {
+            id,
+            guest,
             wake: port.wake.clone(),
             max_frame_len: port.max_frame_len,
+            waiting: VecDeque::new(),
+            flag: flag.clone(),
         });
         port.link = Some(Link {
             queue: queue.clone(),
-            id: st.next_id,
+            id,
+            guest,
+            waiting: flag,
         });
         Ok(port)
     }
@@ -435,6 +544,11 @@ impl MemPort {
     /// if it is on one.
     pub fn id(&self) -> Option<u64> {
         self.link.as_ref().map(|l| l.id)
+    }
+
+    /// The guest this port is open for on its wire queue, if it is on one.
+    pub fn guest(&self) -> Option<u32> {
+        self.link.as_ref().map(|l| l.guest)
     }
 
     fn offset(&self, frame: u32) -> usize {
@@ -509,12 +623,17 @@ impl MemPort {
         };
         let q = &link.queue.inner;
         let mut st = lock(&q.state);
+        let Some(me) = st.ports.iter_mut().find(|p| p.id == link.id) else {
+            // Detached (the interface vanished): nothing waits for it.
+            link.waiting.store(false, Ordering::Release);
+            return 0;
+        };
         let mut n = 0;
         while n < out.len() {
             let Some(mut d) = self.fill.pop() else {
                 break;
             };
-            let Some(frame) = st.waiting.pop_front() else {
+            let Some(frame) = me.waiting.pop_front() else {
                 self.fill.push(d);
                 break;
             };
@@ -527,8 +646,8 @@ impl MemPort {
             out[n] = d;
             n += 1;
         }
-        if st.waiting.is_empty() {
-            q.waiting.store(false, Ordering::Release);
+        if me.waiting.is_empty() {
+            me.flag.store(false, Ordering::Release);
             let _ = self.wake.read();
         }
         n
@@ -542,13 +661,10 @@ impl Drop for MemPort {
         let Some(link) = &self.link else {
             return;
         };
-        let q = &link.queue.inner;
-        let mut st = lock(&q.state);
-        if st.port.as_ref().is_some_and(|p| p.id == link.id) {
-            st.port = None;
-            st.stats.unclaimed += st.waiting.len() as u64;
-            st.waiting.clear();
-            q.waiting.store(false, Ordering::Release);
+        let mut st = lock(&link.queue.inner.state);
+        if let Some(i) = st.ports.iter().position(|p| p.id == link.id) {
+            let lost = st.ports.remove(i).clear();
+            st.stats.unclaimed += lost;
         }
     }
 }
@@ -580,7 +696,7 @@ impl FramePort for MemPort {
             && self
                 .link
                 .as_ref()
-                .is_some_and(|l| l.queue.inner.waiting.load(Ordering::Acquire))
+                .is_some_and(|l| l.waiting.load(Ordering::Acquire))
         {
             n += self.pull_wire(&mut descs[n..]);
         }
@@ -653,7 +769,7 @@ impl FramePort for MemPort {
                     st.sent.pop_front();
                     st.stats.sent_overflow += 1;
                 }
-                st.sent.push_back(self.bytes(d).to_vec());
+                st.sent.push_back((link.guest, self.bytes(d).to_vec()));
             }
             st.stats.sent += self.staged.len() as u64;
             drop(st);
@@ -682,14 +798,17 @@ impl FramePort for MemPort {
     }
 }
 
-/// Opens [`MemPort`]s of one geometry on the queues of a [`MemWire`]: the
-/// in-memory [`PortFactory`].
+/// Opens [`MemPort`]s of one geometry on the queues of a [`MemWire`], as
+/// one guest: the in-memory [`PortFactory`]. [`MemFactory::new`] opens as
+/// guest [`DEFAULT_GUEST`]; [`MemFactory::for_guest`] gives the factory of
+/// another guest on the same wire.
 #[derive(Debug, Clone)]
 pub struct MemFactory {
     wire: MemWire,
     rx_frames: usize,
     tx_frames: usize,
     frame_size: usize,
+    guest: u32,
 }
 
 impl MemFactory {
@@ -701,7 +820,23 @@ impl MemFactory {
             rx_frames,
             tx_frames,
             frame_size,
+            guest: DEFAULT_GUEST,
         }
+    }
+
+    /// A factory of the same geometry on the same wire whose ports attach
+    /// to the queues as guest `guest` (each guest may have one port per
+    /// queue; see [`MemPort::open_for`]).
+    pub fn for_guest(&self, guest: u32) -> MemFactory {
+        MemFactory {
+            guest,
+            ..self.clone()
+        }
+    }
+
+    /// The guest this factory's ports attach as.
+    pub fn guest(&self) -> u32 {
+        self.guest
     }
 
     /// The wire the ports are opened on.
@@ -720,7 +855,13 @@ impl PortFactory for MemFactory {
             .wire
             .queue(queue)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::ENODEV))?;
-        MemPort::open(q, self.rx_frames, self.tx_frames, self.frame_size)
+        MemPort::open_for(
+            q,
+            self.guest,
+            self.rx_frames,
+            self.tx_frames,
+            self.frame_size,
+        )
     }
 }
 
@@ -904,5 +1045,99 @@ mod tests {
             Some(libc::ENODEV)
         );
         assert!(q.take_sent().is_empty());
+    }
+
+    fn tx_one(p: &mut MemPort, bytes: &[u8]) {
+        let mut b = p.tx_batch();
+        let copy = |buf: &mut [u8]| {
+            buf.copy_from_slice(bytes);
+            Ok::<(), ()>(())
+        };
+        assert_eq!(b.push(bytes.len(), copy), Push::Staged);
+        assert_eq!(b.commit().ok(), Some(0));
+    }
+
+    #[test]
+    fn a_queue_takes_one_port_per_guest() {
+        let wire = MemWire::new(1);
+        let q = wire.queue(0).unwrap();
+        let one = MemFactory::new(wire.clone(), 4, 4, 2048);
+        let two = one.for_guest(2);
+        assert_eq!((one.guest(), two.guest()), (DEFAULT_GUEST, 2));
+        let mut p1 = one.open(0).unwrap();
+        let mut p2 = two.open(0).unwrap();
+        assert_eq!(
+            two.open(0).unwrap_err().raw_os_error(),
+            Some(libc::EBUSY),
+            "one port per guest and queue"
+        );
+        assert_eq!(one.open(0).unwrap_err().raw_os_error(), Some(libc::EBUSY));
+        assert_eq!((p1.guest(), p2.guest()), (Some(1), Some(2)));
+        assert_eq!(q.attached_guests(), [1, 2]);
+        assert_eq!((q.attached(), q.attached_of(2)), (p1.id(), p2.id()));
+        assert_eq!(q.attached_fd_of(2), Some(p2.as_fd().as_raw_fd()));
+        assert_eq!(q.attached_fd(), Some(p1.as_fd().as_raw_fd()));
+        assert_eq!(q.attached_of(3), None);
+
+        // Each guest gets exactly its own frames; only its fd wakes.
+        assert!(q.inject(b"to one"));
+        assert!(q.inject_to(2, b"to two"));
+        assert!(q.inject_to(2, b"to two again"));
+        assert!(!q.inject_to(3, b"nobody"), "guest 3 has no port here");
+        assert_eq!((q.waiting(), q.waiting_of(2)), (1, 2));
+        let mut d = [MemDesc::default(); 4];
+        assert_eq!(p2.rx_consume(&mut d), 2);
+        assert_eq!(
+            (p2.rx_data(&d[0]), p2.rx_data(&d[1])),
+            (&b"to two"[..], &b"to two again"[..])
+        );
+        p2.rx_release(&d[..2]);
+        assert!(!readable(&p2) && readable(&p1));
+        assert_eq!(p1.rx_consume(&mut d), 1);
+        assert_eq!(p1.rx_data(&d[0]), b"to one");
+        assert!(!readable(&p1));
+
+        // The wire is shared: every guest's TX, with its sender.
+        tx_one(&mut p1, b"from one");
+        tx_one(&mut p2, b"from two");
+        assert_eq!(
+            q.take_sent_by(),
+            [(1, b"from one".to_vec()), (2, b"from two".to_vec())]
+        );
+        tx_one(&mut p2, b"again");
+        assert_eq!(q.wait_sent(1, Duration::from_secs(1)), [b"again".to_vec()]);
+
+        // Guest 1 closes: guest 2 is not disturbed; frames waiting for
+        // guest 1 are lost with its port.
+        assert!(q.inject(b"lost"));
+        drop(p1);
+        assert_eq!(q.attached_guests(), [2]);
+        assert!(!q.inject(b"no port"));
+        assert!(q.inject_to(2, b"still"));
+        assert_eq!(p2.rx_consume(&mut d), 1);
+        assert_eq!(p2.rx_data(&d[0]), b"still");
+        p2.rx_release(&d[..1]);
+        // Guest 1 comes back; refusals apply to every guest.
+        let p1 = one.open(0).unwrap();
+        assert_eq!(p1.id(), Some(3), "ids count per queue, over all guests");
+        q.refuse_opens(1);
+        assert_eq!(
+            one.for_guest(4).open(0).unwrap_err().raw_os_error(),
+            Some(libc::EBUSY)
+        );
+        let p4 = one.for_guest(4).open(0).unwrap();
+        let s = q.stats();
+        assert_eq!(
+            (s.delivered, s.unclaimed, s.opened, s.refused, s.sent),
+            (5, 3, 4, 3, 3)
+        );
+        // The interface goes: every guest's port fails.
+        q.vanish();
+        assert!(q.attached_guests().is_empty());
+        assert!(!q.inject_to(2, b"gone"));
+        for p in [&p1, &p2, &p4] {
+            assert_eq!(p.socket_error().raw_os_error(), Some(libc::ENXIO));
+        }
+        assert_eq!(two.open(0).unwrap_err().raw_os_error(), Some(libc::ENODEV));
     }
 }

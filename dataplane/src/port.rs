@@ -7,8 +7,9 @@
 //! received frames wait. [`crate::xsk::XskPort`] (an AF_XDP socket) is the
 //! real one; [`crate::mem_port::MemPort`] is an in-memory double for tests
 //! and benchmarks that need no root and no NIC. A [`PortFactory`] opens a
-//! fresh port on a queue, for socket replacement
-//! ([`crate::xsk::XskFactory`], [`crate::mem_port::MemFactory`]).
+//! fresh port on a queue, for socket replacement and for each guest's own
+//! port on a queue ([`crate::xsk::XskFactory`],
+//! [`crate::mem_port::MemFactory`]).
 //!
 //! This module also owns what the ports and the queue pair share: the batch
 //! size ([`BATCH`]), the headroom in front of every received frame
@@ -16,9 +17,12 @@
 //! depends on no port and on no queue pair.
 //!
 //! Ownership: a port belongs to exactly one queue-pair worker, which calls
-//! every [`FramePort`] method; nothing is shared, so nothing locks (a port
-//! is an owned `Send + 'static` value: the control plane opens it and hands
-//! it over). Frames named by a [`FramePort::Desc`] belong to the worker
+//! every [`FramePort`] method (a port is an owned `Send + 'static` value:
+//! the control plane opens it and hands it over). What a port shares with
+//! other ports is its own business and never locks per frame: the
+//! `XskPort`s of one NIC queue share the queue's UMEM state behind one
+//! lock taken at most once per batch operation ([`crate::xsk`]);
+//! `MemPort`s share nothing but their wire queue. Frames named by a [`FramePort::Desc`] belong to the worker
 //! between `rx_consume` and `rx_release` (RX) and between a
 //! [`TxBatch::push`] and the batch's commit or drop (TX); otherwise they
 //! belong to the port (or its kernel).
@@ -138,8 +142,11 @@ pub trait FramePort: AsFd + Send + 'static {
     fn socket_error(&self) -> io::Error;
 }
 
-/// Opens ports, one per queue: how the control plane replaces a queue
-/// pair's port (close the old one, open a new one on the same queue).
+/// Opens ports on queues: how the control plane replaces a queue pair's
+/// port (close the old one, open a new one on the same queue). A factory
+/// may open several live ports on one queue (one per guest: each
+/// `XskFactory` open is a new socket sharing the queue's UMEM; each
+/// `MemFactory::for_guest` factory opens that guest's port).
 pub trait PortFactory {
     /// The ports it opens.
     type Port: FramePort;
@@ -147,7 +154,8 @@ pub trait PortFactory {
     /// error the caller may retry.
     type Error: std::error::Error + Send + Sync + 'static;
 
-    /// Opens a fresh port on `queue`.
+    /// Opens a fresh port on `queue`; whether it may coexist with another
+    /// live port of this factory on the queue is the factory's rule.
     fn open(&self, queue: u32) -> Result<Self::Port, Self::Error>;
 }
 

@@ -1,5 +1,9 @@
 //! The vhost-user server: one listening socket, one frontend at a time,
-//! reconnects forever until stopped.
+//! reconnects forever until stopped. In client mode
+//! ([`Server::connecting`]) the frontend listens (QEMU `server=on`) and
+//! the server connects to it instead, every [`RECONNECT_PAUSE`] until it
+//! is there, and again after each disconnect; the socket file is then
+//! the frontend's.
 //!
 //! Lifecycle of a connection (the QEMU multifd discipline):
 //! 1. build a [`NetBackend`] and a `VhostUserDaemon`, which creates one
@@ -262,6 +266,22 @@ impl<P: FramePort> ServerHandle<P> {
         self.conn.is_running()
     }
 
+    /// The server's handoff table: where other guests' workers put the
+    /// frames they switch to this guest (`crate::switch`).
+    pub fn peers(&self) -> Arc<Peers> {
+        self.peers.clone()
+    }
+
+    /// Queue pairs whose RX vring the frontend has enabled (0 while none
+    /// is connected).
+    pub fn pairs_enabled(&self) -> u16 {
+        if self.connected() {
+            self.peers.enabled_count()
+        } else {
+            0
+        }
+    }
+
     /// Frontend connections served so far (including the current one).
     pub fn connections(&self) -> u64 {
         self.connections.load(Ordering::Acquire)
@@ -352,13 +372,29 @@ impl<P: FramePort> ServerHandle<P> {
 pub struct Server<P: FramePort> {
     cfg: NetConfig,
     path: PathBuf,
-    listener: Listener,
+    /// How frontends are reached: on our listener, or by connecting to
+    /// theirs.
+    side: Side,
     pairs: Vec<Arc<Mutex<QueuePair<P>>>>,
     peers: Arc<Peers>,
     handle: ServerHandle<P>,
     on_connection: Option<ConnectionHook>,
     faults: Option<ServerFaults>,
 }
+
+/// Which side of the vhost-user socket the server is.
+enum Side {
+    /// It listens on its own socket; frontends connect (QEMU's default).
+    Listen(Listener),
+    /// It connects to the frontend's socket, and again after each
+    /// disconnect (QEMU `server=on`, OVS's `dpdkvhostuserclient`); the
+    /// stream connected and not yet served.
+    Connect(Option<UnixStream>),
+}
+
+/// Pause between two attempts to connect to a frontend's socket (client
+/// mode): how long a restarted frontend waits for us at most.
+pub const RECONNECT_PAUSE: Duration = Duration::from_millis(50);
 
 /// What [`Server::on_connection`] stores.
 type ConnectionHook = Box<dyn Fn(ConnectionEvent<'_>) + Send>;
@@ -403,10 +439,30 @@ impl<P: FramePort> Server<P> {
         cfg: NetConfig,
         ports: Vec<P>,
     ) -> Result<Self, ServerError> {
-        if perms.mode & !0o777 != 0 {
+        Self::build(path, Some(perms), cfg, ports)
+    }
+
+    /// A server in client mode: the frontend (QEMU with `server=on`)
+    /// listens on `path` and owns the socket file; the server connects to
+    /// it, and again (every [`RECONNECT_PAUSE`], cut short by a stop)
+    /// whenever the connection ends or the frontend is not there yet. A
+    /// restarted server is back as soon as it connects, with no frontend
+    /// timer in between.
+    pub fn connecting(path: &Path, cfg: NetConfig, ports: Vec<P>) -> Result<Self, ServerError> {
+        Self::build(path, None, cfg, ports)
+    }
+
+    /// Listens on `path` with `perms`, or (`None`) connects to it.
+    fn build(
+        path: &Path,
+        perms: Option<SocketPermissions>,
+        cfg: NetConfig,
+        ports: Vec<P>,
+    ) -> Result<Self, ServerError> {
+        if perms.is_some_and(|p| p.mode & !0o777 != 0) {
             return Err(ServerError::Config(format!(
                 "socket mode {:o} has bits beyond 0777",
-                perms.mode
+                perms.map_or(0, |p| p.mode)
             )));
         }
         if cfg.queue_pairs == 0 || cfg.queue_pairs > MAX_QUEUE_PAIRS {
@@ -435,8 +491,9 @@ impl<P: FramePort> Server<P> {
         let mut pairs = Vec::with_capacity(ports.len());
         let mut counters = Vec::with_capacity(ports.len());
         for (i, port) in ports.into_iter().enumerate() {
-            let qp = QueuePair::new(i as u16, port, cfg.mtu, peers.clone())
+            let mut qp = QueuePair::new(i as u16, port, cfg.mtu, peers.clone())
                 .map_err(io_err("creating a timerfd"))?;
+            qp.set_link(cfg.link.clone());
             counters.push(qp.counters());
             pairs.push(Arc::new(Mutex::new(qp)));
         }
@@ -444,11 +501,16 @@ impl<P: FramePort> Server<P> {
             .map_err(io_err("creating an eventfd"))?;
         // Last: nothing after it fails, so the socket file never outlives a
         // server that was not built.
-        let listener = bind_secure(path, perms).map_err(|e| ServerError::Listen {
-            path: path.to_path_buf(),
-            detail: e.to_string(),
-        })?;
-        let listener = Listener::from(listener);
+        let side = match perms {
+            Some(perms) => {
+                let listener = bind_secure(path, perms).map_err(|e| ServerError::Listen {
+                    path: path.to_path_buf(),
+                    detail: e.to_string(),
+                })?;
+                Side::Listen(Listener::from(listener))
+            }
+            None => Side::Connect(None),
+        };
         let handle = ServerHandle {
             stop: Arc::new(stop),
             stopping: Arc::new(AtomicBool::new(false)),
@@ -463,7 +525,7 @@ impl<P: FramePort> Server<P> {
         Ok(Self {
             cfg,
             path: path.to_path_buf(),
-            listener,
+            side,
             pairs,
             peers,
             handle,
@@ -559,11 +621,44 @@ impl<P: FramePort> Server<P> {
         }
     }
 
-    /// Waits until a frontend is connecting (true) or stop was asked (false).
-    fn wait_for_frontend(&self) -> Result<bool, ServerError> {
+    /// Waits until a frontend is connecting (true) or stop was asked
+    /// (false). In client mode: until a connection to the frontend's
+    /// socket is made.
+    fn wait_for_frontend(&mut self) -> Result<bool, ServerError> {
+        let listener = match &mut self.side {
+            Side::Listen(l) => l.as_raw_fd(),
+            Side::Connect(pending) => {
+                let mut logged = false;
+                loop {
+                    if self.handle.stopping.load(Ordering::Acquire) {
+                        return Ok(false);
+                    }
+                    match UnixStream::connect(&self.path) {
+                        Ok(s) => {
+                            *pending = Some(s);
+                            return Ok(true);
+                        }
+                        Err(e) => {
+                            if !logged {
+                                tracing::debug!(socket = %self.path.display(), "no frontend to connect to yet: {e}; retrying every {RECONNECT_PAUSE:?}");
+                                logged = true;
+                            }
+                        }
+                    }
+                    let mut fd = libc::pollfd {
+                        fd: self.handle.stop.as_raw_fd(),
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    let ms = RECONNECT_PAUSE.as_millis() as i32;
+                    // SAFETY: one valid pollfd for the duration of the call.
+                    unsafe { libc::poll(&mut fd, 1, ms) };
+                }
+            }
+        };
         let mut fds = [
             libc::pollfd {
-                fd: self.listener.as_raw_fd(),
+                fd: listener,
                 events: libc::POLLIN,
                 revents: 0,
             },
@@ -658,11 +753,11 @@ impl<P: FramePort> Server<P> {
         // it and the library's request handler, which connects as a client
         // to a private socket.
         self.fault(SetupStep::Accept, "accepting a vhost-user frontend")?;
-        let Some(front) = self
-            .listener
-            .accept()
-            .map_err(|e| ServerError::Daemon(e.to_string()))?
-        else {
+        let front = match &mut self.side {
+            Side::Listen(l) => l.accept().map_err(|e| ServerError::Daemon(e.to_string()))?,
+            Side::Connect(pending) => pending.take(),
+        };
+        let Some(front) = front else {
             return Ok(()); // the frontend went away before it was accepted
         };
         let back = relay_socket(daemon)?;
@@ -708,8 +803,11 @@ impl<P: FramePort> Server<P> {
 
 impl<P: FramePort> Drop for Server<P> {
     fn drop(&mut self) {
-        // The socket file goes with the server.
-        let _ = std::fs::remove_file(&self.path);
+        // The socket file goes with the server (in client mode it is the
+        // frontend's).
+        if matches!(self.side, Side::Listen(_)) {
+            let _ = std::fs::remove_file(&self.path);
+        }
     }
 }
 

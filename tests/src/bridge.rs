@@ -92,6 +92,7 @@ impl Bridge {
             mtu: MTU,
             max_queue_size: 1024,
             poll_idle,
+            link: None,
         };
         let server = Server::new(&sock, cfg, ports).expect("vhost-user server");
         let handle = server.handle();
@@ -272,6 +273,7 @@ impl MemBridge {
             mtu: MTU,
             max_queue_size: MEM_MAX_QUEUE_SIZE,
             poll_idle: DEFAULT_POLL_IDLE,
+            link: None,
         };
         let mut server = Server::new(&sock, cfg, ports).expect("vhost-user server");
         setup(&mut server);

@@ -473,6 +473,31 @@ impl std::fmt::Debug for TestFrontend {
     }
 }
 
+/// How a frontend reaches its backend.
+enum Dial<'a> {
+    /// It connects to the backend's socket (QEMU's default).
+    Connect(&'a Path),
+    /// The backend connects to it (QEMU `server=on`).
+    Accept(&'a std::os::unix::net::UnixListener),
+}
+
+/// The next connection on `l`, within `total`.
+fn accept_within(l: &std::os::unix::net::UnixListener, total: Duration) -> Result<UnixStream> {
+    l.set_nonblocking(true)?;
+    let end = Instant::now() + total;
+    let stream = loop {
+        match l.accept() {
+            Ok((s, _)) => break s,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock && Instant::now() < end => {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).context("waiting for the backend to connect"),
+        }
+    };
+    stream.set_nonblocking(false)?;
+    Ok(stream)
+}
+
 fn connect_retry(path: &Path, total: Duration) -> Result<UnixStream> {
     let end = Instant::now() + total;
     loop {
@@ -566,6 +591,20 @@ impl TestFrontend {
     /// one, so a backend's refusal surfaces here as an error.
     /// Retries the connect for up to 5 s (the backend may still be starting).
     pub fn connect(path: &Path, opts: FrontendOptions) -> Result<Self> {
+        Self::start(Dial::Connect(path), opts)
+    }
+
+    /// The same frontend on a socket it listens on, as QEMU with
+    /// `server=on` does: waits (up to 5 s) for the backend to connect to
+    /// `listener`, then sets the device up as [`TestFrontend::connect`].
+    pub fn accept(
+        listener: &std::os::unix::net::UnixListener,
+        opts: FrontendOptions,
+    ) -> Result<Self> {
+        Self::start(Dial::Accept(listener), opts)
+    }
+
+    fn start(dial: Dial<'_>, opts: FrontendOptions) -> Result<Self> {
         ensure!(opts.queue_pairs >= 1, "queue_pairs must be at least 1");
         ensure!(
             opts.enabled_pairs <= opts.queue_pairs,
@@ -598,7 +637,10 @@ impl TestFrontend {
             opts.mem_size
         );
 
-        let stream = connect_retry(path, Duration::from_secs(5))?;
+        let stream = match dial {
+            Dial::Connect(path) => connect_retry(path, Duration::from_secs(5))?,
+            Dial::Accept(l) => accept_within(l, Duration::from_secs(5))?,
+        };
         let sock = stream
             .try_clone()
             .context("cloning the vhost-user socket")?;

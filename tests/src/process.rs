@@ -32,6 +32,24 @@ pub fn fd_list() -> Vec<String> {
     v
 }
 
+/// The process's fds and threads once a connection that just ended is
+/// torn down: the server reports "not connected" before it has joined the
+/// connection's workers and closed its fds and its mapping of guest memory,
+/// so a baseline taken at once may still hold them (seen on a loaded
+/// machine). Waits (up to [`WAIT`]) until no guest memory is mapped from a
+/// memfd fd and the list stays the same for 100 ms.
+pub fn settled() -> (Vec<String>, usize) {
+    let mut last = (fd_list(), threads());
+    wait_until(WAIT, || {
+        std::thread::sleep(Duration::from_millis(100));
+        let now = (fd_list(), threads());
+        let quiet = now == last && !now.0.iter().any(|f| f.contains("memfd:"));
+        last = now;
+        quiet
+    });
+    last
+}
+
 /// Waits (up to [`WAIT`]) until the process has `threads0` threads and as
 /// many fds as `fds`, then asserts it has exactly those fds.
 pub fn assert_back_to(what: &str, fds: &[String], threads0: usize) {

@@ -15,9 +15,10 @@
 
 use std::os::fd::AsFd;
 use std::time::Duration;
+use xdpath_common::xsk_slot;
 use xdpath_common::{
     Action, AddrKey, Counters, FlowKey, PrefixData, RuleClass, RuleValue, FAMILY_V4, FAMILY_V6,
-    PREFIX_HEADER_BITS, XDP_META_MAGIC,
+    MAX_GUESTS, MAX_QUEUES, PREFIX_HEADER_BITS, XDP_META_MAGIC,
 };
 use xdpath_control::{Classifier, ClassifierConfig, ClassifierError};
 use xdpath_tests::frames::*;
@@ -117,11 +118,18 @@ fn attach(t: &Topology) -> Classifier {
     Classifier::attach(&ClassifierConfig::new(&t.host_if)).expect("attach classifier")
 }
 
+/// Guests the tests' rules name; every queue's socket is registered for
+/// each of them (an AF_XDP socket may sit in several XSKMAP entries).
+const TEST_GUESTS: u32 = 8;
+
 fn sockets(t: &Topology, c: &mut Classifier) -> Vec<XskReceiver> {
     (0..QUEUES)
         .map(|q| {
             let x = XskReceiver::bind(&t.host_if, q).expect("bind AF_XDP socket");
-            c.register_socket(q, x.fd()).expect("register socket");
+            for g in 1..=TEST_GUESTS {
+                let slot = xsk_slot(g, q).expect("slot");
+                c.register_socket(slot, x.fd()).expect("register socket");
+            }
             x
         })
         .collect()
@@ -291,9 +299,9 @@ fn each_rule_class_steers_to_the_socket_of_the_arrival_queue() {
                 let m = got[0].meta;
                 assert_eq!(m.magic, XDP_META_MAGIC, "{name}: metadata block missing");
                 assert_eq!(
-                    (m.class, m.rule_id),
-                    (*class as u8, *rule_id),
-                    "{name}: metadata names the wrong rule"
+                    (m.class, m.rule_id, m.port),
+                    (*class as u8, *rule_id, rule_id - 100),
+                    "{name}: metadata names the wrong rule or guest"
                 );
                 let other = (q + 1) % QUEUES;
                 assert_eq!(
@@ -319,6 +327,92 @@ fn each_rule_class_steers_to_the_socket_of_the_arrival_queue() {
                 assert_eq!(class_count, 1, "{name}: class counter {d:?}");
             }
         }
+        c.shutdown().unwrap();
+    });
+}
+
+#[test]
+#[ignore = "needs root: network namespaces, XDP, AF_XDP"]
+fn each_guest_has_its_own_entry_per_queue_and_an_absent_guest_fails_open() {
+    require_root();
+    let t = Topology::new(QUEUES).expect("topology");
+    let tx = peer_sender(&t);
+    t.in_host(|| {
+        let mut c = attach(&t);
+        // One socket per queue, registered for guests 2 and MAX_GUESTS
+        // only: guest 3 is known to the maps but not connected.
+        let mut xsks: Vec<XskReceiver> = (0..QUEUES)
+            .map(|q| XskReceiver::bind(&t.host_if, q).expect("bind AF_XDP socket"))
+            .collect();
+        for (q, x) in xsks.iter().enumerate() {
+            let q = q as u32;
+            for g in [2, MAX_GUESTS] {
+                c.register_socket(xsk_slot(g, q).unwrap(), x.fd()).unwrap();
+            }
+        }
+        let mac = |g: u8| [0x52, 0x54, 0x00, 0x00, 0x01, g];
+        for g in [2u32, 3, MAX_GUESTS, MAX_GUESTS + 1, 0] {
+            c.insert_mac(mac(g as u8), &guest(g, 200 + g)).unwrap();
+        }
+        let frame = |g: u32, i: u32| udp4_frame(mac(g as u8), [10, 99, 0, 1], 1, 2, i);
+        for q in 0..QUEUES {
+            // Connected guests get their frames, with their id in the
+            // metadata.
+            for g in [2, MAX_GUESTS] {
+                let before = c.counters().unwrap();
+                let f = frame(g, q);
+                tx.send_on_queue(q, std::slice::from_ref(&f)).unwrap();
+                let got = xsks[q as usize].recv(1, WAIT).unwrap();
+                assert_eq!(got.len(), 1, "guest {g}, queue {q}: frame missing");
+                assert_eq!(got[0].data, f);
+                assert_eq!((got[0].meta.port, got[0].meta.rule_id), (g, 200 + g));
+                let d = settle(&c, &before, 1);
+                assert_eq!(
+                    (d.action_guest, d.redirects, d.redirect_no_socket),
+                    (1, 1, 0)
+                );
+            }
+            // A guest without an entry, and ids no entry can exist for,
+            // fail open to the host, counted.
+            for g in [3, MAX_GUESTS + 1, 0] {
+                let before = c.counters().unwrap();
+                tx.send_on_queue(q, &[frame(g, q)]).unwrap();
+                let d = settle(&c, &before, 1);
+                assert_eq!(
+                    (
+                        d.class_mac,
+                        d.action_host,
+                        d.redirect_no_socket,
+                        d.action_guest
+                    ),
+                    (1, 1, 1, 0),
+                    "guest {g}, queue {q}: {d:?}"
+                );
+                assert_eq!(xsks[q as usize].drain(QUIET).unwrap(), 0, "guest {g}");
+            }
+        }
+        // Taking guest 2's entries out makes it fail open at once; guest
+        // MAX_GUESTS is not disturbed.
+        for q in 0..QUEUES {
+            c.unregister_socket(xsk_slot(2, q).unwrap()).unwrap();
+        }
+        for q in 0..QUEUES {
+            let before = c.counters().unwrap();
+            tx.send_on_queue(q, &[frame(2, q), frame(MAX_GUESTS, q)])
+                .unwrap();
+            let got = xsks[q as usize].recv(1, WAIT).unwrap();
+            assert_eq!(got.len(), 1);
+            assert_eq!(got[0].meta.port, MAX_GUESTS);
+            let d = settle(&c, &before, 2);
+            assert_eq!(
+                (d.action_guest, d.redirect_no_socket, d.action_host),
+                (1, 1, 1)
+            );
+        }
+        assert_eq!(
+            xsk_slot(MAX_GUESTS, MAX_QUEUES - 1),
+            Some(xdpath_common::XSK_SLOTS - 1)
+        );
         c.shutdown().unwrap();
     });
 }

@@ -20,7 +20,9 @@ use xdpath_common::{
 };
 use xdpath_control::flow_table::{FlowTable, FlowTableError, GuestEntries, Projection};
 use xdpath_control::maps::{Macs, Neigh, RuleMaps};
-use xdpath_control::rules::{FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec};
+use xdpath_control::rules::{
+    FlowRule, FlowRuleSpec, GuestRef, LegacyIds, PrefixRule, PrefixRuleSpec,
+};
 use xdpath_control::{Classifier, ClassifierConfig};
 use xdpath_tests::frames::*;
 use xdpath_tests::packet::Sender;
@@ -60,6 +62,18 @@ impl Drop for StateDir {
 
 fn ip4(a: [u8; 4]) -> String {
     std::net::Ipv4Addr::from(a).to_string()
+}
+
+/// The guests the rules of these tests name.
+const TEST_GUESTS: u32 = 3;
+
+/// Registers the socket of queue 0 as every test guest's (the XSKMAP has
+/// one entry per guest and queue; one socket may sit in several).
+fn register_for_guests(c: &mut Classifier, xsk: &XskReceiver) {
+    for g in 1..=TEST_GUESTS {
+        let slot = xdpath_common::xsk_slot(g, 0).expect("slot");
+        c.register_socket(slot, xsk.fd()).expect("register socket");
+    }
 }
 
 fn udp_spec(id: Option<u32>, sport: u16, dport: u16, action: &str) -> FlowRuleSpec {
@@ -217,7 +231,7 @@ fn add_and_delete_steer_traffic() {
     t.in_host(|| {
         let mut c = attach(&t);
         let mut xsk = XskReceiver::bind(&t.host_if, 0).expect("bind AF_XDP socket");
-        c.register_socket(0, xsk.fd()).expect("register socket");
+        register_for_guests(&mut c, &xsk);
         let mut table = FlowTable::load(&dir.file("flows.json")).expect("load");
         table.sync(&mut c).expect("sync");
 
@@ -226,8 +240,8 @@ fn add_and_delete_steer_traffic() {
         const ELSEWHERE: [u8; 4] = [10, 77, 0, 9];
         let mut spec = udp_spec(None, 4000, 5000, "guest");
         spec.dst = ip4(ELSEWHERE);
-        spec.guest = Some(3);
-        let rule = table.add_flow(&mut c, spec).expect("add");
+        spec.guest = Some(GuestRef::Id(3));
+        let rule = table.add_flow(&mut c, spec, &LegacyIds).expect("add");
         assert_eq!(rule.id, 1, "first assigned id");
         assert_maps_hold(&c, &table);
 
@@ -267,7 +281,11 @@ fn add_and_delete_steer_traffic() {
 
         // A prefix rule the same way: drop, then gone.
         let p = table
-            .add_prefix(&mut c, PrefixRuleSpec::new("10.88.0.0/16", "drop"))
+            .add_prefix(
+                &mut c,
+                PrefixRuleSpec::new("10.88.0.0/16", "drop"),
+                &LegacyIds,
+            )
             .expect("add prefix");
         let to_prefix: Vec<_> = (0..10)
             .map(|i| udp_frame([10, 88, 3, 4], 1, 2, i))
@@ -304,7 +322,7 @@ fn swap_set(b: bool) -> Vec<FlowRuleSpec> {
         .map(|i| {
             let first = if b { B_FIRST_ID } else { A_FIRST_ID };
             let mut s = udp_spec(Some(first + u32::from(i)), 7, SWAP_BASE_PORT + i, "guest");
-            s.guest = Some(if b { 2 } else { 1 });
+            s.guest = Some(GuestRef::Id(if b { 2 } else { 1 }));
             s
         })
         .collect()
@@ -442,7 +460,7 @@ fn bulk_replace_under_traffic_is_never_half_applied() {
     t.in_host(|| {
         let mut c = attach(&t);
         let mut xsk = XskReceiver::bind(&t.host_if, 0).expect("bind AF_XDP socket");
-        c.register_socket(0, xsk.fd()).expect("register socket");
+        register_for_guests(&mut c, &xsk);
         let mut table = FlowTable::load(&dir.file("flows.json")).expect("load");
         table.sync(&mut c).expect("sync");
         // A few prefixes ride along and must survive every flow swap.
@@ -453,10 +471,13 @@ fn bulk_replace_under_traffic_is_never_half_applied() {
                     PrefixRuleSpec::new("10.88.0.0/16", "drop"),
                     PrefixRuleSpec::new("fd00:88::/32", "host"),
                 ],
+                &LegacyIds,
             )
             .unwrap();
         let sets = [swap_set(false), swap_set(true)];
-        table.replace_flows(&mut c, sets[0].clone()).unwrap();
+        table
+            .replace_flows(&mut c, sets[0].clone(), &LegacyIds)
+            .unwrap();
         let prefixes = table.prefixes();
 
         const SWAPS: usize = 20;
@@ -466,7 +487,7 @@ fn bulk_replace_under_traffic_is_never_half_applied() {
             let mut g = shared.lock().unwrap();
             let (table, c) = &mut *g;
             table
-                .replace_flows(&mut **c, sets[(n + 1) % 2].clone())
+                .replace_flows(&mut **c, sets[(n + 1) % 2].clone(), &LegacyIds)
                 .expect("replace");
         });
         eprintln!("atomic replace: {run:?}");
@@ -520,7 +541,7 @@ fn bulk_replace_under_traffic_is_never_half_applied() {
                     let i = r.dst_port - SWAP_BASE_PORT;
                     let spec = |b: bool| {
                         sets[usize::from(b)][usize::from(i)]
-                            .validate(0)
+                            .validate(0, &LegacyIds)
                             .unwrap()
                             .bpf_value()
                     };
@@ -589,12 +610,14 @@ fn concurrent_writers_never_corrupt_the_table() {
                         {
                             let mut g = shared.lock().unwrap();
                             let (table, c) = &mut *g;
-                            table.add_flow(c, spec.clone()).expect("add");
+                            table.add_flow(c, spec.clone(), &LegacyIds).expect("add");
                         }
                         {
                             let mut g = shared.lock().unwrap();
                             let (table, c) = &mut *g;
-                            let e = table.add_flow(c, spec).expect_err("re-add is refused");
+                            let e = table
+                                .add_flow(c, spec, &LegacyIds)
+                                .expect_err("re-add is refused");
                             assert!(
                                 matches!(e, FlowTableError::DuplicateId { id: x, .. } if x == id)
                             );
@@ -608,7 +631,7 @@ fn concurrent_writers_never_corrupt_the_table() {
                             let mut g = shared.lock().unwrap();
                             let (table, c) = &mut *g;
                             table
-                                .replace_prefixes(c, prefix_set(i / 10))
+                                .replace_prefixes(c, prefix_set(i / 10), &LegacyIds)
                                 .expect("replace prefixes");
                         }
                     }
@@ -627,7 +650,7 @@ fn concurrent_writers_never_corrupt_the_table() {
                         3000 + i as u16,
                         "drop",
                     )
-                    .validate(0)
+                    .validate(0, &LegacyIds)
                     .unwrap()
                 })
             })
@@ -636,7 +659,7 @@ fn concurrent_writers_never_corrupt_the_table() {
         assert_eq!(table.flows(), want, "flows differ from the serial result");
         let mut want_p: Vec<PrefixRule> = prefix_set((OPS - 1) / 10)
             .iter()
-            .map(|p| p.validate(0).unwrap())
+            .map(|p| p.validate(0, &LegacyIds).unwrap())
             .collect();
         want_p.sort_by_key(|r| r.id);
         assert_eq!(
@@ -703,13 +726,18 @@ fn bad_input_changes_nothing() {
                     udp_spec(Some(1), 1, 53, "guest"),
                     udp_spec(Some(2), 2, 53, "host"),
                 ],
+                &LegacyIds,
             )
             .unwrap();
         table
-            .add_prefix(&mut c, PrefixRuleSpec::new("10.88.0.0/16", "drop"))
+            .add_prefix(
+                &mut c,
+                PrefixRuleSpec::new("10.88.0.0/16", "drop"),
+                &LegacyIds,
+            )
             .unwrap();
         table
-            .add_flow(&mut c, udp_spec(None, 3, 53, "drop"))
+            .add_flow(&mut c, udp_spec(None, 3, 53, "drop"), &LegacyIds)
             .unwrap();
         assert_eq!(table.generation(), 1);
         let before = everything(&table, &c, &path);
@@ -723,12 +751,12 @@ fn bad_input_changes_nothing() {
         type Op<'a> =
             Box<dyn Fn(&mut FlowTable, &mut Classifier) -> Result<(), FlowTableError> + 'a>;
         let add = |s: FlowRuleSpec| -> Op<'_> {
-            Box::new(move |t, c| t.add_flow(c, s.clone()).map(|_| ()))
+            Box::new(move |t, c| t.add_flow(c, s.clone(), &LegacyIds).map(|_| ()))
         };
         let addp = |p: &str, a: &str, g: Option<u32>| -> Op<'_> {
             let mut s = PrefixRuleSpec::new(p, a);
-            s.guest = g;
-            Box::new(move |t, c| t.add_prefix(c, s.clone()).map(|_| ()))
+            s.guest = g.map(GuestRef::Id);
+            Box::new(move |t, c| t.add_prefix(c, s.clone(), &LegacyIds).map(|_| ()))
         };
         let big_flows = vec![udp_spec(None, 9, 99, "drop"); MAX_FLOWS as usize + 1];
         let big_prefixes =
@@ -793,7 +821,7 @@ fn bad_input_changes_nothing() {
             ),
             (
                 "guest port with drop",
-                add(with(&|s| s.guest = Some(2))),
+                add(with(&|s| s.guest = Some(GuestRef::Id(2)))),
                 400,
                 Some("guest"),
             ),
@@ -854,7 +882,7 @@ fn bad_input_changes_nothing() {
             ),
             (
                 "bulk with one bad rule",
-                Box::new(move |t, c| t.replace_flows(c, bad_bulk.clone()).map(|_| ())),
+                Box::new(move |t, c| t.replace_flows(c, bad_bulk.clone(), &LegacyIds).map(|_| ())),
                 400,
                 Some("dst"),
             ),
@@ -867,6 +895,7 @@ fn bad_input_changes_nothing() {
                             udp_spec(Some(4), 1, 1, "drop"),
                             udp_spec(Some(4), 1, 2, "drop"),
                         ],
+                        &LegacyIds,
                     )
                     .map(|_| ())
                 }),
@@ -879,6 +908,7 @@ fn bad_input_changes_nothing() {
                     t.replace_flows(
                         c,
                         vec![udp_spec(None, 1, 1, "drop"), udp_spec(None, 1, 1, "host")],
+                        &LegacyIds,
                     )
                     .map(|_| ())
                 }),
@@ -894,6 +924,7 @@ fn bad_input_changes_nothing() {
                             PrefixRuleSpec::new("10.1.0.0/16", "drop"),
                             PrefixRuleSpec::new("fd00::1/64", "drop"),
                         ],
+                        &LegacyIds,
                     )
                     .map(|_| ())
                 }),
@@ -902,13 +933,19 @@ fn bad_input_changes_nothing() {
             ),
             (
                 "too many flows",
-                Box::new(move |t, c| t.replace_flows(c, big_flows.clone()).map(|_| ())),
+                Box::new(move |t, c| {
+                    t.replace_flows(c, big_flows.clone(), &LegacyIds)
+                        .map(|_| ())
+                }),
                 507,
                 None,
             ),
             (
                 "too many prefixes",
-                Box::new(move |t, c| t.replace_prefixes(c, big_prefixes.clone()).map(|_| ())),
+                Box::new(move |t, c| {
+                    t.replace_prefixes(c, big_prefixes.clone(), &LegacyIds)
+                        .map(|_| ())
+                }),
                 507,
                 None,
             ),
@@ -965,19 +1002,19 @@ fn state_survives_a_restart() {
             let mut table = FlowTable::load(&path).expect("load");
             table.sync(&mut c).unwrap();
             table
-                .replace_flows(&mut c, (0..50).map(|i| udp_spec(None, 1, 100 + i, "guest")).collect())
+                .replace_flows(&mut c, (0..50).map(|i| udp_spec(None, 1, 100 + i, "guest")).collect(), &LegacyIds)
                 .unwrap();
             table
-                .add_prefix(&mut c, PrefixRuleSpec::new("10.88.0.0/16", "drop"))
+                .add_prefix(&mut c, PrefixRuleSpec::new("10.88.0.0/16", "drop"), &LegacyIds)
                 .unwrap();
             let mut v6 = PrefixRuleSpec::new("fd00:88::/32", "guest");
-            v6.guest = Some(4);
-            table.add_prefix(&mut c, v6).unwrap();
+            v6.guest = Some(GuestRef::Id(4));
+            table.add_prefix(&mut c, v6, &LegacyIds).unwrap();
             table.delete_flow(&mut c, 7).unwrap();
             let mut icmp = FlowRuleSpec::new("fd00::2", "fd00::1", "icmpv6", "drop");
             icmp.id = Some(500);
-            table.add_flow(&mut c, icmp).unwrap();
-            table.add_flow(&mut c, udp_spec(None, 5, 5, "drop")).unwrap();
+            table.add_flow(&mut c, icmp, &LegacyIds).unwrap();
+            table.add_flow(&mut c, udp_spec(None, 5, 5, "drop"), &LegacyIds).unwrap();
             assert_maps_hold(&c, &table);
             // A second table on the same state file is refused.
             let e = FlowTable::load(&path).expect_err("the state file is locked");
@@ -1006,10 +1043,10 @@ fn state_survives_a_restart() {
 
         // Pinned maps with leftovers of both generations (a daemon killed
         // mid-switch, or writes around the table): sync makes them exact.
-        let stray = udp_spec(Some(9999), 9, 9, "drop").validate(0).unwrap();
+        let stray = udp_spec(Some(9999), 9, 9, "drop").validate(0, &LegacyIds).unwrap();
         c.insert_flow(&stray.bpf_key(0), &stray.bpf_value()).unwrap();
         c.insert_flow(&stray.bpf_key(1), &stray.bpf_value()).unwrap();
-        let sp = PrefixRuleSpec::new("10.99.0.0/16", "drop").validate(77).unwrap();
+        let sp = PrefixRuleSpec::new("10.99.0.0/16", "drop").validate(77, &LegacyIds).unwrap();
         let (l, d0) = sp.bpf_key(table.generation() ^ 1);
         c.insert_prefix(l, &d0, &sp.bpf_value()).unwrap();
         let victim = table.flows()[0];
@@ -1090,7 +1127,7 @@ fn guest_entries_switch_in_their_own_generation() {
     t.in_host(|| {
         let mut c = attach(&t);
         let mut xsk = XskReceiver::bind(&t.host_if, 0).expect("bind AF_XDP socket");
-        c.register_socket(0, xsk.fd()).expect("register socket");
+        register_for_guests(&mut c, &xsk);
         // What a killed daemon with an older configuration left behind.
         let old = RuleValue {
             action: xdpath_common::Action::Guest as u32,
@@ -1102,7 +1139,7 @@ fn guest_entries_switch_in_their_own_generation() {
         c.insert_neigh(&AddrKey::new(0, IP_B.into()), &old).unwrap();
         let mut table = FlowTable::load(&dir.file("flows.json")).expect("load");
         table
-            .replace_flows(&mut c, vec![udp_spec(Some(1), 1, 1, "drop")])
+            .replace_flows(&mut c, vec![udp_spec(Some(1), 1, 1, "drop")], &LegacyIds)
             .unwrap();
         let to = |mac: [u8; 6], i: u32| {
             eth(

@@ -340,6 +340,7 @@ fn the_vhost_user_socket_has_the_permissions_asked() {
         mtu: 1500,
         max_queue_size: 256,
         poll_idle: Duration::ZERO,
+        link: None,
     };
     let server = Server::with_permissions(
         &path,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use xdpath_dataplane::{ServerError, ServerFaults, SetupStep};
 use xdpath_tests::bridge::{from_guest, to_guest, MemBridge, WAIT};
 use xdpath_tests::frontend::{FrontendOptions, TestFrontend};
-use xdpath_tests::process::{assert_back_to, fd_list, reconnect_session, threads};
+use xdpath_tests::process::{assert_back_to, fd_list, reconnect_session, settled, threads};
 use xdpath_tests::wait_until;
 
 const ROUNDS: u64 = 16;
@@ -44,8 +44,7 @@ fn reconnects_and_a_failing_port_leave_no_fds_or_threads() {
     reconnect_session(0, |o| b.connect(o));
     assert!(wait_until(WAIT, || b.handle.connections() == 1));
     assert!(wait_until(WAIT, || !b.handle.connected()));
-    let fds0 = fd_list();
-    let threads0 = threads();
+    let (fds0, threads0) = settled();
 
     let stop = AtomicBool::new(false);
     let injected = AtomicU64::new(0);

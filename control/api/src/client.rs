@@ -55,6 +55,15 @@ pub enum ClientError {
     /// The daemon answered something that is not HTTP.
     #[error("The daemon's response is malformed.")]
     Malformed,
+    /// The daemon's answer is not what this client expects (another
+    /// version of the API): the route and serde's message.
+    #[error("The daemon's answer to {route} is not what this client expects: {detail}.")]
+    Unexpected {
+        /// `METHOD /path`.
+        route: String,
+        /// What did not fit.
+        detail: String,
+    },
     /// The daemon refused the request (non-2xx): its message, the field it
     /// names, and the status.
     #[error("{message} (HTTP {status})")]
@@ -320,6 +329,79 @@ pub fn call(
     answer_value(status, &text)
 }
 
+/// Calls endpoint `e` (with `arg` in its path and `query` after it) and
+/// reads the answer as `T`.
+fn typed<T: serde::de::DeserializeOwned>(
+    sock: &Path,
+    e: crate::Endpoint,
+    arg: &str,
+    query: &str,
+    body: Option<&Value>,
+) -> Result<T, ClientError> {
+    let v = call(
+        sock,
+        e.method().as_str(),
+        &format!("{}{query}", e.uri(arg)),
+        body,
+    )?;
+    serde_json::from_value(v).map_err(|err| ClientError::Unexpected {
+        route: format!("{} {}", e.method(), e.path()),
+        detail: err.to_string(),
+    })
+}
+
+/// `GET /v1/guests`: every guest, by id.
+pub fn list_guests(sock: &Path) -> Result<Vec<crate::GuestInfo>, ClientError> {
+    typed(sock, crate::Endpoint::ListGuests, "", "", None)
+}
+
+/// `POST /v1/guests`: adds a guest; the daemon's answer (201) with its id.
+/// A refusal names the field ([`ClientError::Refused`]).
+pub fn add_guest(sock: &Path, spec: &crate::GuestSpec) -> Result<crate::GuestInfo, ClientError> {
+    let body = serde_json::to_value(spec).map_err(|e| ClientError::Upload(io::Error::other(e)))?;
+    typed(sock, crate::Endpoint::AddGuest, "", "", Some(&body))
+}
+
+/// `GET /v1/guests/{name}`: one guest (404 when there is none by that
+/// name).
+pub fn get_guest(sock: &Path, name: &str) -> Result<crate::GuestInfo, ClientError> {
+    typed(
+        sock,
+        crate::Endpoint::GetGuest,
+        &path_segment(name),
+        "",
+        None,
+    )
+}
+
+/// `DELETE /v1/guests/{name}`: removes a guest; with `force`, together
+/// with the rules that send to it (without, 409 while there are any).
+pub fn delete_guest(sock: &Path, name: &str, force: bool) -> Result<(), ClientError> {
+    let e = crate::Endpoint::DeleteGuest;
+    let query = if force { "?force=true" } else { "" };
+    call(
+        sock,
+        e.method().as_str(),
+        &format!("{}{query}", e.uri(path_segment(name))),
+        None,
+    )
+    .map(drop)
+}
+
+/// `name` percent-encoded for a path segment (guest names need none; a
+/// bad name still reaches the daemon, which says why it is refused).
+fn path_segment(name: &str) -> String {
+    let mut out = String::with_capacity(name.len());
+    for b in name.bytes() {
+        if b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b'~') {
+            out.push(char::from(b));
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
 /// An answer as JSON (`Null` when empty, a string when not JSON); a
 /// non-2xx answer is [`ClientError::Refused`].
 fn answer_value(status: u16, text: &str) -> Result<Value, ClientError> {
@@ -477,6 +559,52 @@ mod tests {
         assert_eq!(v["name"], "café ünïcödé");
         let req = t.join().unwrap();
         assert!(req.starts_with("GET /v1/health HTTP/1.1\r\n"), "{req}");
+        let _ = std::fs::remove_file(&sock);
+    }
+
+    fn answer(status: &str, body: &str) -> Vec<u8> {
+        format!(
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n{body}",
+            body.len()
+        )
+        .into_bytes()
+    }
+
+    #[test]
+    fn guest_calls_use_their_routes_and_types() {
+        let spec = crate::GuestSpec::new("web1", crate::MacAddr([0x52, 0x54, 0, 0, 0, 1]));
+        let info = crate::GuestInfo::new(2, &spec, PathBuf::from("/run/x.sock"), 1, 0o660);
+        let text = serde_json::to_string(&info).unwrap();
+        let (sock, t) = serve_once(Some(answer("201 Created", &text)));
+        assert_eq!(add_guest(&sock, &spec).unwrap(), info);
+        let req = t.join().unwrap();
+        let (head, got) = req.split_once("\r\n\r\n").unwrap();
+        assert!(head.starts_with("POST /v1/guests HTTP/1.1\r\n"), "{head}");
+        assert_eq!(
+            serde_json::from_str::<Value>(got).unwrap(),
+            serde_json::json!({"name": "web1", "mac": "52:54:00:00:00:01"})
+        );
+        let (sock, t) = serve_once(Some(answer("204 No Content", "")));
+        delete_guest(&sock, "web1", true).unwrap();
+        assert!(t
+            .join()
+            .unwrap()
+            .starts_with("DELETE /v1/guests/web1?force=true HTTP/1.1\r\n"));
+        let (sock, t) = serve_once(Some(answer("200 OK", &format!("[{text}]"))));
+        assert_eq!(list_guests(&sock).unwrap(), vec![info.clone()]);
+        assert!(t.join().unwrap().starts_with("GET /v1/guests HTTP/1.1\r\n"));
+        let (sock, t) = serve_once(Some(answer("200 OK", r#"{"id": 1}"#)));
+        let e = get_guest(&sock, "a b").unwrap_err().to_string();
+        assert!(
+            e.starts_with(
+                "The daemon's answer to GET /v1/guests/{name} is not what this client expects: "
+            ),
+            "{e}"
+        );
+        assert!(t
+            .join()
+            .unwrap()
+            .starts_with("GET /v1/guests/a%20b HTTP/1.1\r\n"));
         let _ = std::fs::remove_file(&sock);
     }
 

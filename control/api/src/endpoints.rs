@@ -72,7 +72,13 @@ pub enum Endpoint {
     /// `DELETE /v1/prefixes/{id}`
     DeletePrefix,
     /// `GET /v1/guests`
-    Guests,
+    ListGuests,
+    /// `POST /v1/guests`
+    AddGuest,
+    /// `GET /v1/guests/{name}`
+    GetGuest,
+    /// `DELETE /v1/guests/{name}` (query `force=true`)
+    DeleteGuest,
     /// `GET /v1/queues`
     Queues,
     /// `POST /v1/queues/{queue}/replace`
@@ -85,7 +91,7 @@ pub enum Endpoint {
 
 impl Endpoint {
     /// Every endpoint, in the order the document lists them.
-    pub const ALL: [Endpoint; 14] = [
+    pub const ALL: [Endpoint; 17] = [
         Self::Health,
         Self::ListFlows,
         Self::AddFlow,
@@ -95,7 +101,10 @@ impl Endpoint {
         Self::AddPrefix,
         Self::ReplacePrefixes,
         Self::DeletePrefix,
-        Self::Guests,
+        Self::ListGuests,
+        Self::AddGuest,
+        Self::GetGuest,
+        Self::DeleteGuest,
         Self::Queues,
         Self::ReplaceQueue,
         Self::Stats,
@@ -108,13 +117,14 @@ impl Endpoint {
             Self::Health
             | Self::ListFlows
             | Self::ListPrefixes
-            | Self::Guests
+            | Self::ListGuests
+            | Self::GetGuest
             | Self::Queues
             | Self::Stats
             | Self::Metrics => Method::Get,
-            Self::AddFlow | Self::AddPrefix | Self::ReplaceQueue => Method::Post,
+            Self::AddFlow | Self::AddPrefix | Self::AddGuest | Self::ReplaceQueue => Method::Post,
             Self::ReplaceFlows | Self::ReplacePrefixes => Method::Put,
-            Self::DeleteFlow | Self::DeletePrefix => Method::Delete,
+            Self::DeleteFlow | Self::DeletePrefix | Self::DeleteGuest => Method::Delete,
         }
     }
 
@@ -127,7 +137,8 @@ impl Endpoint {
             Self::DeleteFlow => "/v1/flows/{id}",
             Self::ListPrefixes | Self::AddPrefix | Self::ReplacePrefixes => "/v1/prefixes",
             Self::DeletePrefix => "/v1/prefixes/{id}",
-            Self::Guests => "/v1/guests",
+            Self::ListGuests | Self::AddGuest => "/v1/guests",
+            Self::GetGuest | Self::DeleteGuest => "/v1/guests/{name}",
             Self::Queues => "/v1/queues",
             Self::ReplaceQueue => "/v1/queues/{queue}/replace",
             Self::Stats => "/v1/stats",
@@ -140,6 +151,7 @@ impl Endpoint {
         match self {
             Self::DeleteFlow | Self::DeletePrefix => Some("id"),
             Self::ReplaceQueue => Some("queue"),
+            Self::GetGuest | Self::DeleteGuest => Some("name"),
             _ => None,
         }
     }
@@ -167,8 +179,15 @@ impl Endpoint {
             Self::AddPrefix => "Add one prefix rule",
             Self::ReplacePrefixes => "Replace all prefix rules atomically",
             Self::DeletePrefix => "Delete one prefix rule",
-            Self::Guests => {
-                "The guest(s): port, MAC, IPs, vhost-user socket, queue pairs, MTU, connected"
+            Self::ListGuests => {
+                "List the guests: id, name, MAC, IPs, vhost-user socket, queue pairs, connected, counters, rules"
+            }
+            Self::AddGuest => {
+                "Add a guest (id assigned: the lowest free one); saved before it is applied"
+            }
+            Self::GetGuest => "One guest, by name",
+            Self::DeleteGuest => {
+                "Remove a guest; refused (409) while rules send to it, unless force=true, which deletes those rules in the same step"
             }
             Self::Queues => "Queues: socket state, socket generation, per-queue counters",
             Self::ReplaceQueue => {
@@ -196,5 +215,6 @@ mod tests {
         assert_eq!(Endpoint::DeleteFlow.uri(7), "/v1/flows/7");
         assert_eq!(Endpoint::ReplaceQueue.uri(1), "/v1/queues/1/replace");
         assert_eq!(Endpoint::Stats.uri(""), "/v1/stats");
+        assert_eq!(Endpoint::DeleteGuest.uri("web1"), "/v1/guests/web1");
     }
 }

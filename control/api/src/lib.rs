@@ -13,6 +13,9 @@
 //! - [`types`]: the other answers: [`Health`], [`Guest`], [`QueueStatus`],
 //!   [`QueueSocket`], [`Stats`], [`Replaced`], and the error body
 //!   [`ErrorBody`].
+//! - [`guests`]: [`GuestSpec`] (what a user declares), [`GuestInfo`]
+//!   (what the daemon lists), their checks, and [`GuestNames`], the seam
+//!   through which rules name guests.
 //! - [`Action`] and [`XdpAttachMode`]: the one definition of each, for the
 //!   config file, flags, rules and health.
 //! - [`MacAddr`]: a MAC address, parsed once.
@@ -24,6 +27,7 @@
 
 pub mod endpoints;
 mod enums;
+pub mod guests;
 mod mac;
 pub mod rules;
 pub mod types;
@@ -35,8 +39,11 @@ pub mod openapi;
 
 pub use endpoints::{Endpoint, Method};
 pub use enums::{Action, UnknownAction, XdpAttachMode};
+pub use guests::{
+    GuestInfo, GuestNames, GuestSpec, GuestSpecError, GuestTable, LegacyIds, MAX_GUESTS,
+};
 pub use mac::{BadMac, MacAddr};
 pub use types::{
-    ClassifierCounters, ErrorBody, Guest, Health, QueueCounterValues, QueueSocket, QueueStats,
-    QueueStatus, Replaced, SocketState, Stats,
+    drops, ClassifierCounters, ErrorBody, Guest, Health, QueueCounterValues, QueueSocket,
+    QueueStats, QueueStatus, Replaced, SocketState, Stats,
 };

@@ -8,8 +8,9 @@
 //! keywords the generator emits), so tests can hold real answers to what
 //! the document promises.
 
+use crate::guests::{GuestInfo, GuestSpec};
 use crate::rules::{FlowRuleSpec, PrefixRuleSpec};
-use crate::types::{ErrorBody, Guest, Health, QueueSocket, QueueStatus, Replaced, Stats};
+use crate::types::{ErrorBody, Health, QueueSocket, QueueStatus, Replaced, Stats};
 use crate::{ClassifierCounters, Endpoint, QueueCounterValues};
 use schemars::generate::SchemaSettings;
 use schemars::{json_schema, JsonSchema, Schema, SchemaGenerator};
@@ -99,6 +100,8 @@ fn contract(e: Endpoint, g: &mut SchemaGenerator) -> Contract {
     const WRITE: &[u16] = &[400, 408, 409, 413, 500, 507];
     let flow = || json!({"src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "src_port": 1000, "dst_port": 53, "action": "guest", "guest": 1});
     let prefix = || json!({"prefix": "10.88.0.0/16", "action": "drop"});
+    let guest =
+        || json!({"name": "web1", "mac": "52:54:00:12:34:56", "ips": ["10.0.0.5"], "queues": 2});
     const ONE: &str = "One rule, at most 64 KiB (413 otherwise). When the table already holds max_flows (max_prefixes) rules: 507.";
     const DELETE: &[u16] = &[400, 404, 500];
     match e {
@@ -150,11 +153,29 @@ fn contract(e: Endpoint, g: &mut SchemaGenerator) -> Contract {
             ok: (200, "how many prefix rules are in place, and the rule generation the classifier now reads (GET /v1/prefixes lists them)", Some(g.subschema_for::<Replaced>())),
             errors: WRITE,
         },
-        Endpoint::Guests => Contract {
+        Endpoint::ListGuests => Contract {
             request: None,
             request_note: "",
-            ok: (200, "the guests", Some(g.subschema_for::<Vec<Guest>>())),
-            errors: &[],
+            ok: (200, "the guests, by id", Some(g.subschema_for::<Vec<GuestInfo>>())),
+            errors: &[500],
+        },
+        Endpoint::AddGuest => Contract {
+            request: Some((g.subschema_for::<GuestSpec>(), guest())),
+            request_note: "One guest, at most 64 KiB. 400 names the field at fault; 409 names the field (name, mac, vhost_socket, ips) and the guest that already has that value; 507 when 64 guests exist.",
+            ok: (201, "the guest as added, with its id", Some(g.subschema_for::<GuestInfo>())),
+            errors: &[400, 408, 409, 413, 500, 507],
+        },
+        Endpoint::GetGuest => Contract {
+            request: None,
+            request_note: "",
+            ok: (200, "the guest", Some(g.subschema_for::<GuestInfo>())),
+            errors: &[400, 404],
+        },
+        Endpoint::DeleteGuest => Contract {
+            request: None,
+            request_note: "",
+            ok: (204, "removed (with force=true, together with the rules that sent to it)", None),
+            errors: &[400, 404, 409, 500],
         },
         Endpoint::Queues => Contract {
             request: None,
@@ -187,6 +208,7 @@ fn contract(e: Endpoint, g: &mut SchemaGenerator) -> Contract {
 fn param_schema(name: &str) -> Value {
     match name {
         "id" => json!({ "type": "integer", "minimum": 1, "maximum": u32::MAX }),
+        "name" => json!({ "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,14}$" }),
         _ => json!({ "type": "integer", "minimum": 0, "maximum": u32::MAX }),
     }
 }
@@ -205,11 +227,17 @@ pub fn document() -> Value {
         let c = contract(e, &mut g);
         let mut op = Map::new();
         op.insert("summary".into(), json!(e.summary()));
+        let mut params = Vec::new();
         if let Some(p) = e.param() {
-            op.insert(
-                "parameters".into(),
-                json!([{ "name": p, "in": "path", "required": true, "schema": param_schema(p) }]),
+            params.push(
+                json!({ "name": p, "in": "path", "required": true, "schema": param_schema(p) }),
             );
+        }
+        if e == Endpoint::DeleteGuest {
+            params.push(json!({ "name": "force", "in": "query", "required": false, "description": "true: also delete the rules that send to the guest, in the same step", "schema": { "type": "boolean", "default": false } }));
+        }
+        if !params.is_empty() {
+            op.insert("parameters".into(), Value::Array(params));
         }
         if let Some((schema, example)) = c.request {
             op.insert(

@@ -23,8 +23,12 @@
 //!   UDP. The classifier puts port 0 into the key of every frame without
 //!   ports (other protocols, non-first fragments), so such rules match on 0.
 //! - `action`: `"guest"`, `"host"` or `"drop"` (case-insensitive). `guest`:
-//!   the guest port id for action guest (default 1), refused with the other
-//!   actions.
+//!   the guest a rule with action guest sends to, by name (`"web1"`), or
+//!   by its numeric id (accepted for compatibility with the one-guest
+//!   daemon, where the guest was port 1; see [`GuestRef`]); refused with
+//!   the other actions. Left out, it is the guest with id 1 if there is
+//!   one, else the rule is refused (``Field `guest`: name the guest this
+//!   rule sends to.``).
 //! - Unknown fields are refused. `null` counts as absent for the optional
 //!   fields.
 //!
@@ -32,7 +36,11 @@
 //! the JSON says, with JSON types checked but nothing else, so every semantic
 //! check happens in one place: [`FlowRuleSpec::validate`] and
 //! [`PrefixRuleSpec::validate`], which the daemon's flow table calls on every
-//! write. The validated types ([`FlowRule`], [`PrefixRule`]) serialize to the
+//! write. They take the guests' names ([`GuestNames`]): a rule naming a
+//! guest that does not exist is refused there, and the validated rule
+//! holds the guest's numeric id (its port). Rules read back from the state
+//! file or the maps hold ids and are validated with [`LegacyIds`].
+//! Listings show names: [`FlowRule::listed`], [`PrefixRule::listed`]. The validated types ([`FlowRule`], [`PrefixRule`]) serialize to the
 //! same shape (through their spec), with the id and both ports always
 //! present.
 //!
@@ -59,6 +67,7 @@ mod stream;
 
 pub use stream::MAX_STRING;
 
+pub use crate::guests::{GuestNames, GuestTable, LegacyIds};
 use crate::Action;
 use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -76,8 +85,66 @@ pub const IPPROTO_UDP: u8 = 17;
 /// IP protocol number of ICMPv6.
 pub const IPPROTO_ICMPV6: u8 = 58;
 
-/// The guest port of action guest when `guest` is left out.
+/// The guest (id) of action guest when `guest` is left out, if a guest
+/// with this id exists (the one-guest shorthand guest).
 pub const DEFAULT_GUEST_PORT: u32 = 1;
+
+/// How a rule names its guest: by name, or by numeric id (the legacy
+/// form, and the stored one). JSON: a string or an integer.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize)]
+#[serde(untagged)]
+pub enum GuestRef {
+    /// A guest name, e.g. `"web1"`.
+    Name(String),
+    /// A guest id (the classifier's guest port), e.g. `1`.
+    Id(u32),
+}
+
+impl From<&str> for GuestRef {
+    fn from(s: &str) -> Self {
+        Self::Name(s.to_string())
+    }
+}
+
+impl From<u32> for GuestRef {
+    fn from(n: u32) -> Self {
+        Self::Id(n)
+    }
+}
+
+impl fmt::Display for GuestRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Name(n) => f.write_str(n),
+            Self::Id(i) => write!(f, "{i}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GuestRef {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        opt_guest(Some(Value::deserialize(d)?))
+            .map_err(|e| de::Error::custom(e.reason()))?
+            .ok_or_else(|| de::Error::custom("expected a guest name or id, got null."))
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl schemars::JsonSchema for GuestRef {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "GuestRef".into()
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "description": "The guest a rule with action guest sends to: its name, or (the legacy form) its numeric id",
+            "oneOf": [
+                { "type": "string", "pattern": "^[a-z0-9][a-z0-9_-]{0,14}$" },
+                { "type": "integer", "minimum": 0, "maximum": u32::MAX }
+            ]
+        })
+    }
+}
 
 /// The two kinds of rules; each has its own id space.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -191,27 +258,40 @@ impl RuleAction {
         }
     }
 
-    fn from_json(action: &str, guest: Option<u32>) -> Result<Self> {
-        let a = match action
+    fn from_json(action: &str, guest: Option<&GuestRef>, guests: &dyn GuestNames) -> Result<Self> {
+        let a = action
             .parse::<Action>()
-            .map_err(|e| RuleError::new("action", e.to_string()))?
-        {
-            Action::Guest => Self::Guest {
-                port: guest.unwrap_or(DEFAULT_GUEST_PORT),
-            },
-            Action::Host => Self::Host,
-            Action::Drop => Self::Drop,
-        };
-        if guest.is_some() && !matches!(a, Self::Guest { .. }) {
-            return Err(RuleError::new(
-                "guest",
-                format!(
-                    "a guest port applies to action guest only, not to action {}.",
-                    a.name()
-                ),
-            ));
+            .map_err(|e| RuleError::new("action", e.to_string()))?;
+        if a != Action::Guest {
+            if guest.is_some() {
+                return Err(RuleError::new(
+                    "guest",
+                    format!(
+                        "a guest applies to action guest only, not to action {}.",
+                        a.name()
+                    ),
+                ));
+            }
+            return Ok(if a == Action::Host {
+                Self::Host
+            } else {
+                Self::Drop
+            });
         }
-        Ok(a)
+        let port = match guest {
+            None => guests
+                .name_of(DEFAULT_GUEST_PORT)
+                .map(|_| DEFAULT_GUEST_PORT)
+                .ok_or_else(|| RuleError::new("guest", "name the guest this rule sends to."))?,
+            Some(GuestRef::Name(n)) => guests
+                .id_of(n)
+                .ok_or_else(|| RuleError::new("guest", format!("no guest named {}.", echo(n))))?,
+            Some(GuestRef::Id(i)) => guests
+                .name_of(*i)
+                .map(|_| *i)
+                .ok_or_else(|| RuleError::new("guest", format!("no guest has id {i}.")))?,
+        };
+        Ok(Self::Guest { port })
     }
 
     fn to_bpf(self, rule_id: u32) -> RuleValue {
@@ -388,10 +468,10 @@ pub struct FlowRuleSpec {
     /// (case-insensitive).
     #[cfg_attr(feature = "openapi", schemars(with = "Action"))]
     pub action: String,
-    /// Guest port, with action guest only (default 1,
-    /// `DEFAULT_GUEST_PORT`).
+    /// The guest, by name (or legacy numeric id), with action guest only;
+    /// left out: the guest with id 1 if there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest: Option<u32>,
+    pub guest: Option<GuestRef>,
 }
 
 impl FlowRuleSpec {
@@ -430,8 +510,9 @@ impl FlowRuleSpec {
     }
 
     /// Validates the spec into a rule. The rule gets the spec's id, or
-    /// `assign` when the spec has none.
-    pub fn validate(&self, assign: u32) -> Result<FlowRule> {
+    /// `assign` when the spec has none; its guest is resolved by `guests`
+    /// (a guest it names must exist).
+    pub fn validate(&self, assign: u32, guests: &dyn GuestNames) -> Result<FlowRule> {
         let id = check_id(self.id.unwrap_or(assign))?;
         let src = parse_addr("src", &self.src)?;
         let dst = parse_addr("dst", &self.dst)?;
@@ -491,7 +572,7 @@ impl FlowRuleSpec {
                 ));
             }
         }
-        let action = RuleAction::from_json(&self.action, self.guest)?;
+        let action = RuleAction::from_json(&self.action, self.guest.as_ref(), guests)?;
         Ok(FlowRule {
             id,
             src,
@@ -531,10 +612,10 @@ pub struct PrefixRuleSpec {
     /// (case-insensitive).
     #[cfg_attr(feature = "openapi", schemars(with = "Action"))]
     pub action: String,
-    /// Guest port, with action guest only (default 1,
-    /// `DEFAULT_GUEST_PORT`).
+    /// The guest, by name (or legacy numeric id), with action guest only;
+    /// left out: the guest with id 1 if there is one.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub guest: Option<u32>,
+    pub guest: Option<GuestRef>,
 }
 
 impl PrefixRuleSpec {
@@ -562,8 +643,9 @@ impl PrefixRuleSpec {
     }
 
     /// Validates the spec into a rule. The rule gets the spec's id, or
-    /// `assign` when the spec has none.
-    pub fn validate(&self, assign: u32) -> Result<PrefixRule> {
+    /// `assign` when the spec has none; its guest is resolved by `guests`
+    /// (a guest it names must exist).
+    pub fn validate(&self, assign: u32, guests: &dyn GuestNames) -> Result<PrefixRule> {
         let id = check_id(self.id.unwrap_or(assign))?;
         let text = &self.prefix;
         let quoted = || echo(text);
@@ -614,7 +696,7 @@ impl PrefixRuleSpec {
                 ),
             ));
         }
-        let action = RuleAction::from_json(&self.action, self.guest)?;
+        let action = RuleAction::from_json(&self.action, self.guest.as_ref(), guests)?;
         Ok(PrefixRule {
             id,
             addr,
@@ -703,7 +785,7 @@ impl FlowRule {
             action: RuleAction::from_bpf(value)?,
         };
         // Round trip through the spec, so the same rules apply.
-        rule.to_spec().validate(rule.id)
+        rule.to_spec().validate(rule.id, &LegacyIds)
     }
 
     /// The spec that validates to this rule.
@@ -716,7 +798,7 @@ impl FlowRule {
             src_port: self.src_port,
             dst_port: self.dst_port,
             action: self.action.name().to_string(),
-            guest: self.action.guest_port(),
+            guest: self.action.guest_port().map(GuestRef::Id),
         }
     }
 }
@@ -777,7 +859,7 @@ impl PrefixRule {
             })?,
             action: RuleAction::from_bpf(value)?,
         };
-        rule.to_spec().validate(rule.id)
+        rule.to_spec().validate(rule.id, &LegacyIds)
     }
 
     /// The spec that validates to this rule.
@@ -786,7 +868,7 @@ impl PrefixRule {
             id: Some(self.id),
             prefix: PrefixText(self.addr, self.len).to_string(),
             action: self.action.name().to_string(),
-            guest: self.action.guest_port(),
+            guest: self.action.guest_port().map(GuestRef::Id),
         }
     }
 }
@@ -863,7 +945,7 @@ impl Wire for FlowRuleSpec {
             src_port: opt_port("src_port", f.take("src_port"))?,
             dst_port: opt_port("dst_port", f.take("dst_port"))?,
             action: req_str("action", f.take("action"), NEEDS)?,
-            guest: opt_u32("guest", f.take("guest"))?,
+            guest: opt_guest(f.take("guest"))?,
         })
     }
 }
@@ -878,7 +960,7 @@ impl Wire for PrefixRuleSpec {
             id: opt_u32("id", f.take("id"))?,
             prefix: req_str("prefix", f.take("prefix"), NEEDS)?,
             action: req_str("action", f.take("action"), NEEDS)?,
-            guest: opt_u32("guest", f.take("guest"))?,
+            guest: opt_guest(f.take("guest"))?,
         })
     }
 }
@@ -904,6 +986,28 @@ fn opt_u32(field: &str, v: Option<Value>) -> Result<Option<u32>> {
                     format!("expected an integer 0 to {}, got {}.", u32::MAX, show(&v)),
                 )
             })
+    })
+    .transpose()
+}
+
+/// A guest name (checked when the rule is validated) or a legacy id.
+fn opt_guest(v: Option<Value>) -> Result<Option<GuestRef>> {
+    v.map(|v| match v {
+        Value::String(s) => Ok(GuestRef::Name(s)),
+        v => v
+            .as_u64()
+            .and_then(|n| u32::try_from(n).ok())
+            .map(GuestRef::Id)
+            .ok_or_else(|| {
+                RuleError::new(
+                    "guest",
+                    format!(
+                        "expected a guest name or a guest id 0 to {}, got {}.",
+                        u32::MAX,
+                        show(&v)
+                    ),
+                )
+            }),
     })
     .transpose()
 }
@@ -1415,10 +1519,29 @@ impl fmt::Display for PrefixText {
     }
 }
 
-/// Lists the rule as its spec would (with its id, both ports always
-/// present; the same fields in the same order as [`FlowRule::to_spec`]).
-impl Serialize for FlowRule {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+/// The `guest` field of a listed rule: the guest's name when `names` is
+/// given and knows it, else its id.
+fn serialize_guest<S: serde::ser::SerializeStruct>(
+    st: &mut S,
+    port: Option<u32>,
+    names: Option<&dyn GuestNames>,
+) -> std::result::Result<(), S::Error> {
+    match (port, names) {
+        (None, _) => st.skip_field("guest"),
+        (Some(p), Some(n)) => match n.name_of(p) {
+            Some(name) => st.serialize_field("guest", &name),
+            None => st.serialize_field("guest", &p),
+        },
+        (Some(p), None) => st.serialize_field("guest", &p),
+    }
+}
+
+impl FlowRule {
+    fn serialize_as<S: Serializer>(
+        &self,
+        s: S,
+        names: Option<&dyn GuestNames>,
+    ) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let guest = self.action.guest_port();
         let mut st = s.serialize_struct("FlowRule", 7 + usize::from(guest.is_some()))?;
@@ -1432,28 +1555,94 @@ impl Serialize for FlowRule {
         st.serialize_field("src_port", &self.src_port)?;
         st.serialize_field("dst_port", &self.dst_port)?;
         st.serialize_field("action", self.action.name())?;
-        match guest {
-            Some(g) => st.serialize_field("guest", &g)?,
-            None => st.skip_field("guest")?,
-        }
+        serialize_guest(&mut st, guest, names)?;
         st.end()
+    }
+
+    /// The rule as the API lists it: its guest by name (by id when
+    /// `guests` does not know it).
+    pub fn listed<'a>(&'a self, guests: &'a dyn GuestNames) -> Listed<'a, FlowRule> {
+        Listed { rule: self, guests }
     }
 }
 
-/// Lists the rule as its spec would (with its id).
-impl Serialize for PrefixRule {
-    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+impl PrefixRule {
+    fn serialize_as<S: Serializer>(
+        &self,
+        s: S,
+        names: Option<&dyn GuestNames>,
+    ) -> std::result::Result<S::Ok, S::Error> {
         use serde::ser::SerializeStruct;
         let guest = self.action.guest_port();
         let mut st = s.serialize_struct("PrefixRule", 3 + usize::from(guest.is_some()))?;
         st.serialize_field("id", &self.id)?;
         st.serialize_field("prefix", &AsText(PrefixText(self.addr, self.len)))?;
         st.serialize_field("action", self.action.name())?;
-        match guest {
-            Some(g) => st.serialize_field("guest", &g)?,
-            None => st.skip_field("guest")?,
-        }
+        serialize_guest(&mut st, guest, names)?;
         st.end()
+    }
+
+    /// The rule as the API lists it: its guest by name (by id when
+    /// `guests` does not know it).
+    pub fn listed<'a>(&'a self, guests: &'a dyn GuestNames) -> Listed<'a, PrefixRule> {
+        Listed { rule: self, guests }
+    }
+}
+
+/// A rule as the API lists it, its guest by name ([`FlowRule::listed`],
+/// [`PrefixRule::listed`]); [`ListedRules`] does a whole list.
+pub struct Listed<'a, R> {
+    rule: &'a R,
+    guests: &'a dyn GuestNames,
+}
+
+impl Serialize for Listed<'_, FlowRule> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.rule.serialize_as(s, Some(self.guests))
+    }
+}
+
+impl Serialize for Listed<'_, PrefixRule> {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.rule.serialize_as(s, Some(self.guests))
+    }
+}
+
+/// A list of rules as the API lists it (guests by name), serialized
+/// straight from the rules.
+pub struct ListedRules<'a, R> {
+    /// The rules.
+    pub rules: &'a [R],
+    /// Their guests' names.
+    pub guests: &'a dyn GuestNames,
+}
+
+impl<R> Serialize for ListedRules<'_, R>
+where
+    for<'b> Listed<'b, R>: Serialize,
+{
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.collect_seq(self.rules.iter().map(|rule| Listed {
+            rule,
+            guests: self.guests,
+        }))
+    }
+}
+
+/// The stored form (the state file): the guest by id, with its id, both
+/// ports always present; the same fields in the same order as
+/// [`FlowRule::to_spec`]. The API lists [`FlowRule::listed`].
+impl Serialize for FlowRule {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.serialize_as(s, None)
+    }
+}
+
+/// The stored form (the state file): the guest by id, with its id. The
+/// API lists [`PrefixRule::listed`].
+impl Serialize for PrefixRule {
+    fn serialize<S: Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        self.serialize_as(s, None)
     }
 }
 
@@ -1472,7 +1661,7 @@ fn stored<T, E: de::Error>(
 impl<'de> Deserialize<'de> for FlowRule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let spec = FlowRuleSpec::deserialize(d)?;
-        stored(spec.id, |id| spec.validate(id))
+        stored(spec.id, |id| spec.validate(id, &LegacyIds))
     }
 }
 
@@ -1480,7 +1669,7 @@ impl<'de> Deserialize<'de> for FlowRule {
 impl<'de> Deserialize<'de> for PrefixRule {
     fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         let spec = PrefixRuleSpec::deserialize(d)?;
-        stored(spec.id, |id| spec.validate(id))
+        stored(spec.id, |id| spec.validate(id, &LegacyIds))
     }
 }
 
@@ -1489,11 +1678,11 @@ mod tests {
     use super::*;
 
     fn flow(json: &str) -> Result<FlowRule> {
-        FlowRuleSpec::from_json(json.as_bytes())?.validate(99)
+        FlowRuleSpec::from_json(json.as_bytes())?.validate(99, &LegacyIds)
     }
 
     fn prefix(json: &str) -> Result<PrefixRule> {
-        PrefixRuleSpec::from_json(json.as_bytes())?.validate(99)
+        PrefixRuleSpec::from_json(json.as_bytes())?.validate(99, &LegacyIds)
     }
 
     #[test]
@@ -1877,7 +2066,7 @@ mod tests {
         assert!(e.starts_with(&format!("{:?}", "é".repeat(ECHO_MAX))), "{e}");
         assert!(e.ends_with("... (2000 bytes)"), "{e}");
         let spec = FlowRuleSpec::new("1.1.1.1", "x".repeat(1 << 20), "udp", "drop");
-        let msg = spec.validate(1).unwrap_err().to_string();
+        let msg = spec.validate(1, &LegacyIds).unwrap_err().to_string();
         assert!(msg.len() < 200, "{msg}");
         assert!(msg.ends_with("is not an IPv4 or IPv6 address."), "{msg}");
         for (spec, field) in [
@@ -1890,7 +2079,7 @@ mod tests {
                 "action",
             ),
         ] {
-            let e = spec.validate(1).unwrap_err();
+            let e = spec.validate(1, &LegacyIds).unwrap_err();
             assert_eq!(e.field(), field);
             assert!(e.to_string().len() < 250, "{e}");
         }
@@ -1901,7 +2090,7 @@ mod tests {
             format!("10.0.0.1/8{}", ""),
         ] {
             let e = PrefixRuleSpec::new(p.as_str(), "drop")
-                .validate(1)
+                .validate(1, &LegacyIds)
                 .unwrap_err();
             assert!(e.to_string().len() < 300, "{e}");
         }
@@ -1919,7 +2108,7 @@ mod tests {
     fn the_listed_fields_are_the_json_fields() {
         let spec = FlowRuleSpec {
             id: Some(1),
-            guest: Some(2),
+            guest: Some(GuestRef::Id(2)),
             ..FlowRuleSpec::new("1.1.1.1", "1.1.1.2", "udp", "guest")
         };
         let v = serde_json::to_value(&spec).unwrap();
@@ -1935,7 +2124,7 @@ mod tests {
         assert!(order.windows(2).all(|w| w[0] < w[1]), "{text}");
         let p = PrefixRuleSpec {
             id: Some(1),
-            guest: Some(2),
+            guest: Some(GuestRef::Id(2)),
             ..PrefixRuleSpec::new("10.0.0.0/8", "guest")
         };
         let v = serde_json::to_value(&p).unwrap();
@@ -2060,5 +2249,107 @@ mod tests {
         let mut bad = v;
         bad.action = 9;
         assert_eq!(FlowRule::from_bpf(&k, &bad).unwrap_err().field(), "action");
+    }
+
+    #[test]
+    fn rules_name_guests_and_list_them_by_name() {
+        let guests: GuestTable = [(1, "default".to_string()), (3, "web1".to_string())]
+            .into_iter()
+            .collect();
+        let by = |json: &str, g: &dyn GuestNames| {
+            FlowRuleSpec::from_json(json.as_bytes())
+                .and_then(|s| s.validate(5, g))
+                .map(|r| r.action)
+        };
+        let base = r#""src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "action": "guest""#;
+        assert_eq!(
+            by(&format!(r#"{{{base}, "guest": "web1"}}"#), &guests),
+            Ok(RuleAction::Guest { port: 3 })
+        );
+        // A number is the legacy form: a guest id.
+        assert_eq!(
+            by(&format!(r#"{{{base}, "guest": 3}}"#), &guests),
+            Ok(RuleAction::Guest { port: 3 })
+        );
+        // Left out: guest 1, when it exists.
+        assert_eq!(
+            by(&format!("{{{base}}}"), &guests),
+            Ok(RuleAction::Guest { port: 1 })
+        );
+        let only_web: GuestTable = [(3, "web1".to_string())].into_iter().collect();
+        for (json, g, want) in [
+            (format!(r#"{{{base}, "guest": "db"}}"#), &guests, "Field `guest`: no guest named \"db\"."),
+            (format!(r#"{{{base}, "guest": 2}}"#), &guests, "Field `guest`: no guest has id 2."),
+            (format!("{{{base}}}"), &only_web, "Field `guest`: name the guest this rule sends to."),
+            (
+                r#"{"src": "10.0.0.2", "dst": "10.0.0.1", "proto": "udp", "action": "drop", "guest": "web1"}"#.to_string(),
+                &guests,
+                "Field `guest`: a guest applies to action guest only, not to action drop.",
+            ),
+            (format!(r#"{{{base}, "guest": true}}"#), &guests, "Field `guest`: expected a guest name or a guest id 0 to 4294967295, got true."),
+        ] {
+            let e = by(&json, g).unwrap_err();
+            assert_eq!((e.to_string().as_str(), e.field()), (want, "guest"), "{json}");
+        }
+        let p = PrefixRuleSpec::from_json(
+            br#"{"prefix": "10.0.0.0/8", "action": "guest", "guest": "web1"}"#,
+        )
+        .unwrap()
+        .validate(4, &guests)
+        .unwrap();
+        assert_eq!(p.action, RuleAction::Guest { port: 3 });
+        // Listings name the guest; the stored form keeps the id, and reads
+        // back with it.
+        let f = FlowRuleSpec::from_json(format!(r#"{{{base}, "guest": "web1"}}"#).as_bytes())
+            .unwrap()
+            .validate(5, &guests)
+            .unwrap();
+        assert_eq!(
+            serde_json::to_value(f.listed(&guests)).unwrap()["guest"],
+            "web1"
+        );
+        assert_eq!(
+            serde_json::to_value(p.listed(&guests)).unwrap()["guest"],
+            "web1"
+        );
+        assert_eq!(
+            serde_json::to_value(f.listed(&only_web)).unwrap()["guest"],
+            "web1"
+        );
+        let gone = GuestTable::new();
+        assert_eq!(serde_json::to_value(f.listed(&gone)).unwrap()["guest"], 3);
+        let stored = serde_json::to_string(&f).unwrap();
+        assert!(
+            stored.ends_with(r#""action":"guest","guest":3}"#),
+            "{stored}"
+        );
+        assert_eq!(serde_json::from_str::<FlowRule>(&stored).unwrap(), f);
+        let list = serde_json::to_value(ListedRules {
+            rules: &[f, f],
+            guests: &guests,
+        })
+        .unwrap();
+        assert_eq!(list[1]["guest"], "web1");
+        // The spec's own JSON keeps the form it was given.
+        let spec =
+            FlowRuleSpec::from_json(format!(r#"{{{base}, "guest": "web1"}}"#).as_bytes()).unwrap();
+        assert_eq!(spec.guest, Some(GuestRef::Name("web1".into())));
+        assert_eq!(serde_json::to_value(&spec).unwrap()["guest"], "web1");
+        assert_eq!(
+            serde_json::from_value::<GuestRef>(serde_json::json!(7)).unwrap(),
+            GuestRef::Id(7)
+        );
+        // Bulk lists, streamed, read names too.
+        let text = format!(r#"[{{{base}, "guest": "web1"}}, {{{base}, "guest": 1}}]"#);
+        let mut got = Vec::new();
+        read_flow_specs(text.as_bytes(), 10, |_, s| {
+            got.push(s.guest);
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(
+            got,
+            vec![Some(GuestRef::Name("web1".into())), Some(GuestRef::Id(1))]
+        );
     }
 }

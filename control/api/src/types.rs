@@ -43,7 +43,9 @@ pub struct Health {
     pub uptime_s: u64,
 }
 
-/// One guest (`GET /v1/guests` lists them).
+/// The one-guest daemon's guest answer, kept until the daemon answers
+/// `GET /v1/guests` with [`crate::GuestInfo`] (which the route table
+/// documents).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", schemars(deny_unknown_fields))]
@@ -86,6 +88,9 @@ pub enum SocketState {
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", schemars(deny_unknown_fields))]
 pub struct QueueStatus {
+    /// The guest whose socket and queue pair this is.
+    #[serde(default)]
+    pub guest: String,
     /// Queue index (= queue pair index).
     pub queue: u32,
     /// Its socket's state.
@@ -135,6 +140,9 @@ pub struct Stats {
 #[cfg_attr(feature = "openapi", derive(schemars::JsonSchema))]
 #[cfg_attr(feature = "openapi", schemars(deny_unknown_fields))]
 pub struct QueueStats {
+    /// The guest whose queue pair this is.
+    #[serde(default)]
+    pub guest: String,
     /// Queue index.
     pub queue: u32,
     /// The counters, as fields of the same object.
@@ -170,4 +178,24 @@ pub struct ErrorBody {
     /// The request field the error is about, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// What `xdpctl` and the guest listing add up as `drops` of a queue pair:
+/// every frame dropped on it, either way (not the TX retries, which drop
+/// nothing).
+pub fn drops(c: &crate::QueueCounterValues) -> u64 {
+    [
+        c.rx_drop_no_guest_buffer,
+        c.rx_drop_no_guest,
+        c.rx_drop_oversize,
+        c.tx_drop_oversize,
+        c.tx_drop_empty,
+        c.tx_drop_write_only,
+        c.tx_drop_short,
+        c.tx_drop_switch,
+        c.tx_drop_spoofed,
+        c.tx_flood_dropped,
+    ]
+    .into_iter()
+    .fold(0u64, u64::saturating_add)
 }

@@ -9,7 +9,11 @@
 //! same answers; no root, no daemon. One change since, on purpose (issue
 //! 11): `PUT /v1/flows` and `PUT /v1/prefixes` answer with the count and
 //! the generation instead of the list, so `--json flow replace` prints that
-//! answer (the human line, "N flow rules in place", is the same).
+//! answer (the human line, "N flow rules in place", is the same). Another
+//! with several guests: `GET /v1/guests` lists `GuestInfo` (name, id,
+//! counters), so `guest list` prints new columns, and the guest commands
+//! (`guest add`, `show`, `del`) and `flow add --guest NAME` were recorded
+//! from this xdpctl.
 
 use serde_json::{json, Value};
 use std::io::{Read, Write};

@@ -12,7 +12,7 @@
 
 use super::{body::BodyReader, body_failed, too_many, ApiError};
 use crate::flow_table::{BulkRules, FlowTableError, NewRules, TableRule};
-use crate::rules::{ListError, RuleKind};
+use crate::rules::{GuestNames, ListError, RuleKind};
 use axum::http::StatusCode;
 use std::sync::mpsc;
 
@@ -58,21 +58,28 @@ impl<R: TableRule> Checker<R> {
     }
 }
 
-/// Validates the rule at `index` (a stand-in id when it gives none).
-fn validate<R: TableRule>(index: usize, spec: &R::Spec) -> Result<(R, Option<u32>), Refused> {
-    R::validate(spec, 1)
+/// Validates the rule at `index` (a stand-in id when it gives none), its
+/// guest resolved by `guests`.
+fn validate<R: TableRule>(
+    index: usize,
+    spec: &R::Spec,
+    guests: &dyn GuestNames,
+) -> Result<(R, Option<u32>), Refused> {
+    R::validate(spec, 1, guests)
         .map(|r| (r, R::spec_id(spec)))
         .map_err(|e| Refused::Invalid(e.at(index).into()))
 }
 
 /// Reads a list with `read` (given the reader and where each rule goes)
 /// and checks it into a new set of at most `cap` rules (room made for
-/// `expect`).
+/// `expect`), each rule's guest resolved by `guests` (on the reading
+/// thread).
 pub fn read_and_check<R>(
     reader: BodyReader,
     cap: usize,
     expect: usize,
     kind: RuleKind,
+    guests: &dyn GuestNames,
     read: impl FnOnce(
         BodyReader,
         &mut dyn FnMut(usize, R::Spec) -> Result<(), Refused>,
@@ -103,7 +110,7 @@ where
                 tracing::warn!("bulk replace: no checker thread ({e}); checking on one thread");
                 let mut checker = Checker::new(cap, expect);
                 let read = read(reader, &mut |i, spec| {
-                    let (rule, id) = validate::<R>(i, &spec)?;
+                    let (rule, id) = validate::<R>(i, &spec, guests)?;
                     checker.take(rule, id)
                 });
                 return answer(read, checker, kind, cap);
@@ -111,7 +118,7 @@ where
         };
         let mut batch = Vec::with_capacity(BATCH);
         let read = read(reader, &mut |i, spec| {
-            batch.push(validate::<R>(i, &spec)?);
+            batch.push(validate::<R>(i, &spec, guests)?);
             if batch.len() < BATCH {
                 return Ok(());
             }

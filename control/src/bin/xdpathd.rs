@@ -4,10 +4,12 @@
 //! (file, then flags) -> preflight (every problem printed with its fix,
 //! nothing touched) -> the NIC's channel count (only with `set_channels`)
 //! -> stale pin directories removed -> flow table loaded from its state
-//! file -> XDP classifier loaded, maps pinned, not attached -> guest MAC/IP
-//! entries and rules projected into the maps -> AF_XDP socket pool -> the
-//! vhost-user socket -> the API socket -> the vhost-user server's thread ->
-//! and only then the XDP attach. Every step that can fail runs before the
+//! file -> XDP classifier loaded, maps pinned, not attached -> the guests
+//! (their registry from the state directory, the configuration's guests
+//! over it) and their MAC/IP entries and the rules projected into the maps
+//! -> per guest its AF_XDP sockets, its vhost-user socket and its server's
+//! thread -> the API socket -> and only then the XDP attach, followed by
+//! the wire's broadcast slow path. Every step that can fail runs before the
 //! attach, so a start that fails never attaches XDP: under
 //! `Restart=on-failure` a bad state file or a busy socket does not blip the
 //! NIC every two seconds. What a failed start leaves: the pins it reused
@@ -25,15 +27,16 @@ use std::io::IsTerminal;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
-use xdpath_api::{Action, MacAddr, XdpAttachMode};
+use xdpath_api::{Action, XdpAttachMode};
 use xdpath_control::api::server::{self, Limits, SocketAccess};
 use xdpath_control::api::{router, ControlState, Tables};
-use xdpath_control::config::{DaemonConfig, GUEST_PORT};
-use xdpath_control::flow_table::{FlowTable, GuestEntries};
+use xdpath_control::config::DaemonConfig;
+use xdpath_control::flood::WireFlood;
+use xdpath_control::flow_table::FlowTable;
+use xdpath_control::guests::{GuestSet, OnExit};
 use xdpath_control::platform::Kernel;
-use xdpath_control::socket_pool::SocketPool;
 use xdpath_control::{preflight, Classifier, ClassifierConfig};
-use xdpath_dataplane::{ConnectionEvent, NetConfig, Server, XskFactory};
+use xdpath_dataplane::XskFactory;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -80,6 +83,11 @@ struct Flags {
     /// Action for frames no rule matches: host, drop or guest.
     #[arg(long, value_enum)]
     default_action: Option<Action>,
+    /// The guest (by name) frames no rule matches go to with
+    /// --default-action guest [default: the one-guest shorthand guest,
+    /// when it is the only one].
+    #[arg(long, value_name = "NAME")]
+    default_guest: Option<String>,
     /// XDP attach mode: native, or generic (slower, works on any driver).
     #[arg(long, value_enum)]
     xdp_mode: Option<XdpAttachMode>,
@@ -177,6 +185,7 @@ fn config(f: &Flags) -> Result<DaemonConfig> {
         t.insert("guest_ip".into(), f.guest_ip.clone().into());
     }
     for (key, v) in [
+        ("default_guest", &f.default_guest),
         ("vhost_socket_mode", &f.vhost_socket_mode),
         ("vhost_socket_owner", &f.vhost_socket_owner),
         ("vhost_socket_group", &f.vhost_socket_group),
@@ -270,6 +279,7 @@ fn run(flags: &Flags) -> Result<()> {
     if flags.remove_stale_pins {
         return remove_stale_pins(flags);
     }
+    raise_fd_limit();
     let cfg = config(flags)?;
     let issues = preflight::check(&cfg);
     if flags.check || !issues.is_empty() {
@@ -312,89 +322,69 @@ fn run(flags: &Flags) -> Result<()> {
         }
     }
 
-    // The flow table: the state file is the source of truth of the rules,
-    // the configuration that of the guest entries.
+    // The flow table: the state file is the source of truth of the rules.
     let state_file = cfg.state_file();
     if let Some(dir) = state_file.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    let mut flows = FlowTable::load(&state_file)?;
+    let flows = FlowTable::load(&state_file)?;
 
     // The classifier: loaded, maps pinned, configured; not attached.
     let mut ccfg = ClassifierConfig::new(&cfg.iface);
     ccfg.mode = cfg.xdp_mode;
     ccfg.force = cfg.force;
     ccfg.default_action = cfg.default_action.into();
-    ccfg.default_port = GUEST_PORT;
+    // The default guest's id is set once the guests are known (below).
     ccfg.pin_root = cfg.pin_root();
-    let mut classifier = Classifier::load(&ccfg)?;
+    let classifier = Classifier::load(&ccfg)?;
     let prog_id = classifier.prog_id()?;
 
-    // Installing the guest entries syncs the table into the maps: rules
-    // and guest entries are projected, and whatever else the pinned maps
-    // hold (say a MAC of an earlier configuration) is removed.
-    let guests = GuestEntries::for_guest(
-        GUEST_PORT,
-        cfg.guest_mac.map(MacAddr::octets),
-        &cfg.guest_ip,
-    );
-    flows.set_guests(&mut classifier, guests)?;
-
-    // Sockets (the AF_XDP sockets bind without the program attached; the
-    // XSKMAP is a map), then the dataplane and the API's listeners.
+    let tables = Arc::new(Mutex::new(Tables { classifier, flows }));
+    // The guests' sockets and servers (the AF_XDP sockets bind without the
+    // program attached; the XSKMAP is only a map), then the API listener.
+    let (done_tx, done_rx) = tokio::sync::watch::channel(false);
+    let on_exit: OnExit = Arc::new(move |name: &str, r| {
+        match r {
+            Ok(()) => tracing::error!(guest = %name, "the guest's dataplane ended"),
+            Err(e) => tracing::error!(guest = %name, "the guest's dataplane failed: {e}"),
+        }
+        let _ = done_tx.send(true);
+    });
+    // The guests: the registry from the state directory with the
+    // configuration's guests over it, projected into the guest tables
+    // (which syncs the table into the maps: rules and guest entries are
+    // projected, and whatever else the pinned maps hold, say a MAC of an
+    // earlier configuration, is removed).
     let factory = XskFactory::for_iface(&cfg.iface, cfg.busy_poll);
-    let (pool, ports) = SocketPool::create(factory, u32::from(cfg.queues))?;
-    let vhost = cfg.vhost_socket();
-    if let Some(dir) = vhost.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let guests = GuestSet::<Kernel>::load(&cfg, factory, tables.clone(), on_exit)?;
+    if let Some(name) = cfg.default_guest_name() {
+        let id = guests
+            .id_of(&name)
+            .with_context(|| format!("setting `default_guest`: no guest is named {name:?}"))?;
+        tables
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .classifier
+            .set_default_port(id)?;
     }
-    let net = NetConfig {
-        queue_pairs: cfg.queues,
-        mac: cfg.guest_mac.map(MacAddr::octets),
-        mtu: cfg.mtu,
-        max_queue_size: 1024,
-        poll_idle: std::time::Duration::from_micros(u64::from(cfg.poll_idle_us)),
+    guests.start_all()?;
+    let api = match bind_api(&cfg) {
+        Ok(a) => a,
+        Err(e) => {
+            guests.stop_all();
+            return Err(e);
+        }
     };
-    let mut server = Server::with_permissions(&vhost, cfg.vhost_socket_permissions()?, net, ports)?;
-    let vhost_file = RemoveOnDrop(Some(vhost.clone()));
-    let api = bind_api(&cfg)?;
     let api_file = RemoveOnDrop(Some(cfg.api_socket()));
-    let handle = server.handle();
     let state = Arc::new(ControlState::<Kernel> {
-        tables: Mutex::new(Tables { classifier, flows }),
-        pool,
-        server: handle.clone(),
+        tables,
+        guests,
         cfg: cfg.clone(),
         started: Instant::now(),
         prog_id,
         api_stats: Arc::new(server::ConnStats::default()),
+        flood: std::sync::OnceLock::new(),
     });
-    // Steer traffic to the sockets only while a guest's workers read them.
-    let events = state.clone();
-    server.on_connection(move |ev| {
-        let mut t = events
-            .tables
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        match ev {
-            ConnectionEvent::Up(fds) => {
-                if let Err(e) = events.pool.register_all(&mut t.classifier, fds) {
-                    tracing::error!("steering the queues to the guest failed: {e}");
-                }
-            }
-            ConnectionEvent::Down => events.pool.unregister_all(&mut t.classifier),
-        }
-    });
-    let (done_tx, done_rx) = tokio::sync::oneshot::channel::<()>();
-    let dataplane = std::thread::Builder::new()
-        .name("vhost-user".into())
-        .spawn(move || {
-            let r = server.run();
-            let _ = done_tx.send(());
-            r
-        })?;
-    // The server removes its socket file when it ends.
-    vhost_file.disarm();
 
     // The last step: attach. From here on the NIC's frames are classified.
     let attached = state
@@ -404,11 +394,23 @@ fn run(flags: &Flags) -> Result<()> {
         .classifier
         .attach_program();
     let live = attached.is_ok();
+    let mut flood = None;
     let served = match attached {
         Ok(()) => {
+            // Broadcast and multicast from the wire to every guest.
+            match WireFlood::start(&cfg.iface, state.guests.switch(), FLOOD_RATE) {
+                Ok(f) => {
+                    let _ = state.flood.set(f.stats());
+                    flood = Some(f);
+                }
+                Err(e) => tracing::warn!(
+                    "guests will not get the wire's broadcasts: opening the slow path failed: {e}"
+                ),
+            }
             tracing::info!(
-                iface = %cfg.iface, queues = cfg.queues, vhost = %vhost.display(), api = %cfg.api_socket().display(),
-                "xdpathd ready: start the guest on the vhost-user socket"
+                iface = %cfg.iface, queues = cfg.queues, guests = state.guests.running().len(),
+                api = %cfg.api_socket().display(),
+                "xdpathd ready"
             );
             serve_api(&cfg, state.clone(), api, done_rx)
         }
@@ -424,24 +426,18 @@ fn run(flags: &Flags) -> Result<()> {
             "shutting down: XSKMAP entries out, workers stopped, sockets closed, XDP detached"
         );
     } else {
-        tracing::info!("start-up failed at the attach: server stopped, sockets closed");
+        tracing::info!("start-up failed at the attach: servers stopped, sockets closed");
     }
-    {
-        let mut t = state
-            .tables
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        state.pool.unregister_all(&mut t.classifier);
+    if let Some(f) = flood {
+        f.stop();
     }
-    handle.stop();
-    let dataplane_result = dataplane
-        .join()
-        .map_err(|_| anyhow::anyhow!("the vhost-user thread panicked"))?;
+    state.guests.stop_all();
     drop(api_file);
     let state = Arc::try_unwrap(state)
         .map_err(|_| anyhow::anyhow!("API state still in use at shutdown"))?;
-    let tables = state
-        .tables
+    drop(state.guests);
+    let tables = Arc::try_unwrap(state.tables)
+        .map_err(|_| anyhow::anyhow!("the maps are still in use at shutdown"))?
         .into_inner()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     if tables.classifier.is_attached() {
@@ -451,19 +447,49 @@ fn run(flags: &Flags) -> Result<()> {
         drop(tables.classifier);
     }
     served?;
-    dataplane_result.context("the dataplane stopped")?;
     Ok(())
 }
+
+/// Open files 64 guests need: per guest and queue a socket, eventfds, a
+/// timer and the workers' epolls, plus its vhost-user listener, relay and
+/// memory regions; with room to spare.
+const FD_LIMIT_WANTED: u64 = 16384;
+
+/// Raises the soft open-file limit towards [`FD_LIMIT_WANTED`] (at most
+/// the hard limit): the default 1024 does not hold 64 guests.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit writes the struct we pass.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) } != 0 {
+        return;
+    }
+    let want = FD_LIMIT_WANTED.min(lim.rlim_max);
+    if lim.rlim_cur >= want {
+        return;
+    }
+    let before = lim.rlim_cur;
+    lim.rlim_cur = want;
+    // SAFETY: setrlimit reads the struct we pass.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } == 0 {
+        tracing::debug!(from = before, to = want, "open-file limit raised");
+    } else {
+        tracing::warn!(
+            limit = before,
+            "could not raise the open-file limit; 64 guests need about {FD_LIMIT_WANTED}"
+        );
+    }
+}
+
+/// Bound on the wire's broadcast and multicast frames copied to the
+/// guests, per second (`xdpath_control::flood`).
+const FLOOD_RATE: u32 = xdpath_control::flood::DEFAULT_RATE;
 
 /// A socket file removed when this goes out of scope, unless disarmed: the
 /// listeners bound before the attach, if a later step fails.
 struct RemoveOnDrop(Option<PathBuf>);
-
-impl RemoveOnDrop {
-    fn disarm(mut self) {
-        self.0 = None;
-    }
-}
 
 impl Drop for RemoveOnDrop {
     fn drop(&mut self) {
@@ -528,7 +554,7 @@ fn serve_api(
     _cfg: &DaemonConfig,
     state: Arc<ControlState<Kernel>>,
     listener: std::os::unix::net::UnixListener,
-    dataplane_done: tokio::sync::oneshot::Receiver<()>,
+    mut dataplane_done: tokio::sync::watch::Receiver<bool>,
 ) -> Result<()> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -542,7 +568,7 @@ fn serve_api(
             tokio::select! {
                 _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT"),
                 _ = term.recv() => tracing::info!("SIGTERM"),
-                _ = dataplane_done => tracing::error!("the dataplane ended"),
+                _ = dataplane_done.wait_for(|ended| *ended) => tracing::error!("a guest's dataplane ended"),
             }
         };
         let stats = state.api_stats.clone();

@@ -125,7 +125,9 @@ pub use store::{StoreFaults, StoreStep};
 
 use crate::classifier::ClassifierError;
 use crate::maps::{Flows, Generations, Group, MapTable, Prefixes, RuleMap, RuleMaps};
-use crate::rules::{FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec, RuleError, RuleKind};
+use crate::rules::{
+    FlowRule, FlowRuleSpec, GuestNames, PrefixRule, PrefixRuleSpec, RuleError, RuleKind,
+};
 use projection::{Entries, MapsAfter, Want};
 use rule_set::{RuleSet, Rules};
 use std::path::{Path, PathBuf};
@@ -549,6 +551,32 @@ impl FlowTable {
         Ok(())
     }
 
+    /// How many rules (exact and prefix) send to guest `port`.
+    pub fn rules_for_guest(&self, port: u32) -> usize {
+        self.rules.flows.count_for_guest(port) + self.rules.prefixes.count_for_guest(port)
+    }
+
+    /// Removes a guest from the maps: the rules that send to guest `port`
+    /// go, and the guest entries become `guests` (the remaining guests'),
+    /// both in one atomic switch (one `CONFIG` update flips the rule and
+    /// the guest generation: a frame sees the guest with its rules or
+    /// neither), with the snapshot of the remaining rules as the commit.
+    /// Returns how many rules went. On error the table, its state file and
+    /// the maps are as they were.
+    pub fn remove_guest(
+        &mut self,
+        maps: &mut impl RuleMaps,
+        port: u32,
+        guests: GuestEntries,
+    ) -> Result<usize> {
+        self.projected(maps)?;
+        let removed = self.rules_for_guest(port);
+        let flows = self.rules.flows.without_guest(port);
+        let prefixes = self.rules.prefixes.without_guest(port);
+        self.replace_with(maps, Some(flows), Some(prefixes), Some(guests))?;
+        Ok(removed)
+    }
+
     /// A bulk replace of the rules (`None` keeps that kind as it is):
     /// switched to with the snapshot as the commit, then the old generation
     /// deleted. Returns the rule generation switched to.
@@ -557,6 +585,18 @@ impl FlowTable {
         maps: &mut impl RuleMaps,
         flows: Option<RuleSet<FlowRule>>,
         prefixes: Option<RuleSet<PrefixRule>>,
+    ) -> Result<u8> {
+        self.replace_with(maps, flows, prefixes, None)
+    }
+
+    /// [`FlowTable::replace`], and with `guests` the guest entries in the
+    /// same switch (one `CONFIG` update flips both generations).
+    fn replace_with(
+        &mut self,
+        maps: &mut impl RuleMaps,
+        flows: Option<RuleSet<FlowRule>>,
+        prefixes: Option<RuleSet<PrefixRule>>,
+        guests: Option<GuestEntries>,
     ) -> Result<u8> {
         let Projection::Projected { maps: id, gens } = self.projection else {
             return Err(state_err(
@@ -568,10 +608,15 @@ impl FlowTable {
         let want = Want {
             flows: flows.as_ref().unwrap_or(&self.rules.flows),
             prefixes: prefixes.as_ref().unwrap_or(&self.rules.prefixes),
-            guests: &self.guests,
+            guests: guests.as_ref().unwrap_or(&self.guests),
+        };
+        let groups: &[Group] = if guests.is_some() {
+            &[Group::Rules, Group::Guests]
+        } else {
+            &[Group::Rules]
         };
         let store = &self.store;
-        let res = projection::switch(maps, gens, &[Group::Rules], want, || {
+        let res = projection::switch(maps, gens, groups, want, || {
             store.write_snapshot(epoch, want.flows, want.prefixes)
         });
         let to = match res {
@@ -586,13 +631,14 @@ impl FlowTable {
         self.store.start_epoch(epoch);
         let old_flows = flows.map(|f| std::mem::replace(&mut self.rules.flows, f));
         let old_prefixes = prefixes.map(|p| std::mem::replace(&mut self.rules.prefixes, p));
+        let old_guests = guests.map(|g| std::mem::replace(&mut self.guests, g));
         self.projection = Projection::Projected { maps: id, gens: to };
         let old = Want {
             flows: old_flows.as_ref().unwrap_or(&self.rules.flows),
             prefixes: old_prefixes.as_ref().unwrap_or(&self.rules.prefixes),
-            guests: &self.guests,
+            guests: old_guests.as_ref().unwrap_or(&self.guests),
         };
-        if !retire(maps, gens, &[Group::Rules], old) {
+        if !retire(maps, gens, groups, old) {
             self.projection = Projection::Unprojected;
         }
         Ok(to.rules)
@@ -659,10 +705,16 @@ impl FlowTable {
     }
 
     /// Adds one exact rule (id assigned if the spec has none) in the active
-    /// generation. Returns the rule as stored.
-    pub fn add_flow(&mut self, maps: &mut impl RuleMaps, spec: FlowRuleSpec) -> Result<FlowRule> {
+    /// generation, its guest resolved by `guests` (a guest it names must
+    /// exist). Returns the rule as stored.
+    pub fn add_flow(
+        &mut self,
+        maps: &mut impl RuleMaps,
+        spec: FlowRuleSpec,
+        guests: &dyn GuestNames,
+    ) -> Result<FlowRule> {
         let gens = self.projected(maps)?;
-        let rule = spec.validate(self.rules.flows.next_id())?;
+        let rule = spec.validate(self.rules.flows.next_id(), guests)?;
         self.rules.flows.check_add(&rule)?;
         let change = Change::Add {
             key: rule.bpf_key(gens.rules),
@@ -696,14 +748,16 @@ impl FlowTable {
     /// Replaces all exact rules at once: the prefix rules stay, the program
     /// sees the old table or the new one, never a mix. Ids given must be
     /// unique; missing ones are assigned after the highest given one.
+    /// Guests are resolved by `guests`.
     pub fn replace_flows(
         &mut self,
         maps: &mut impl RuleMaps,
         rules: Vec<FlowRuleSpec>,
+        guests: &dyn GuestNames,
     ) -> Result<Vec<FlowRule>> {
         RuleSet::<FlowRule>::check_capacity(rules.len())?;
         self.projected(maps)?;
-        let set = RuleSet::plan(&rules, |s| s.id, FlowRuleSpec::validate)?;
+        let set = RuleSet::plan(&rules, |s| s.id, |s, id| s.validate(id, guests))?;
         self.replace(maps, Some(set), None)?;
         Ok(self.flows())
     }
@@ -721,14 +775,16 @@ impl FlowTable {
     }
 
     /// Adds one prefix rule (id assigned if the spec has none) in the active
-    /// generation. Returns the rule as stored.
+    /// generation, its guest resolved by `guests`. Returns the rule as
+    /// stored.
     pub fn add_prefix(
         &mut self,
         maps: &mut impl RuleMaps,
         spec: PrefixRuleSpec,
+        guests: &dyn GuestNames,
     ) -> Result<PrefixRule> {
         let gens = self.projected(maps)?;
-        let rule = spec.validate(self.rules.prefixes.next_id())?;
+        let rule = spec.validate(self.rules.prefixes.next_id(), guests)?;
         self.rules.prefixes.check_add(&rule)?;
         let change = Change::Add {
             key: rule.bpf_key(gens.rules),
@@ -774,14 +830,16 @@ impl FlowTable {
     /// Replaces all prefix rules at once: the exact rules stay, the program
     /// sees the old table or the new one, never a mix. Ids given must be
     /// unique; missing ones are assigned after the highest given one.
+    /// Guests are resolved by `guests`.
     pub fn replace_prefixes(
         &mut self,
         maps: &mut impl RuleMaps,
         rules: Vec<PrefixRuleSpec>,
+        guests: &dyn GuestNames,
     ) -> Result<Vec<PrefixRule>> {
         RuleSet::<PrefixRule>::check_capacity(rules.len())?;
         self.projected(maps)?;
-        let set = RuleSet::plan(&rules, |s| s.id, PrefixRuleSpec::validate)?;
+        let set = RuleSet::plan(&rules, |s| s.id, |s, id| s.validate(id, guests))?;
         self.replace(maps, None, Some(set))?;
         Ok(self.prefixes())
     }
@@ -791,6 +849,7 @@ impl FlowTable {
 mod tests {
     use super::*;
     use crate::maps::FakeMaps;
+    use crate::rules::LegacyIds;
 
     /// A private directory, removed on drop.
     struct Dir(PathBuf);
@@ -839,13 +898,61 @@ mod tests {
     }
 
     #[test]
+    fn rules_name_guests_and_an_unknown_one_changes_nothing() {
+        use crate::rules::{GuestRef, GuestTable, RuleAction};
+        let d = Dir::new("guest-names");
+        let mut maps = FakeMaps::new();
+        let mut t = FlowTable::load(&d.state()).unwrap();
+        let guests: GuestTable = [(2, "web1".to_string())].into_iter().collect();
+        let mut named = spec(1);
+        named.guest = Some(GuestRef::Name("web1".into()));
+        let r = t.add_flow(&mut maps, named, &guests).unwrap();
+        assert_eq!(r.action, RuleAction::Guest { port: 2 });
+        let mut p = PrefixRuleSpec::new("10.8.0.0/16", "guest");
+        p.guest = Some(GuestRef::Name("web1".into()));
+        let pr = t.add_prefix(&mut maps, p, &guests).unwrap();
+        assert_eq!((r.id, pr.id), (1, 1));
+        assert_eq!(t.rules_for_guest(2), 2);
+        assert_eq!(t.rules_for_guest(1), 0);
+        let before = (t.flows(), t.prefixes(), maps.contents());
+        let mut unknown = spec(2);
+        unknown.guest = Some(GuestRef::Name("db".into()));
+        for (s, want) in [
+            (unknown, "Field `guest`: no guest named \"db\"."),
+            // No guest 1 here: a rule must name its guest.
+            (spec(3), "Field `guest`: name the guest this rule sends to."),
+        ] {
+            let e = t.add_flow(&mut maps, s.clone(), &guests).unwrap_err();
+            assert_eq!((e.http_status(), e.field()), (400, Some("guest")));
+            assert!(e.to_string().contains(want), "{e}");
+            let drop = FlowRuleSpec::new("10.0.0.9", "10.0.0.1", "tcp", "drop");
+            let e = t
+                .replace_flows(&mut maps, vec![drop, s], &guests)
+                .unwrap_err();
+            assert_eq!(
+                e.to_string(),
+                format!("Rule 1: field{}", &want["Field".len()..])
+            );
+            assert_eq!(
+                (t.flows(), t.prefixes(), maps.contents()),
+                before,
+                "nothing changed"
+            );
+        }
+        drop(t);
+        // The state file holds ids and loads without the names.
+        let t = FlowTable::load(&d.state()).unwrap();
+        assert_eq!((t.flows(), t.prefixes()), (before.0, before.1));
+    }
+
+    #[test]
     fn the_journal_is_compacted_once_it_outgrows_the_table() {
         let d = Dir::new("compact");
         let mut maps = FakeMaps::new();
         let mut t = FlowTable::load(&d.state()).unwrap();
-        t.add_flow(&mut maps, spec(1)).unwrap();
+        t.add_flow(&mut maps, spec(1), &LegacyIds).unwrap();
         for _ in 0..COMPACT_MIN {
-            let r = t.add_flow(&mut maps, spec(2)).unwrap();
+            let r = t.add_flow(&mut maps, spec(2), &LegacyIds).unwrap();
             t.delete_flow(&mut maps, r.id).unwrap();
         }
         assert!(t.store.journal_ops() < COMPACT_MIN, "compacted");

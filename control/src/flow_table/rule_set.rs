@@ -6,7 +6,9 @@
 //! ([`BulkRules`]).
 
 use super::{FlowTableError, Result};
-use crate::rules::{FlowRule, FlowRuleSpec, PrefixRule, PrefixRuleSpec, RuleError, RuleKind};
+use crate::rules::{
+    FlowRule, FlowRuleSpec, GuestNames, PrefixRule, PrefixRuleSpec, RuleError, RuleKind,
+};
 use serde::{Serialize, Serializer};
 use std::collections::{BTreeMap, HashMap, HashSet};
 /// The hasher of the rule sets' maps: seeded per map, and several times
@@ -35,8 +37,15 @@ pub trait TableRule: Copy + Serialize {
     fn with_id(self, id: u32) -> Self;
     /// The id a spec gives, if it gives one.
     fn spec_id(spec: &Self::Spec) -> Option<u32>;
-    /// Validates a spec; `assign` is the id when it gives none.
-    fn validate(spec: &Self::Spec, assign: u32) -> std::result::Result<Self, RuleError>;
+    /// Validates a spec; `assign` is the id when it gives none; its guest
+    /// is resolved by `guests`.
+    fn validate(
+        spec: &Self::Spec,
+        assign: u32,
+        guests: &dyn GuestNames,
+    ) -> std::result::Result<Self, RuleError>;
+    /// The guest the rule sends to, if its action is `guest`.
+    fn guest(&self) -> Option<u32>;
 }
 
 impl TableRule for FlowRule {
@@ -56,8 +65,15 @@ impl TableRule for FlowRule {
     fn spec_id(spec: &FlowRuleSpec) -> Option<u32> {
         spec.id
     }
-    fn validate(spec: &FlowRuleSpec, assign: u32) -> std::result::Result<Self, RuleError> {
-        spec.validate(assign)
+    fn validate(
+        spec: &FlowRuleSpec,
+        assign: u32,
+        guests: &dyn GuestNames,
+    ) -> std::result::Result<Self, RuleError> {
+        spec.validate(assign, guests)
+    }
+    fn guest(&self) -> Option<u32> {
+        self.action.guest_port()
     }
 }
 
@@ -79,8 +95,15 @@ impl TableRule for PrefixRule {
     fn spec_id(spec: &PrefixRuleSpec) -> Option<u32> {
         spec.id
     }
-    fn validate(spec: &PrefixRuleSpec, assign: u32) -> std::result::Result<Self, RuleError> {
-        spec.validate(assign)
+    fn validate(
+        spec: &PrefixRuleSpec,
+        assign: u32,
+        guests: &dyn GuestNames,
+    ) -> std::result::Result<Self, RuleError> {
+        spec.validate(assign, guests)
+    }
+    fn guest(&self) -> Option<u32> {
+        self.action.guest_port()
     }
 }
 
@@ -157,14 +180,14 @@ impl<R: TableRule> BulkRules<R> {
     /// more than the limit. A rule matching what an earlier one does is
     /// refused by [`BulkRules::finish`] (it needs the ids), and nothing
     /// after it is checked.
-    pub fn push(&mut self, spec: &R::Spec) -> Result<()> {
+    pub fn push(&mut self, spec: &R::Spec, guests: &dyn GuestNames) -> Result<()> {
         let id = R::spec_id(spec);
         if self.conflict.is_some() {
             self.note_after_conflict(id);
             return Ok(());
         }
         // A stand-in id for a rule without one; `finish` assigns it.
-        let rule = R::validate(spec, 1).map_err(|e| e.at(self.rules.len()))?;
+        let rule = R::validate(spec, 1, guests).map_err(|e| e.at(self.rules.len()))?;
         self.push_valid(rule, id)
     }
 
@@ -299,6 +322,22 @@ impl<R: TableRule> RuleSet<R> {
         self.by_id.get(&id)
     }
 
+    /// How many rules send to guest `port`.
+    pub(super) fn count_for_guest(&self, port: u32) -> usize {
+        self.by_id
+            .values()
+            .filter(|r| r.guest() == Some(port))
+            .count()
+    }
+
+    /// The same set without the rules that send to guest `port`.
+    pub(super) fn without_guest(&self, port: u32) -> Self {
+        let mut set = self.clone();
+        set.by_id.retain(|_, r| r.guest() != Some(port));
+        set.by_match.retain(|_, id| set.by_id.contains_key(id));
+        set
+    }
+
     /// Why `r` cannot join the set, if it cannot.
     pub(super) fn refuse(&self, r: &R) -> Option<FlowTableError> {
         if self.by_id.contains_key(&r.id()) {
@@ -423,10 +462,13 @@ impl<R: TableRule> Serialize for RuleSet<R> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::LegacyIds;
     use crate::rules::{FlowRuleSpec, PrefixRuleSpec};
 
     fn prefix(id: u32, p: &str) -> PrefixRule {
-        PrefixRuleSpec::new(p, "drop").validate(id).unwrap()
+        PrefixRuleSpec::new(p, "drop")
+            .validate(id, &LegacyIds)
+            .unwrap()
     }
 
     #[test]
@@ -437,8 +479,13 @@ mod tests {
             s.dst_port = port;
             s
         };
-        let plan =
-            |v: &[FlowRuleSpec]| RuleSet::<FlowRule>::plan(v, |s| s.id, FlowRuleSpec::validate);
+        let plan = |v: &[FlowRuleSpec]| {
+            RuleSet::<FlowRule>::plan(
+                v,
+                |s| s.id,
+                |s: &FlowRuleSpec, id| s.validate(id, &LegacyIds),
+            )
+        };
         let set = plan(&[
             spec(None, 1),
             spec(Some(10), 2),
@@ -501,7 +548,7 @@ mod tests {
         let bulk = |v: &[FlowRuleSpec], limit: usize| -> Result<RuleSet<FlowRule>> {
             let mut b = BulkRules::<FlowRule>::new(limit, v.len());
             for s in v {
-                b.push(s)?;
+                b.push(s, &LegacyIds)?;
             }
             b.finish().map(|n| n.0)
         };
@@ -511,7 +558,12 @@ mod tests {
             spec(None, 3),
             spec(Some(4), 4),
         ];
-        let planned = RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate).unwrap();
+        let planned = RuleSet::<FlowRule>::plan(
+            &list,
+            |s| s.id,
+            |s: &FlowRuleSpec, id| s.validate(id, &LegacyIds),
+        )
+        .unwrap();
         let streamed = bulk(&list, 100).unwrap();
         let rules = |s: &RuleSet<FlowRule>| s.rules().copied().collect::<Vec<_>>();
         assert_eq!(rules(&streamed), rules(&planned));
@@ -549,9 +601,13 @@ mod tests {
                 spec(Some(1), 3),
             ],
         ] {
-            let planned = RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate)
-                .map(|s| rules(&s))
-                .map_err(|e| e.to_string());
+            let planned = RuleSet::<FlowRule>::plan(
+                &list,
+                |s| s.id,
+                |s: &FlowRuleSpec, id| s.validate(id, &LegacyIds),
+            )
+            .map(|s| rules(&s))
+            .map_err(|e| e.to_string());
             let streamed = bulk(&list, 100)
                 .map(|s| rules(&s))
                 .map_err(|e| e.to_string());
@@ -566,7 +622,11 @@ mod tests {
             spec(Some(5), 4),
         ];
         assert!(matches!(
-            RuleSet::<FlowRule>::plan(&list, |s| s.id, FlowRuleSpec::validate),
+            RuleSet::<FlowRule>::plan(
+                &list,
+                |s| s.id,
+                |s: &FlowRuleSpec, id| s.validate(id, &LegacyIds)
+            ),
             Err(FlowTableError::DuplicateId { id: 5, .. })
         ));
         assert!(matches!(

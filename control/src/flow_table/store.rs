@@ -862,6 +862,7 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::rules::LegacyIds;
     use crate::rules::{FlowRuleSpec, PrefixRuleSpec};
 
     /// A private directory, removed on drop.
@@ -893,11 +894,13 @@ mod tests {
     fn flow(id: u32, port: u16) -> FlowRule {
         let mut s = FlowRuleSpec::new("10.0.0.2", "10.0.0.1", "udp", "guest");
         s.dst_port = port;
-        s.validate(id).unwrap()
+        s.validate(id, &LegacyIds).unwrap()
     }
 
     fn prefix(id: u32, p: &str) -> PrefixRule {
-        PrefixRuleSpec::new(p, "drop").validate(id).unwrap()
+        PrefixRuleSpec::new(p, "drop")
+            .validate(id, &LegacyIds)
+            .unwrap()
     }
 
     fn contents(r: &Rules) -> (Vec<FlowRule>, Vec<PrefixRule>) {

@@ -162,6 +162,24 @@ counters! {
     /// Guest TX chains rejected: a frame shorter than an Ethernet header
     /// (14 bytes).
     tx_drop_short,
+    /// Guest frames switched to another local guest (unicast to its MAC;
+    /// they never reach the wire). Counted by the sender's pair. Every
+    /// guest TX chain is exactly one of tx_frames, tx_switched or a
+    /// tx_drop_ counter.
+    tx_switched,
+    /// Copies of guest broadcast and multicast frames given to the other
+    /// local guests (the frame itself goes to the wire, in tx_frames).
+    tx_flooded,
+    /// Copies of broadcast and multicast frames another local guest could
+    /// not take (not connected, or its inbox full); the frame itself went
+    /// to the wire.
+    tx_flood_dropped,
+    /// Unicast frames for another local guest that it could not take (its
+    /// frontend is not connected, or its inbox is full): dropped.
+    tx_drop_switch,
+    /// Guest frames dropped by anti-spoofing: a source MAC not the
+    /// guest's, or a source IP / ARP sender not one of its addresses.
+    tx_drop_spoofed,
     /// Times TX stopped because no UMEM frame or XSK TX slot was free; the
     /// chains stay in the guest's ring and are retried (not dropped).
     tx_xsk_ring_full,

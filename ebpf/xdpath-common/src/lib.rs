@@ -37,7 +37,8 @@
 //! that flips both.
 #![no_std]
 
-/// Name of the XSKMAP (AF_XDP sockets, indexed by NIC rx queue).
+/// Name of the XSKMAP (AF_XDP sockets, indexed by [`xsk_slot`]: guest and
+/// NIC rx queue).
 pub const MAP_XSKS: &str = "XSKS";
 /// Name of the exact 5-tuple rule hash map (`FlowKey` -> `RuleValue`).
 pub const MAP_FLOWS: &str = "FLOWS";
@@ -64,9 +65,33 @@ pub const ALL_MAPS: [&str; 7] = [
     MAP_COUNTERS,
 ];
 
-/// XSKMAP slots: the highest NIC rx queue index the program can redirect is
+/// The highest NIC rx queue index the program can redirect is
 /// `MAX_QUEUES - 1`.
 pub const MAX_QUEUES: u32 = 64;
+/// Guests one program serves: guest ports (ids) are `1..=MAX_GUESTS`.
+pub const MAX_GUESTS: u32 = 64;
+/// XSKMAP entries: one per guest and NIC queue ([`xsk_slot`]).
+pub const XSK_SLOTS: u32 = MAX_QUEUES * MAX_GUESTS;
+
+/// The XSKMAP entry of guest `port`'s socket on NIC rx queue `queue`:
+/// `(port - 1) * MAX_QUEUES + queue`, so guest 1's entries are the queue
+/// numbers themselves. `None` for port 0, a port above [`MAX_GUESTS`] or a
+/// queue from [`MAX_QUEUES`] on: the program then fails open to the host.
+///
+/// Each guest has its own AF_XDP socket on every queue it uses; the
+/// sockets of one queue share that queue's UMEM (the kernel delivers from
+/// an XSKMAP only to a socket bound to the arrival queue, and any number
+/// of sockets may be bound to one queue with a shared UMEM). An entry is
+/// present only while the guest's workers read the socket, which is the
+/// guest's liveness: a guest that is absent or disconnected has no entry,
+/// and its frames go to the host.
+#[inline(always)]
+pub const fn xsk_slot(port: u32, queue: u32) -> Option<u32> {
+    if port == 0 || port > MAX_GUESTS || queue >= MAX_QUEUES {
+        return None;
+    }
+    Some((port - 1) * MAX_QUEUES + queue)
+}
 /// Exact rules per generation; the map holds two generations.
 pub const MAX_FLOWS: u32 = 1 << 20;
 /// Prefix rules per generation; the map holds two generations.
@@ -294,8 +319,10 @@ pub struct Counters {
     /// that no exact or prefix rule matched. Passed to the host (dropped
     /// when the default action is drop), never redirected.
     pub parse_errors: u64,
-    /// Guest decisions that found no socket on their rx queue and failed
-    /// open to the host (also counted in `action_host`).
+    /// Guest decisions that found no socket for their guest on their rx
+    /// queue (the guest is absent or not connected, or the port is not a
+    /// guest id) and failed open to the host (also counted in
+    /// `action_host`).
     pub redirect_no_socket: u64,
     /// Guest decisions redirected to a socket (equals `action_guest`).
     pub redirects: u64,

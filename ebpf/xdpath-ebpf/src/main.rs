@@ -83,13 +83,13 @@ mod prog {
     use xdpath_common::{
         Action, AddrKey, Config, Counters, FlowKey, MacKey, PrefixData, RuleClass, RuleValue,
         XdpMeta, CONFIG_F_META, FAMILY_V4, FAMILY_V6, MAX_FLOWS, MAX_MACS, MAX_NEIGH, MAX_PREFIXES,
-        MAX_QUEUES, PREFIX_HEADER_BITS, XDP_META_MAGIC,
+        PREFIX_HEADER_BITS, XDP_META_MAGIC, XSK_SLOTS,
     };
 
     const BPF_F_NO_PREALLOC: usize = 1;
 
     #[btf_map]
-    static XSKS: XskMap<{ MAX_QUEUES as usize }> = XskMap::new();
+    static XSKS: XskMap<{ XSK_SLOTS as usize }> = XskMap::new();
     #[btf_map]
     static FLOWS: HashMap<FlowKey, RuleValue, { 2 * MAX_FLOWS as usize }, BPF_F_NO_PREALLOC> =
         HashMap::new();
@@ -255,8 +255,12 @@ mod prog {
             }
         }
 
-        let queue = ctx.rx_queue_index();
-        if XSKS.get(queue).is_none() {
+        let Some(slot) = xdpath_common::xsk_slot(rule.port, ctx.rx_queue_index()) else {
+            c.redirect_no_socket += 1;
+            c.action_host += 1;
+            return xdp_action::XDP_PASS;
+        };
+        if XSKS.get(slot).is_none() {
             c.redirect_no_socket += 1;
             c.action_host += 1;
             return xdp_action::XDP_PASS;
@@ -264,7 +268,7 @@ mod prog {
         if cfg.flags & CONFIG_F_META != 0 && write_meta(&ctx, &rule, class).is_err() {
             c.meta_errors += 1;
         }
-        match XSKS.redirect(queue, xdp_action::XDP_PASS as u64) {
+        match XSKS.redirect(slot, xdp_action::XDP_PASS as u64) {
             Ok(action) => {
                 c.redirects += 1;
                 c.action_guest += 1;

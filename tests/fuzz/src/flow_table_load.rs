@@ -25,6 +25,7 @@ use std::sync::OnceLock;
 use std::time::Duration;
 use xdpath_control::flow_table::{FlowTable, FlowTableError};
 use xdpath_control::maps::FakeMaps;
+use xdpath_control::rules::LegacyIds;
 
 /// The process's private directory.
 fn base() -> &'static Path {
@@ -121,10 +122,18 @@ pub fn run(data: &[u8]) {
     let mut fresh_table = FlowTable::load(&b.join("flows.json")).expect("an empty table");
     fresh_table.sync(&mut maps).expect("fake maps sync");
     fresh_table
-        .replace_flows(&mut maps, flows.iter().map(|r| r.to_spec()).collect())
+        .replace_flows(
+            &mut maps,
+            flows.iter().map(|r| r.to_spec()).collect(),
+            &LegacyIds,
+        )
         .unwrap_or_else(|e| panic!("the loaded exact rules do not replace: {e}"));
     fresh_table
-        .replace_prefixes(&mut maps, prefixes.iter().map(|r| r.to_spec()).collect())
+        .replace_prefixes(
+            &mut maps,
+            prefixes.iter().map(|r| r.to_spec()).collect(),
+            &LegacyIds,
+        )
         .unwrap_or_else(|e| panic!("the loaded prefix rules do not replace: {e}"));
     drop(fresh_table);
     let back = FlowTable::load(&b.join("flows.json")).expect("a saved table loads");

@@ -45,7 +45,8 @@ use virtio_queue::QueueT;
 use vm_memory::{Bytes, GuestAddress, GuestAddressSpace, GuestMemoryAtomic, GuestMemoryMmap};
 use xdpath_dataplane::handoff::Peers;
 use xdpath_dataplane::port::BATCH;
-use xdpath_dataplane::queue_pair::{DataPathFeatures, QueuePair};
+use xdpath_dataplane::queue_pair::{DataPathFeatures, GuestLink, QueuePair};
+use xdpath_dataplane::switch::{GuestSwitch, Port as SwitchPort, SwitchTable, TxGuard};
 use xdpath_dataplane::virtio_net::{rx_header, HDR_LEN};
 use xdpath_dataplane::{CounterSnapshot, FramePort, MemPort};
 
@@ -530,7 +531,10 @@ impl Harness {
             delta(&c1, &c0, "tx_bytes"),
             "TX bytes counted = bytes the port sent"
         );
-        let rejected = sum_prefix(&c1, "tx_drop_") - sum_prefix(&c0, "tx_drop_");
+        // Every chain is sent, switched to another guest, or rejected
+        // (tx_drop_*, spoofed and undeliverable switched frames included).
+        let rejected = sum_prefix(&c1, "tx_drop_") - sum_prefix(&c0, "tx_drop_")
+            + delta(&c1, &c0, "tx_switched");
         let popped = q1.next_avail.wrapping_sub(q0.next_avail);
         let used = q1.next_used.wrapping_sub(q0.next_used);
         let broken = delta(&c1, &c0, "bad_descriptor");
@@ -652,7 +656,35 @@ pub fn run(data: &[u8]) -> CounterSnapshot {
     let tx = read_vring(&mut r, &layout, &mem);
     let port = MemPort::new(rx_frames, tx_frames, frame_size).expect("eventfd");
     let peers = Arc::new(Peers::new(1, frame_size).expect("handoff eventfd"));
-    let qp = QueuePair::new(0, port, mtu, peers).expect("timerfd");
+    let mut qp = QueuePair::new(0, port, mtu, peers.clone()).expect("timerfd");
+    if fbits & 4 != 0 {
+        // One guest of two: its frames are checked (anti-spoofing, with a
+        // MAC and an address from the input) and switched to the other
+        // guest (connected or not) by their destination MAC.
+        let mac = [0x52, 0x54, 0, 0, 0, r.u8()];
+        let other_mac = [0x52, 0x54, 0, 0, 1, r.u8()];
+        let other = Arc::new(Peers::new(1, frame_size).expect("handoff eventfd"));
+        other.set_enabled(0, fbits & 8 != 0);
+        let switch = Arc::new(GuestSwitch::new());
+        switch.publish(SwitchTable::new(vec![
+            SwitchPort { id: 1, mac, peers },
+            SwitchPort {
+                id: 2,
+                mac: other_mac,
+                peers: other,
+            },
+        ]));
+        let guard = if fbits & 16 != 0 {
+            TxGuard::new(mac, &[std::net::IpAddr::from([10, 0, 0, r.u8()])])
+        } else {
+            TxGuard::off()
+        };
+        qp.set_link(Some(GuestLink {
+            id: 1,
+            switch,
+            guard,
+        }));
+    }
     let mut h = Harness {
         layout,
         mem,

@@ -18,7 +18,7 @@
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use xdpath_api::rules::{
-    flow_specs_from_json, prefix_specs_from_json, FlowRule, FlowRuleSpec, PrefixRule,
+    flow_specs_from_json, prefix_specs_from_json, FlowRule, FlowRuleSpec, LegacyIds, PrefixRule,
     PrefixRuleSpec, RuleError,
 };
 
@@ -40,7 +40,7 @@ impl Kind for FlowRuleSpec {
         flow_specs_from_json(text)
     }
     fn validate(&self, assign: u32) -> Result<FlowRule, RuleError> {
-        FlowRuleSpec::validate(self, assign)
+        FlowRuleSpec::validate(self, assign, &LegacyIds)
     }
     fn id(rule: &FlowRule) -> u32 {
         rule.id
@@ -56,7 +56,7 @@ impl Kind for PrefixRuleSpec {
         prefix_specs_from_json(text)
     }
     fn validate(&self, assign: u32) -> Result<PrefixRule, RuleError> {
-        PrefixRuleSpec::validate(self, assign)
+        PrefixRuleSpec::validate(self, assign, &LegacyIds)
     }
     fn id(rule: &PrefixRule) -> u32 {
         rule.id

@@ -829,6 +829,26 @@ state_dir = "/var/lib/xdpath"
         ),
         ("syntax", b"iface = \"e\nqueues = [\n".to_vec()),
         ("missing-iface", b"queues = 1\n".to_vec()),
+        // Found by the smoke run: an empty key named no setting.
+        ("empty-key", b"'' = 0\n".to_vec()),
+        (
+            "guests",
+            br#"iface = "xdp0"
+queues = 2
+default_action = "guest"
+default_guest = "web1"
+[[guest]]
+name = "web1"
+mac = "52:54:00:00:00:11"
+ips = ["10.0.0.11"]
+vhost_client = true
+[[guest]]
+name = "db1"
+mac = "52:54:00:00:00:11"
+anti_spoof = false
+"#
+            .to_vec(),
+        ),
     ]
 }
 

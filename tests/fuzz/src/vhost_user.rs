@@ -499,6 +499,7 @@ fn session(data: &[u8], baseline: Option<(usize, usize)>) -> Vec<CounterSnapshot
         } else {
             Duration::ZERO
         },
+        link: None,
     };
     let offered = xdpath_dataplane::virtio_net::offered_features(cfg.mac.is_some());
     let wire = MemWire::new(u32::from(queue_pairs));

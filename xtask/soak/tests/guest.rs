@@ -33,6 +33,7 @@ impl Backend {
             mtu: 1500,
             max_queue_size: 1024,
             poll_idle: DEFAULT_POLL_IDLE,
+            link: None,
         };
         let server = Server::new(sock, cfg, ports).expect("vhost-user server");
         let handle = server.handle();
