@@ -506,8 +506,11 @@ mod tests {
             std::env::temp_dir().join(format!("xdpath-api-client-{}-{n}.sock", std::process::id()));
         let _ = std::fs::remove_file(&path);
         let l = UnixListener::bind(&path).unwrap();
+        let file = path.clone();
         let t = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            // Connected: the socket file has done its job.
+            let _ = std::fs::remove_file(&file);
             s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             let mut req = Vec::new();
             let mut buf = [0u8; 4096];
