@@ -32,8 +32,6 @@ const QUEUES: u16 = 2;
 struct Rig {
     state: Arc<ControlState<InMemory>>,
     dir: PathBuf,
-    /// The in-memory NIC every guest's ports are on.
-    wire: MemWire,
 }
 
 impl Drop for Rig {
@@ -72,8 +70,7 @@ impl Rig {
             classifier: FakeMaps::new(),
             flows,
         }));
-        let wire = MemWire::new(u32::from(QUEUES));
-        let factory = MemFactory::new(wire.clone(), 256, 256, 2048);
+        let factory = MemFactory::new(MemWire::new(u32::from(QUEUES)), 256, 256, 2048);
         let on_exit: OnExit = Arc::new(|name: &str, r| panic!("guest {name} ended: {r:?}"));
         let guests =
             GuestSet::<InMemory>::load(&cfg, factory, tables.clone(), on_exit).expect("guests");
@@ -87,7 +84,7 @@ impl Rig {
             prog_id: 7,
             api_stats: Default::default(),
         });
-        Self { state, dir, wire }
+        Self { state, dir }
     }
 
     fn router(&self) -> Router {
@@ -758,5 +755,4 @@ async fn guests_are_added_refused_and_removed_through_the_api() {
         saved.contains("\"default\"") && !saved.contains("web1"),
         "{saved}"
     );
-    let _ = &rig.wire;
 }

@@ -1011,7 +1011,6 @@ fn a_restart_after_kill_9_drops_guest_entries_the_config_no_longer_has() {
     // the host and, through the slow path, every guest. What matters is
     // that it is no longer steered away from the host, and that NEIGH
     // holds only the configured address, below.)
-    let _ = arp_for(&mut fe, HOST_IP);
 
     let neigh: Vec<[u8; 4]> = pinned_keys(&root.0, &t.host_if, xdpath_common::MAP_NEIGH)
         .iter()
