@@ -472,6 +472,18 @@ fn body_failed(e: std::io::Error) -> ApiError {
 /// to make room for the list.
 const MIN_RULE_BYTES: u64 = 48;
 
+/// The first guest of `then` that `now` no longer has under the same id
+/// and name (a guest removed, or removed and its id given to another).
+fn removed_since(
+    then: &xdpath_api::rules::GuestTable,
+    now: &crate::guest_registry::GuestRegistry,
+) -> Option<String> {
+    use xdpath_api::guests::GuestNames;
+    then.iter()
+        .find(|(id, name)| now.name_of(*id).as_deref() != Some(*name))
+        .map(|(_, name)| name.to_string())
+}
+
 macro_rules! table_routes {
     ($list:ident, $add:ident, $replace:ident, $delete:ident, $rule:ty, $spec:ty, $read:ident, $kind:expr, $cap:ident, $count:ident, $m_list:ident, $m_add:ident, $m_replace:ident, $m_delete:ident) => {
         async fn $list<P: Platform>(
@@ -531,6 +543,7 @@ macro_rules! table_routes {
             let announced = body::announced(req.headers(), req.body());
             let expect = usize::try_from(announced / MIN_RULE_BYTES).unwrap_or(cap);
             let names = s.guests.names();
+            let checked_against = names.clone();
             let parsed = body::parse_streaming(req.into_body(), move |reader| {
                 bulk::read_and_check::<$rule>(reader, cap, expect, $kind, &names, |reader, each| {
                     $read(reader, cap, each)
@@ -547,9 +560,24 @@ macro_rules! table_routes {
             let count = rules.len() as u64;
             let read = started.elapsed();
             let generation = blocking(move || {
-                let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
-                let Tables { classifier, flows } = &mut *t;
-                flows.$m_replace(classifier, rules)
+                // Under the guests' lock, as a single add: the list was
+                // checked against the guests as they were when its reading
+                // began, and a guest removed since must not be named by a
+                // rule that goes in.
+                s.guests.with_names(|now| {
+                    if let Some(gone) = removed_since(&checked_against, now) {
+                        return Err(ApiError::new(
+                            StatusCode::CONFLICT,
+                            format!(
+                                "Guest {gone:?} was removed while the list was read; nothing \
+                                 was changed. Send the list again."
+                            ),
+                        ));
+                    }
+                    let mut t = s.tables.lock().unwrap_or_else(PoisonError::into_inner);
+                    let Tables { classifier, flows } = &mut *t;
+                    flows.$m_replace(classifier, rules).map_err(ApiError::from)
+                })
             })
             .await??;
             tracing::info!(
@@ -702,6 +730,9 @@ impl From<GuestSetError> for ApiError {
                 StatusCode::INTERNAL_SERVER_ERROR,
                 format!("{e}: {}", source_text(&e)),
             ),
+            e @ GuestSetError::RemovedNotSaved { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string())
+            }
         }
     }
 }

@@ -64,7 +64,8 @@ pub struct GuestPlan {
     pub client: bool,
     /// Mode, owner and group of that socket.
     pub permissions: SocketPermissions,
-    /// The device offered (queue pairs = the NIC queues used).
+    /// The device: a queue pair per NIC queue, `queues` of them offered
+    /// to the driver.
     pub net: NetConfig,
 }
 
@@ -262,6 +263,21 @@ pub enum GuestSetError {
     /// The guest could not be started.
     #[error(transparent)]
     Start(#[from] RunError),
+    /// The guest was removed (its entries and rules are gone, its traffic
+    /// fails open to the host) but the guest file still lists it.
+    #[error(
+        "Guest \"{name}\" was removed, but saving the guest file {} failed: {source}; \
+         it comes back at the next start unless a later guest change is saved.",
+        path.display()
+    )]
+    RemovedNotSaved {
+        /// The guest.
+        name: String,
+        /// The guest file.
+        path: PathBuf,
+        /// Why the save failed.
+        source: std::io::Error,
+    },
 }
 
 /// The guests of the daemon: the registry (what they are, persisted) and
@@ -384,9 +400,10 @@ impl<P: Platform> GuestSet<P> {
             permissions,
             net: NetConfig {
                 // Every guest has a pair per NIC queue (frames arrive on
-                // every queue); a frontend that uses fewer gets the rest
-                // through the handoff.
+                // every queue); its driver is offered `queues` of them and
+                // gets the rest through the handoff.
                 queue_pairs: self.cfg.queues,
+                offered_pairs: registry.queues(s).clamp(1, self.cfg.queues),
                 mac,
                 mtu: self.cfg.mtu,
                 max_queue_size: MAX_QUEUE_SIZE,
@@ -558,14 +575,24 @@ impl<P: Platform> GuestSet<P> {
                 return Err(e.into());
             }
         };
-        if let Err(e) = registry.save() {
-            // The maps and the rules are already without it; memory follows
-            // them, and the next successful save writes it down.
-            tracing::error!(guest = %name, "saving the guests failed: {e}");
-        }
+        // The maps and the rules are already without it; memory follows
+        // them whatever the disk says, and the next successful save writes
+        // it down. The caller is told when this one failed.
+        let saved = registry.save();
         inner.registry = registry;
         tracing::info!(guest = %name, id = g.id, rules = removed, "guest removed");
-        Ok(removed)
+        match saved {
+            Ok(()) => Ok(removed),
+            Err(GuestError::Save { path, source }) => {
+                tracing::error!(guest = %name, "saving the guests failed: {source}");
+                Err(GuestSetError::RemovedNotSaved {
+                    name: name.to_string(),
+                    path,
+                    source,
+                })
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 
     /// Every guest, by id: its registration and, if it runs, its handle.
@@ -611,6 +638,13 @@ impl<P: Platform> GuestSet<P> {
     /// other way round).
     pub fn with_names<T>(&self, f: impl FnOnce(&GuestRegistry) -> T) -> T {
         f(&self.lock().registry)
+    }
+
+    /// Test seam: make every save of the guest file fail at `step` with
+    /// `EIO` (`None`: heal).
+    #[doc(hidden)]
+    pub fn fail_saves_at(&self, step: Option<crate::guest_registry::SaveStep>) {
+        self.lock().registry.fail_saves_at(step);
     }
 
     /// The running guests, by id.

@@ -625,6 +625,7 @@ mod tests {
         let (pool, ports) = SocketPool::create(factory, u32::from(queues)).expect("pool");
         let cfg = NetConfig {
             queue_pairs: queues,
+            offered_pairs: queues,
             mac: None,
             mtu: 1500,
             max_queue_size: 256,

@@ -756,3 +756,100 @@ async fn guests_are_added_refused_and_removed_through_the_api() {
         "{saved}"
     );
 }
+
+/// A guest removed while a bulk list that names it is still being read:
+/// the list is refused (409, naming the guest) and the table is unchanged,
+/// so no rule ever names a freed guest id. A single add cannot race this
+/// way: it holds the guests' lock.
+#[tokio::test]
+async fn a_bulk_list_naming_a_guest_removed_while_it_is_read_changes_nothing() {
+    let rig = Rig::new();
+    let web1 = json!({"name": "web1", "mac": "52:54:00:00:00:21",
+                      "vhost_socket": rig.dir.join("web1.sock")});
+    let (status, body) = rig.call("POST", "/v1/guests", Some(web1)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+
+    let (mut tx, stream) = http_body_util::channel::Channel::<axum::body::Bytes>::new(4);
+    let req = Request::builder()
+        .method("PUT")
+        .uri("/v1/flows")
+        .header("content-type", "application/json")
+        .body(Body::new(stream))
+        .expect("request");
+    let put = tokio::spawn(rig.router().oneshot(req));
+    let rule = json!({"src": "10.9.9.9", "dst": "10.0.0.21", "proto": "udp", "dst_port": 53,
+                      "action": "guest", "guest": "web1"});
+    tx.send_data(format!("[{rule}").into())
+        .await
+        .expect("the first part is read");
+    // The list's reading has begun (its guests were looked up) once the
+    // handler took the first part; then the guest goes.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    let (status, answer) = rig.call("DELETE", "/v1/guests/web1", None).await;
+    assert_eq!(status, StatusCode::NO_CONTENT, "{answer}");
+    tx.send_data("]".into()).await.expect("the rest is read");
+    drop(tx);
+
+    let resp = put.await.expect("the PUT task").expect("an answer");
+    let status = resp.status();
+    let bytes = axum::body::to_bytes(resp.into_body(), 1 << 20)
+        .await
+        .expect("body");
+    let answer: Value = serde_json::from_slice(&bytes).expect("a JSON error");
+    assert_eq!(status, StatusCode::CONFLICT, "{answer}");
+    let text = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("\"web1\" was removed while the list was read"),
+        "{answer}"
+    );
+    let (_, flows) = rig.call("GET", "/v1/flows", None).await;
+    assert_eq!(flows, json!([]), "nothing was changed");
+    assert!(
+        rig.maps(|m| m.contents()).flows.is_empty(),
+        "no rule names the freed id"
+    );
+}
+
+/// A removal whose guest file cannot be written: the guest is gone from
+/// the daemon (its entries, its listing), the answer is a 500 that says
+/// so and that it comes back at the next start, and the next change that
+/// saves writes the file without it.
+#[tokio::test]
+async fn a_removal_the_guest_file_cannot_record_is_reported() {
+    let rig = Rig::new();
+    let web1 = json!({"name": "web1", "mac": "52:54:00:00:00:21",
+                      "vhost_socket": rig.dir.join("web1.sock")});
+    let (status, body) = rig.call("POST", "/v1/guests", Some(web1)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let file = rig.state.cfg.guest_file();
+
+    rig.state
+        .guests
+        .fail_saves_at(Some(xdpath_control::guest_registry::SaveStep::Rename));
+    let (status, answer) = rig.call("DELETE", "/v1/guests/web1", None).await;
+    assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR, "{answer}");
+    let text = answer["error"].as_str().unwrap_or_default();
+    assert!(
+        text.contains("\"web1\" was removed, but saving the guest file")
+            && text.contains("comes back at the next start"),
+        "{answer}"
+    );
+    let (status, _) = rig.call("GET", "/v1/guests/web1", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND, "the daemon no longer has it");
+    let on_disk = std::fs::read_to_string(&file).expect("guest file");
+    assert!(
+        on_disk.contains("web1"),
+        "the file still lists it: {on_disk}"
+    );
+
+    rig.state.guests.fail_saves_at(None);
+    let web2 = json!({"name": "web2", "mac": "52:54:00:00:00:22",
+                      "vhost_socket": rig.dir.join("web2.sock")});
+    let (status, body) = rig.call("POST", "/v1/guests", Some(web2)).await;
+    assert_eq!(status, StatusCode::CREATED, "{body}");
+    let on_disk = std::fs::read_to_string(&file).expect("guest file");
+    assert!(
+        on_disk.contains("web2") && !on_disk.contains("web1"),
+        "{on_disk}"
+    );
+}

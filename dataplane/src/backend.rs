@@ -45,8 +45,17 @@ use vmm_sys_util::event::{EventConsumer, EventNotifier};
 /// Device-level settings.
 #[derive(Debug, Clone)]
 pub struct NetConfig {
-    /// Queue pairs offered (1..=16).
+    /// Queue pairs the device has (1..=16): one per NIC queue, each with
+    /// its worker and its AF_XDP port. The vhost-user queue count
+    /// (GET_QUEUE_NUM) is twice this.
     pub queue_pairs: u16,
+    /// Queue pairs offered to the guest's driver (1..=`queue_pairs`): the
+    /// config space's `max_virtqueue_pairs`. A frontend that reads it
+    /// enables at most this many; frames arriving on the other pairs' NIC
+    /// queues reach the enabled pairs through the handoff, as for any pair
+    /// the guest leaves disabled. A frontend told to use more (QEMU's own
+    /// `queues=` does not read the config space) still gets them served.
+    pub offered_pairs: u16,
     /// MAC address in the config space (VIRTIO_NET_F_MAC), if any.
     pub mac: Option<[u8; 6]>,
     /// MTU in the config space (VIRTIO_NET_F_MTU).
@@ -294,7 +303,7 @@ impl<P: FramePort> VhostUserBackend for NetBackend<P> {
     }
 
     fn get_config(&self, offset: u32, size: u32) -> Vec<u8> {
-        let cfg = config_space(self.cfg.mac, self.cfg.queue_pairs, self.cfg.mtu);
+        let cfg = config_space(self.cfg.mac, self.cfg.offered_pairs, self.cfg.mtu);
         let start = (offset as usize).min(cfg.len());
         let end = start.saturating_add(size as usize).min(cfg.len());
         cfg[start..end].to_vec()

@@ -770,7 +770,7 @@ impl<P: FramePort> QueuePair<P> {
                     guard: &l.guard,
                     table: &table,
                     queue: *index,
-                    wakes: Vec::new(),
+                    wakes: Wakes::new(),
                     counts: [0; 5],
                 };
                 let out = tx_chains(port, queue, mem, features, cap, sc, &mut sw);
@@ -781,9 +781,7 @@ impl<P: FramePort> QueuePair<P> {
                 tally.tx_drop_spoofed += spoofed;
                 tally.tx_flood_dropped += flood_dropped;
                 // The other guests' workers, woken once per batch each.
-                for h in sw.wakes {
-                    h.wake();
-                }
+                sw.wakes.wake_all();
                 out
             }
         };
@@ -827,9 +825,50 @@ struct Switching<'t> {
     table: &'t crate::switch::SwitchTable,
     queue: u16,
     /// The other guests' handoffs to wake after the batch (each once).
-    wakes: Vec<&'t Handoff>,
+    wakes: Wakes<'t>,
     /// switched, flooded, unicast dropped, spoofed, flood copies dropped.
     counts: [u64; 5],
+}
+
+/// The handoffs a TX batch delivered to, each woken once after the batch:
+/// a fixed array, so switching allocates nothing. A batch reaches at most
+/// one pair of each other guest (its pair for this NIC queue), so
+/// [`xdpath_common::MAX_GUESTS`] entries hold them; should a target pair
+/// change mid-batch and the array fill up, the handoff is woken at once.
+struct Wakes<'t> {
+    set: [Option<&'t Handoff>; xdpath_common::MAX_GUESTS as usize],
+    len: usize,
+}
+
+impl<'t> Wakes<'t> {
+    fn new() -> Self {
+        Self {
+            set: [None; xdpath_common::MAX_GUESTS as usize],
+            len: 0,
+        }
+    }
+
+    /// Remembers `h` to wake after the batch, unless it is there already.
+    fn add(&mut self, h: &'t Handoff) {
+        let known = &self.set[..self.len];
+        if known.iter().flatten().any(|w| std::ptr::eq(*w, h)) {
+            return;
+        }
+        match self.set.get_mut(self.len) {
+            Some(slot) => {
+                *slot = Some(h);
+                self.len += 1;
+            }
+            None => h.wake(),
+        }
+    }
+
+    /// Wakes every handoff remembered.
+    fn wake_all(&self) {
+        for h in self.set[..self.len].iter().flatten() {
+            h.wake();
+        }
+    }
 }
 
 impl TxFilter for Switching<'_> {
@@ -1012,13 +1051,11 @@ fn offer<'t>(
     to: &'t crate::switch::Port,
     queue: u16,
     frame: &[u8],
-    wakes: &mut Vec<&'t Handoff>,
+    wakes: &mut Wakes<'t>,
 ) -> (u64, u64) {
     match deliver(to, queue, frame) {
         Some(h) => {
-            if !wakes.iter().any(|w| std::ptr::eq(*w, h)) {
-                wakes.push(h);
-            }
+            wakes.add(h);
             (1, 0)
         }
         None => (0, 1),

@@ -471,6 +471,12 @@ impl<P: FramePort> Server<P> {
                 cfg.queue_pairs
             )));
         }
+        if cfg.offered_pairs == 0 || cfg.offered_pairs > cfg.queue_pairs {
+            return Err(ServerError::Config(format!(
+                "queue pairs offered must be 1 to {}, not {}",
+                cfg.queue_pairs, cfg.offered_pairs
+            )));
+        }
         if ports.len() != usize::from(cfg.queue_pairs) {
             return Err(ServerError::Config(format!(
                 "{} AF_XDP ports for {} queue pairs",

@@ -88,6 +88,7 @@ impl Bridge {
             std::env::temp_dir().join(format!("xdpath-test-{}-{n}.sock", std::process::id()));
         let cfg = NetConfig {
             queue_pairs,
+            offered_pairs: queue_pairs,
             mac: Some(GUEST_MAC),
             mtu: MTU,
             max_queue_size: 1024,
@@ -269,6 +270,7 @@ impl MemBridge {
         let sock = std::env::temp_dir().join(format!("xdpath-mem-{}-{n}.sock", std::process::id()));
         let cfg = NetConfig {
             queue_pairs: u16::try_from(ports.len()).expect("queue pairs"),
+            offered_pairs: u16::try_from(ports.len()).expect("queue pairs"),
             mac: Some(GUEST_MAC),
             mtu: MTU,
             max_queue_size: MEM_MAX_QUEUE_SIZE,

@@ -336,6 +336,7 @@ fn the_vhost_user_socket_has_the_permissions_asked() {
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     let cfg = NetConfig {
         queue_pairs: 1,
+        offered_pairs: 1,
         mac: None,
         mtu: 1500,
         max_queue_size: 256,

@@ -125,7 +125,7 @@ fn contract(e: Endpoint, g: &mut SchemaGenerator) -> Contract {
         },
         Endpoint::ReplaceFlows => Contract {
             request: Some((g.subschema_for::<Vec<FlowRuleSpec>>(), json!([flow()]))),
-            request_note: "All exact rules: a JSON array, read as it arrives. At most 256 MiB (413 before it is read when Content-Length says more) and at most max_flows rules (default 1048576; 413 naming the field `rules` and the cap).",
+            request_note: "All exact rules: a JSON array, read as it arrives. At most 256 MiB (413 before it is read when Content-Length says more) and at most max_flows rules (default 1048576; 413 naming the field `rules` and the cap). 409 when a guest a rule names was removed while the list was read: nothing changed, send it again.",
             ok: (200, "how many exact rules are in place, and the rule generation the classifier now reads (GET /v1/flows lists them)", Some(g.subschema_for::<Replaced>())),
             errors: WRITE,
         },
@@ -149,7 +149,7 @@ fn contract(e: Endpoint, g: &mut SchemaGenerator) -> Contract {
         },
         Endpoint::ReplacePrefixes => Contract {
             request: Some((g.subschema_for::<Vec<PrefixRuleSpec>>(), json!([prefix()]))),
-            request_note: "All prefix rules: a JSON array, read as it arrives. At most 16 MiB (413 before it is read when Content-Length says more) and at most max_prefixes rules (default 65536; 413 naming the field `rules` and the cap).",
+            request_note: "All prefix rules: a JSON array, read as it arrives. At most 16 MiB (413 before it is read when Content-Length says more) and at most max_prefixes rules (default 65536; 413 naming the field `rules` and the cap). 409 when a guest a rule names was removed while the list was read: nothing changed, send it again.",
             ok: (200, "how many prefix rules are in place, and the rule generation the classifier now reads (GET /v1/prefixes lists them)", Some(g.subschema_for::<Replaced>())),
             errors: WRITE,
         },

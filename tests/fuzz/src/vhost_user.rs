@@ -6,7 +6,7 @@
 //!
 //! Input, in order: a config byte (bit 0: two queue pairs; bit 1:
 //! adaptive polling on; bit 2: no MAC; bit 3: the frontend never reads
-//! replies), then operations ([`Op`], at most [`MAX_OPS`]) until the input
+//! replies; bit 4: the driver is offered one pair only), then operations ([`Op`], at most [`MAX_OPS`]) until the input
 //! ends: every frontend request with fuzzed fields (memory tables of up to
 //! nine regions whose memfds may be shorter than the region, overlapping
 //! or huge; vring messages for any index, in any order; features at any
@@ -491,6 +491,8 @@ fn session(data: &[u8], baseline: Option<(usize, usize)>) -> Vec<CounterSnapshot
     let mute = cfg_bits & 8 != 0;
     let cfg = NetConfig {
         queue_pairs,
+        // A device offering its driver fewer pairs than it has.
+        offered_pairs: if cfg_bits & 16 != 0 { 1 } else { queue_pairs },
         mac: (cfg_bits & 4 == 0).then_some([0x52, 0x54, 0, 0x12, 0x34, 0x56]),
         mtu: 1500,
         max_queue_size: 1024,

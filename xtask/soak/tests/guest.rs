@@ -29,6 +29,7 @@ impl Backend {
         let ports = vec![factory.open(0).expect("an in-memory port")];
         let cfg = NetConfig {
             queue_pairs: 1,
+            offered_pairs: 1,
             mac: Some(xdpath_soak::GUEST_MAC),
             mtu: 1500,
             max_queue_size: 1024,
