@@ -1,9 +1,13 @@
-//! `cargo xtask demo`: the embedded default topology with a QEMU guest.
+//! `cargo xtask demo`: the embedded default topology with two QEMU guests.
 //!
-//! Builds the release binaries (xdpathd, xdpctl, the demo driver) and the
-//! guest image (cached), then runs the demo driver `xdpath-demo`
-//! (`xtask/demo`), which sets up the namespaces, the daemon and the guest,
-//! shows the traffic and tears it all down.
+//! This module builds what the demo runs: the release binaries (xdpathd,
+//! xdpctl, the demo driver) and the guest image (cached); then it runs the
+//! demo driver `xdpath-demo` (`xtask/demo`), which owns the rest: it sets up
+//! the namespaces and the daemon, adds a second guest with `xdpctl guest
+//! add`, boots both guests, shows the traffic (guests <-> peer, guest <->
+//! guest switched inside xdpathd, a TCP transfer, host traffic) and the
+//! per-guest counters, and tears it all down. What the demo installs first
+//! is `setup::Profile::Demo` (no DPDK, valgrind, hugepages or cargo-fuzz).
 
 use crate::run::{cargo, status, workspace_root};
 use anyhow::Result;

@@ -204,7 +204,8 @@ pub fn build() -> Result<bool> {
     Ok(true)
 }
 
-/// Installs missing tools through `cargo xtask setup`, then insists.
+/// Installs missing tools (the demo's setup profile: what the image and
+/// QEMU need, no test-only package), then insists.
 fn tools() -> Result<()> {
     let missing = || -> Vec<(&str, &str)> {
         TOOLS
@@ -216,7 +217,7 @@ fn tools() -> Result<()> {
     if missing().is_empty() {
         return Ok(());
     }
-    crate::setup::run()?;
+    crate::setup::run_for(crate::setup::Profile::Demo)?;
     let still = missing();
     if !still.is_empty() {
         let names: Vec<String> = still

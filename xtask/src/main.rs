@@ -2,7 +2,8 @@
 //!
 //! Every command a user or CI runs goes through here so that the README needs
 //! exactly two commands (`cargo xtask demo`, `cargo xtask test`) and both
-//! install what they need first ([`setup`]). Each submodule owns one command;
+//! install what they need first ([`setup`]: each command with its own
+//! [`Profile`], the demo without the test-only packages). Each submodule owns one command;
 //! `cargo xtask bench` ([`bench`](mod@bench)) reproduces the README's
 //! Performance table; `cargo xtask soak` ([`soak`]) soaks a real daemon;
 //! `cargo xtask fuzz` ([`fuzz`]) runs the fuzz targets.
@@ -19,6 +20,7 @@ mod test;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
+use setup::Profile;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Build, set up, test and demo xdpath")]
@@ -29,13 +31,15 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Cmd {
-    /// Install everything the build and tests need (idempotent; seconds when
-    /// nothing is missing): Debian packages, nightly rust-src, bpf-linker on
-    /// rustc's own LLVM, bpffs.
+    /// Install everything the build, the demo, the tests, the benchmarks
+    /// and the fuzzing need (idempotent; seconds when nothing is missing):
+    /// Debian packages (DPDK, QEMU and valgrind included), nightly rust-src,
+    /// bpf-linker on rustc's own LLVM, bpffs, hugepages, cargo-fuzz. Each
+    /// other command installs only what it needs itself.
     Setup,
     /// Build the eBPF object (also done by control's build script).
     BuildEbpf,
-    /// Set up, then run fmt --check, clippy -D warnings, cargo doc with
+    /// Set up everything, then run fmt --check, clippy -D warnings, cargo doc with
     /// rustdoc warnings denied and the whole test suite. The privileged
     /// tests (marked ignored) run too when run as root; as another user
     /// they are listed as ignored, and the last line says so.
@@ -44,7 +48,9 @@ enum Cmd {
         #[arg(last = true)]
         args: Vec<String>,
     },
-    /// Set up, then run the embedded demo topology (no NIC needed).
+    /// Set up what the demo needs (the build, iproute2/ping/ethtool, QEMU;
+    /// no DPDK, valgrind, hugepages or cargo-fuzz), then run the embedded
+    /// demo topology (no NIC needed): two QEMU guests on one xdpathd.
     Demo,
     /// Set up, then benchmark: xdpath against DPDK testpmd and the bare
     /// AF_XDP limit (root; writes target/bench/results.{json,md,svg}),
@@ -86,34 +92,34 @@ fn main() -> Result<()> {
     match Cli::parse().cmd {
         Cmd::Setup => setup::run(),
         Cmd::BuildEbpf => {
-            setup::run()?;
+            setup::run_for(Profile::Build)?;
             run::cargo(&["build", "--release", "-p", "xdpath-control"])
         }
         Cmd::Test { args } => {
-            setup::run()?;
+            setup::run_for(Profile::All)?;
             test::run(&args)
         }
         Cmd::Demo => {
-            setup::run()?;
+            setup::run_for(Profile::Demo)?;
             demo::run()
         }
         Cmd::Bench(a) => {
             if !a.micro_only && !a.instructions {
-                setup::run()?;
+                setup::run_for(Profile::Dpdk)?;
             }
             bench::run(&a)
         }
         Cmd::Soak(a) => {
-            setup::run()?;
+            setup::run_for(Profile::Dpdk)?;
             soak::run(&a)
         }
         Cmd::Fuzz(a) => {
-            setup::run()?;
+            setup::run_for(Profile::Fuzz)?;
             fuzz::run(&a)
         }
         Cmd::GuestImage => guest::run(),
         Cmd::Deploy(a) => {
-            setup::run()?;
+            setup::run_for(Profile::Deploy)?;
             deploy::deploy(&a)
         }
         Cmd::Undeploy(a) => deploy::undeploy(&a),
