@@ -102,8 +102,19 @@ fn answer(stream: &mut std::os::unix::net::UnixStream, fx: &Value, log: &Log) {
     );
 }
 
-/// A stand-in daemon on a fresh socket; it serves until the test ends.
-fn stand_in() -> (PathBuf, Log) {
+/// The stand-in's private directory, removed when the test ends, passed
+/// or failed.
+struct Scratch(PathBuf);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A stand-in daemon on a fresh socket in a private directory; it serves
+/// until the test ends.
+fn stand_in() -> (PathBuf, Log, Scratch) {
     static N: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
     let dir = std::env::temp_dir().join(format!(
         "xdpctl-golden-{}-{}",
@@ -125,7 +136,7 @@ fn stand_in() -> (PathBuf, Log) {
             }
         }
     });
-    (sock, log)
+    (sock, log, Scratch(dir))
 }
 
 /// What the daemon reads a rule body as: absent ports are 0.
@@ -158,7 +169,7 @@ fn xdpctl(args: &[String]) -> std::process::Output {
 
 #[test]
 fn every_command_prints_what_it_printed_before() {
-    let (sock, log) = stand_in();
+    let (sock, log, _scratch) = stand_in();
     let rules_file = sock.with_file_name("rules.json");
     std::fs::write(
         &rules_file,
@@ -237,7 +248,7 @@ fn every_command_prints_what_it_printed_before() {
 
 #[test]
 fn the_flow_table_header_and_json_shape_are_the_documented_ones() {
-    let (sock, _) = stand_in();
+    let (sock, _, _scratch) = stand_in();
     let s = sock.to_string_lossy().to_string();
     let o = xdpctl(&[
         "--api-socket".into(),
