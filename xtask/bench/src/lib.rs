@@ -372,10 +372,11 @@ fn scale(opts: &Options, run: usize, res: &mut Results) -> Result<()> {
                 .with_context(|| format!("{n} guests {}", direction.name()))?;
             let mpps = report::fps(&s.sample) / 1e6;
             println!(
-                "run {}/{} xdpathd {n} guests {qp}qp {:13} {mpps:7.3} Mpps delivered, worker CPU {:.2} us/frame{}",
+                "run {}/{} xdpathd {n} guests {qp}qp {:13} {mpps:7.3} Mpps delivered, loss {:5.2}%, worker CPU {:.2} us/frame{}",
                 run + 1,
                 opts.runs,
                 direction.name(),
+                report::loss(&s.sample) * 100.0,
                 report::per_mframe(s.sample.bridge_cpu_secs, &s.sample),
                 s.wire
                     .map_or(String::new(), |w| format!(", {w} frames on the wire")),
