@@ -18,17 +18,19 @@
 //!         "mpps": S,                 // aggregate, all guests
 //!         "worker_cpu_us_per_frame": S,
 //!         "machine_cpu_us_per_frame": S,
-//!         "loss": S,                 // generator's completions not received
+//!         "loss": S,                 // share of "sent" not received
 //!         "runs": [ { "run", "secs", "sent", "delivered", "per_guest": [..],
 //!                     "mpps", "worker_cpu_secs", "machine_cpu_secs",
 //!                     "worker_cpu_us_per_frame" } ] },
-//!       "guest_to_guest": null       // n/a with one guest; else as above
-//!     }                              // without "loss", and each run with
-//!   ]                                // "switched" (tx_switched) and
-//! }                                  // "wire_frames" (seen by the sink)
+//!       "guest_to_guest": null       // n/a with one guest; else as above,
+//!     }                              // each run also with "switched"
+//!   ]                                // (tx_switched) and "wire_frames"
+//! }                                  // (what the sink saw)
 //! ```
 //!
-//! where `S` is `{ "median", "min", "max" }` over the runs.
+//! where `S` is `{ "median", "min", "max" }` over the runs, and "sent" is
+//! what the generator completed (wire -> guests) or what the guests queued
+//! on their TX vrings (guest -> guest).
 
 use crate::scaling::{ScalingDirection, ScalingSample};
 use crate::{Case, Options, Results, Sample, System};
@@ -262,16 +264,13 @@ fn scaling_json(opts: &Options, res: &Results) -> Value {
                 let m = |f: &dyn Fn(&ScalingSample) -> f64| {
                     scaling_metric(res, n, d, f).unwrap_or_default().json()
                 };
-                let mut j = json!({
+                json!({
                     "mpps": m(&scaling_mpps),
                     "worker_cpu_us_per_frame": m(&scaling_cpu),
                     "machine_cpu_us_per_frame": m(&|s| per_mframe(s.sample.machine_cpu_secs, &s.sample)),
+                    "loss": m(&|s| loss(&s.sample)),
                     "runs": runs,
-                });
-                if d == ScalingDirection::WireToGuests {
-                    j["loss"] = m(&|s| loss(&s.sample));
-                }
-                j
+                })
             };
             json!({
                 "guests": n,
