@@ -3,7 +3,9 @@
 //! 1. The system benchmark (root): builds the release binaries and runs
 //!    `xdpath-bench` (the package in `xtask/bench`), which compares
 //!    xdpath with DPDK testpmd and the bare AF_XDP limit on private veth
-//!    topologies and writes `target/bench/results.{json,md,svg}`.
+//!    topologies, measures one `xdpathd` with 1, 2, 4 and 8 guests (wire
+//!    -> guests, guest -> guest) and writes
+//!    `target/bench/results.{json,md,svg}`.
 //! 2. The criterion micro-benchmarks (no root needed): the worker's RX and
 //!    TX batch against in-memory rings (`dataplane/benches/batch.rs`) and
 //!    the flow table (`control/benches/flow_table.rs`).
@@ -22,7 +24,8 @@ use std::process::Command;
 /// Options of `cargo xtask bench`.
 #[derive(Debug, Args)]
 pub struct BenchArgs {
-    /// A smoke run: one short run of the 64-byte, one-queue-pair cases.
+    /// A smoke run: one short run of the 64-byte, one-queue-pair cases and
+    /// of the scaling case with 1 and 2 guests.
     #[arg(long)]
     pub quick: bool,
     /// Runs per case (figures are medians over runs; at least 5 for the

@@ -8,15 +8,19 @@
 //! - [`stand`]: one topology with one bridge under test, its wire and its
 //!   guest, and how a case is measured on it.
 //! - [`traffic`]: the wire side's traffic: generator, sink and pinger.
+//! - [`scaling`]: the multi-guest scaling case: one real `xdpathd` with
+//!   1, 2, 4, 8 guests, wire -> guests and guest -> guest.
 //! - [`report`]: statistics over runs (median, min, max), ratios, and the
 //!   results written as JSON, Markdown and SVG.
 //!
 //! [`run`] interleaves the systems: every run builds a fresh stand per
-//! (queue pairs, system) and measures every case on it, so a drift of the
-//! shared machine hits all systems alike; ratios are taken per run and
-//! then summarised.
+//! (queue pairs, system) and measures every case on it, then a fresh
+//! scaling stand per guest count, so a drift of the shared machine hits
+//! all systems and guest counts alike; ratios are taken per run and then
+//! summarised.
 
 pub mod report;
+pub mod scaling;
 pub mod stand;
 pub mod traffic;
 
@@ -158,6 +162,11 @@ pub struct Options {
     pub idle_secs: f64,
     /// xdpath's adaptive polling ([`xdpath_dataplane::NetConfig::poll_idle`]).
     pub poll_idle: Duration,
+    /// Guest counts of the scaling case (empty = skip it; it runs only
+    /// when xdpath is among `systems`).
+    pub guests: Vec<u32>,
+    /// Queue pairs of the scaling case's daemon and of every guest.
+    pub scaling_queue_pairs: u16,
     /// Where results go.
     pub out: PathBuf,
 }
@@ -176,12 +185,14 @@ impl Options {
             latency_samples: 20_000,
             idle_secs: 10.0,
             poll_idle: xdpath_dataplane::backend::DEFAULT_POLL_IDLE,
+            guests: vec![1, 2, 4, 8],
+            scaling_queue_pairs: 2,
             out,
         }
     }
 
     /// A smoke run: every system and direction once, 64-byte frames, one
-    /// queue pair, short windows.
+    /// queue pair, short windows; the scaling case with 1 and 2 guests.
     pub fn quick(out: PathBuf) -> Self {
         Self {
             runs: 1,
@@ -194,6 +205,8 @@ impl Options {
             latency_samples: 500,
             idle_secs: 1.0,
             poll_idle: xdpath_dataplane::backend::DEFAULT_POLL_IDLE,
+            guests: vec![1, 2],
+            scaling_queue_pairs: 2,
             out,
         }
     }
@@ -223,11 +236,26 @@ pub struct Idle {
     pub testpmd_percent: f64,
 }
 
+/// One window of the scaling case.
+#[derive(Debug, Clone)]
+pub struct ScalingRun {
+    /// Guests on the daemon.
+    pub guests: u32,
+    /// Direction.
+    pub direction: scaling::ScalingDirection,
+    /// Run index.
+    pub run: usize,
+    /// What the window saw.
+    pub sample: scaling::ScalingSample,
+}
+
 /// Everything one invocation measured.
 #[derive(Debug, Clone, Default)]
 pub struct Results {
     /// (system, case, run, sample).
     pub samples: Vec<(System, Case, usize, Sample)>,
+    /// The scaling case's windows.
+    pub scaling: Vec<ScalingRun>,
     /// Latency runs.
     pub latency: Vec<LatencyRun>,
     /// Idle CPU.
@@ -309,6 +337,9 @@ pub fn run(opts: &Options) -> Result<Results> {
                 }
             }
         }
+        if opts.systems.contains(&System::Xdpath) {
+            scale(opts, run, &mut res)?;
+        }
     }
     if opts.idle_secs > 0.0 {
         let idle = idle(Duration::from_secs_f64(opts.idle_secs))?;
@@ -321,6 +352,44 @@ pub fn run(opts: &Options) -> Result<Results> {
     res.wall_secs = start.elapsed().as_secs_f64();
     report::write(opts, &res)?;
     Ok(res)
+}
+
+/// One run of the scaling case: a fresh [`scaling::ScalingStand`] per
+/// guest count, every direction that applies measured on it.
+fn scale(opts: &Options, run: usize, res: &mut Results) -> Result<()> {
+    let warmup = Duration::from_secs_f64(opts.warmup);
+    let secs = Duration::from_secs_f64(opts.secs);
+    let qp = opts.scaling_queue_pairs;
+    for &n in &opts.guests {
+        let mut stand = scaling::ScalingStand::new(n, qp, opts.poll_idle)
+            .with_context(|| format!("setting up xdpathd with {n} guests, {qp} queue pairs"))?;
+        for direction in scaling::ScalingDirection::ALL {
+            if !direction.applies(n) {
+                continue;
+            }
+            let s = stand
+                .measure(direction, scaling::FRAME, warmup, secs)
+                .with_context(|| format!("{n} guests {}", direction.name()))?;
+            let mpps = report::fps(&s.sample) / 1e6;
+            println!(
+                "run {}/{} xdpathd {n} guests {qp}qp {:13} {mpps:7.3} Mpps delivered, loss {:5.2}%, worker CPU {:.2} us/frame{}",
+                run + 1,
+                opts.runs,
+                direction.name(),
+                report::loss(&s.sample) * 100.0,
+                report::per_mframe(s.sample.bridge_cpu_secs, &s.sample),
+                s.wire
+                    .map_or(String::new(), |w| format!(", {w} frames on the wire")),
+            );
+            res.scaling.push(ScalingRun {
+                guests: n,
+                direction,
+                run,
+                sample: s,
+            });
+        }
+    }
+    Ok(())
 }
 
 /// The real `xdpathd` and a testpmd bridge, each with a guest attached and

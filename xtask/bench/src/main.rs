@@ -2,8 +2,9 @@
 //! root, release build). See the library (`xdpath_bench`) for what it measures.
 //!
 //! Usage: `xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR]`
-//! - `--quick`: one short run of the 64-byte, one-queue-pair cases (a
-//!   smoke test, seconds instead of minutes);
+//! - `--quick`: one short run of the 64-byte, one-queue-pair cases and of
+//!   the scaling case with 1 and 2 guests (a smoke test, seconds instead
+//!   of minutes);
 //! - `--runs N`: runs per case (default 5; figures are medians);
 //! - `--secs S`: measurement window per case (default 1);
 //! - `--out DIR`: where results.json, results.md and results.svg go
@@ -12,6 +13,10 @@
 //!   a subset of the cases;
 //! - `--poll-idle-us N`: xdpath's adaptive polling (as `xdpathd
 //!   --poll-idle-us`; default 50, 0 = purely event driven).
+//! - `--guests 1,2,4,8`: the guest counts of the scaling case (one
+//!   xdpathd with that many guests, 2 queue pairs each; default 1,2,4,8,
+//!   with `--quick` 1,2), or `none` to skip it; it runs only when xdpath
+//!   is among `--systems`.
 
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
@@ -34,6 +39,7 @@ fn main() -> Result<()> {
     let mut quick = false;
     let (mut runs, mut secs, mut out) = (None, None, PathBuf::from("target/bench"));
     let (mut frames, mut qps, mut systems, mut poll) = (None, None, None, None);
+    let mut guests = None;
     while let Some(a) = args.next() {
         let mut value = |name: &str| args.next().with_context(|| format!("{name} needs a value"));
         match a.as_str() {
@@ -91,6 +97,24 @@ fn main() -> Result<()> {
                         })?,
                 );
             }
+            "--guests" => {
+                let v = value("--guests")?;
+                guests = Some(if v == "none" {
+                    Vec::new()
+                } else {
+                    list(&v, |x| {
+                        x.parse::<u32>()
+                            .ok()
+                            .filter(|n| (1..=bench::scaling::MAX_GUESTS).contains(n))
+                    })
+                    .with_context(|| {
+                        format!(
+                            "--guests {v:?}: expected guest counts between 1 and {}, comma separated, or none",
+                            bench::scaling::MAX_GUESTS
+                        )
+                    })?
+                });
+            }
             "--systems" => {
                 let v = value("--systems")?;
                 systems = Some(
@@ -107,7 +131,7 @@ fn main() -> Result<()> {
                 println!(
                     "usage: xdpath-bench [--quick] [--runs N] [--secs S] [--out DIR] \
                      [--frames 64,512,1500] [--queue-pairs 1,2] [--systems xdpath,dpdk,limit] \
-                     [--poll-idle-us N]"
+                     [--poll-idle-us N] [--guests 1,2,4,8|none]"
                 );
                 return Ok(());
             }
@@ -133,6 +157,9 @@ fn main() -> Result<()> {
     }
     if let Some(s) = systems {
         opts.systems = s;
+    }
+    if let Some(g) = guests {
+        opts.guests = g;
     }
     if let Some(p) = poll {
         opts.poll_idle = std::time::Duration::from_micros(p);

@@ -1,9 +1,38 @@
 //! Benchmark statistics and output: per case and system the median, min
 //! and max over runs; ratios taken run by run (xdpath / DPDK, xdpath /
-//! limit) and then summarised the same way; latency percentiles; all
-//! written as `results.json`, `results.md` (the README's table) and
-//! `results.svg` (throughput per case, latency distribution).
+//! limit) and then summarised the same way; latency percentiles; the
+//! multi-guest scaling case; all written as `results.json`, `results.md`
+//! (the README's tables) and `results.svg` (throughput per case, latency
+//! distribution, scaling).
+//!
+//! The `scaling` section of `results.json` (`null` when the scaling case
+//! did not run):
+//!
+//! ```text
+//! "scaling": {
+//!   "queue_pairs": 2, "frame_bytes": 64, "wire_flows_per_queue": 256,
+//!   "counted_at": "...", "worker_cpu": "...", "guest_to_guest": "...",
+//!   "rows": [                        // one per guest count, ascending
+//!     { "guests": 1,
+//!       "wire_to_guests": {          // null if not measured
+//!         "mpps": S,                 // aggregate, all guests
+//!         "worker_cpu_us_per_frame": S,
+//!         "machine_cpu_us_per_frame": S,
+//!         "loss": S,                 // share of "sent" not received
+//!         "runs": [ { "run", "secs", "sent", "delivered", "per_guest": [..],
+//!                     "mpps", "worker_cpu_secs", "machine_cpu_secs",
+//!                     "worker_cpu_us_per_frame" } ] },
+//!       "guest_to_guest": null       // n/a with one guest; else as above,
+//!     }                              // each run also with "switched"
+//!   ]                                // (tx_switched) and "wire_frames"
+//! }                                  // (what the sink saw)
+//! ```
+//!
+//! where `S` is `{ "median", "min", "max" }` over the runs, and "sent" is
+//! what the generator completed (wire -> guests) or what the guests queued
+//! on their TX vrings (guest -> guest).
 
+use crate::scaling::{ScalingDirection, ScalingSample};
 use crate::{Case, Options, Results, Sample, System};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
@@ -162,6 +191,113 @@ pub fn latency(res: &Results, sys: System, p: f64) -> Option<Summary> {
     (!v.is_empty()).then(|| Summary::of(&v))
 }
 
+/// The guest counts the scaling case measured, ascending.
+pub fn scaling_guests(res: &Results) -> Vec<u32> {
+    let mut v: Vec<u32> = res.scaling.iter().map(|r| r.guests).collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+/// Summary of a metric over the scaling runs of (guests, direction).
+pub fn scaling_metric(
+    res: &Results,
+    guests: u32,
+    direction: ScalingDirection,
+    f: impl Fn(&ScalingSample) -> f64,
+) -> Option<Summary> {
+    let v: Vec<f64> = res
+        .scaling
+        .iter()
+        .filter(|r| r.guests == guests && r.direction == direction)
+        .map(|r| f(&r.sample))
+        .collect();
+    (!v.is_empty()).then(|| Summary::of(&v))
+}
+
+/// Aggregate delivered Mpps of a scaling window.
+fn scaling_mpps(s: &ScalingSample) -> f64 {
+    fps(&s.sample) / 1e6
+}
+
+/// xdpathd's worker CPU per delivered frame (µs) of a scaling window.
+fn scaling_cpu(s: &ScalingSample) -> f64 {
+    per_mframe(s.sample.bridge_cpu_secs, &s.sample)
+}
+
+/// The `scaling` section of results.json (shape in the module doc).
+fn scaling_json(opts: &Options, res: &Results) -> Value {
+    if res.scaling.is_empty() {
+        return Value::Null;
+    }
+    let rows: Vec<Value> = scaling_guests(res)
+        .into_iter()
+        .map(|n| {
+            let dir = |d: ScalingDirection| -> Value {
+                let runs: Vec<Value> = res
+                    .scaling
+                    .iter()
+                    .filter(|r| r.guests == n && r.direction == d)
+                    .map(|r| {
+                        let s = &r.sample;
+                        let mut j = json!({
+                            "run": r.run,
+                            "secs": round(s.sample.secs),
+                            "sent": s.sample.sent,
+                            "delivered": s.sample.delivered,
+                            "per_guest": s.per_guest,
+                            "mpps": round(scaling_mpps(s)),
+                            "worker_cpu_secs": round(s.sample.bridge_cpu_secs),
+                            "machine_cpu_secs": round(s.sample.machine_cpu_secs),
+                            "worker_cpu_us_per_frame": round(scaling_cpu(s)),
+                        });
+                        if d == ScalingDirection::GuestToGuest {
+                            j["switched"] = json!(s.switched);
+                            j["wire_frames"] = json!(s.wire);
+                        }
+                        j
+                    })
+                    .collect();
+                if runs.is_empty() {
+                    return Value::Null;
+                }
+                let m = |f: &dyn Fn(&ScalingSample) -> f64| {
+                    scaling_metric(res, n, d, f).unwrap_or_default().json()
+                };
+                json!({
+                    "mpps": m(&scaling_mpps),
+                    "worker_cpu_us_per_frame": m(&scaling_cpu),
+                    "machine_cpu_us_per_frame": m(&|s| per_mframe(s.sample.machine_cpu_secs, &s.sample)),
+                    "loss": m(&|s| loss(&s.sample)),
+                    "runs": runs,
+                })
+            };
+            json!({
+                "guests": n,
+                "wire_to_guests": dir(ScalingDirection::WireToGuests),
+                "guest_to_guest": dir(ScalingDirection::GuestToGuest),
+            })
+        })
+        .collect();
+    json!({
+        "queue_pairs": opts.scaling_queue_pairs,
+        "frame_bytes": crate::scaling::FRAME,
+        "wire_flows_per_queue": crate::scaling::WIRE_FLOWS,
+        "counted_at": SCALING_COUNTED,
+        "worker_cpu": SCALING_CPU,
+        "guest_to_guest": SCALING_G2G,
+        "rows": rows,
+    })
+}
+
+/// Where the scaling case counts frames.
+const SCALING_COUNTED: &str =
+    "at the guests: frames each guest's frontend took off its RX vrings, summed over the guests";
+/// What the scaling case's CPU figure is.
+const SCALING_CPU: &str = "utime + stime of xdpathd's vring_worker threads (one per guest and queue pair) over the window, divided by the frames delivered";
+/// The scaling case's guest-to-guest pattern.
+const SCALING_G2G: &str = "guest i sends unicast to guest (i+1) mod N on every queue pair, switched inside xdpathd (tx_switched); not applicable (null) with one guest";
+
 /// The whole result set as JSON.
 pub fn to_json(opts: &Options, res: &Results, machine: Value) -> Value {
     let mut cases_json = Vec::new();
@@ -272,6 +408,7 @@ pub fn to_json(opts: &Options, res: &Results, machine: Value) -> Value {
             "xdpathd_percent_of_a_core": round(i.xdpathd_percent),
             "testpmd_percent_of_a_core": round(i.testpmd_percent),
         })),
+        "scaling": scaling_json(opts, res),
         "wall_secs": round(res.wall_secs),
     })
 }
@@ -361,6 +498,7 @@ pub fn to_markdown(opts: &Options, res: &Results, machine: &Value) -> String {
             );
         }
     }
+    scaling_markdown(opts, res, &mut md);
     if let Some(i) = res.idle {
         let _ = writeln!(
             md,
@@ -369,6 +507,60 @@ pub fn to_markdown(opts: &Options, res: &Results, machine: &Value) -> String {
         );
     }
     md
+}
+
+/// The scaling table: one row per guest count.
+fn scaling_markdown(opts: &Options, res: &Results, md: &mut String) {
+    let guests = scaling_guests(res);
+    if guests.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nSeveral guests on one xdpathd: {} B frames, {} queue pairs per guest; \
+         wire → guests spreads {} UDP flows per queue evenly over the guests' MACs, \
+         guest → guest has guest i send to guest (i+1) mod N on every pair (switched \
+         inside xdpathd, `tx_switched`). The generator runs on CPU 0, one thread \
+         driving every guest on CPU 1, xdpathd unpinned. Aggregate Mpps counted at \
+         the guests, median (min–max); worker CPU is xdpathd's `vring_worker` threads' CPU time per \
+         delivered frame (µs, median). On 2 CPUs the rate mostly measures contention; \
+         the CPU per frame is the figure to compare.\n",
+        crate::scaling::FRAME,
+        opts.scaling_queue_pairs,
+        crate::scaling::WIRE_FLOWS,
+    );
+    let _ = writeln!(
+        md,
+        "| guests | wire → guests Mpps | worker CPU µs/frame | guest → guest Mpps | worker CPU µs/frame |"
+    );
+    let _ = writeln!(md, "|---|---|---|---|---|");
+    for n in guests {
+        let cell = |d: ScalingDirection| {
+            if !d.applies(n) {
+                return ("n/a (one guest)".to_string(), "n/a".to_string());
+            }
+            (
+                scaling_metric(res, n, d, scaling_mpps).map_or("–".into(), |m| m.text(3)),
+                scaling_metric(res, n, d, scaling_cpu)
+                    .map_or("–".into(), |m| format!("{:.2}", m.median)),
+            )
+        };
+        let (w, wc) = cell(ScalingDirection::WireToGuests);
+        let (g, gc) = cell(ScalingDirection::GuestToGuest);
+        let _ = writeln!(md, "| {n} | {w} | {wc} | {g} | {gc} |");
+    }
+    let wire: u64 = res.scaling.iter().filter_map(|r| r.sample.wire).sum();
+    let switched: u64 = res.scaling.iter().filter_map(|r| r.sample.switched).sum();
+    if res
+        .scaling
+        .iter()
+        .any(|r| r.direction == ScalingDirection::GuestToGuest)
+    {
+        let _ = writeln!(
+            md,
+            "\nGuest → guest windows: {switched} frames switched by xdpathd, {wire} seen on the wire."
+        );
+    }
 }
 
 /// An SVG with two panels: delivered Mpps per case (median bar, min–max
@@ -386,7 +578,10 @@ pub fn to_svg(res: &Results) -> String {
     let h2 = 200.0;
     // Room under the bars for the rotated case labels.
     let labels = 190.0;
-    let height = top + h1 + labels + h2 + 60.0;
+    // The scaling panel, when the scaling case ran, goes below.
+    let h3 = 200.0;
+    let scaled = !res.scaling.is_empty();
+    let height = top + h1 + labels + h2 + 60.0 + if scaled { h3 + 110.0 } else { 0.0 };
     let ymax = res
         .samples
         .iter()
@@ -523,8 +718,103 @@ pub fn to_svg(res: &Results) -> String {
             t2 + h2 + 16.0
         );
     }
+    if scaled {
+        scaling_svg_panel(res, &mut s, left, top + h1 + labels + h2 + 60.0 + 50.0, h3);
+    }
     s.push_str("</svg>\n");
     s
+}
+
+/// The scaling panel of the SVG at `top` (its title above it), `h` high:
+/// per guest count a wire -> guests and a guest -> guest bar (aggregate
+/// Mpps, median, min–max whisker) with the worker CPU per frame written
+/// above each.
+fn scaling_svg_panel(res: &Results, s: &mut String, left: f64, top: f64, h: f64) {
+    let guests = scaling_guests(res);
+    let colors = [
+        (ScalingDirection::WireToGuests, "#2ca02c"),
+        (ScalingDirection::GuestToGuest, "#9467bd"),
+    ];
+    let ymax = res
+        .scaling
+        .iter()
+        .map(|r| scaling_mpps(&r.sample))
+        .fold(0.0f64, f64::max)
+        .max(0.1)
+        * 1.2;
+    let _ = writeln!(
+        s,
+        r#"<text x="{left}" y="{:.1}" font-size="14">Several guests on one xdpathd: aggregate Mpps (median bar, min–max whisker)</text>"#,
+        top - 34.0
+    );
+    let _ = writeln!(
+        s,
+        r#"<text x="{:.1}" y="{:.1}">number above a bar: xdpathd's worker CPU, µs per frame</text>"#,
+        left + 280.0,
+        top - 17.0
+    );
+    for (i, (d, c)) in colors.iter().enumerate() {
+        let x = left + 130.0 * i as f64;
+        let _ = writeln!(
+            s,
+            r#"<rect x="{x}" y="{:.1}" width="10" height="10" fill="{c}"/><text x="{}" y="{:.1}">{}</text>"#,
+            top - 26.0,
+            x + 14.0,
+            top - 17.0,
+            d.name()
+        );
+    }
+    let y = |v: f64| top + h - v / ymax * h;
+    for k in 0..=4 {
+        let v = ymax * k as f64 / 4.0;
+        let _ = writeln!(
+            s,
+            r##"<line x1="{left}" x2="{x2}" y1="{yv:.1}" y2="{yv:.1}" stroke="#ddd"/><text x="{tx}" y="{ty:.1}" text-anchor="end">{v:.2}</text>"##,
+            x2 = left + 100.0 * guests.len().max(1) as f64 + 20.0,
+            tx = left - 4.0,
+            yv = y(v),
+            ty = y(v) + 4.0
+        );
+    }
+    for (gi, &n) in guests.iter().enumerate() {
+        let x0 = left + 20.0 + 100.0 * gi as f64;
+        for (di, (d, c)) in colors.iter().enumerate() {
+            let x = x0 + 32.0 * di as f64;
+            let (Some(m), Some(cpu)) = (
+                scaling_metric(res, n, *d, scaling_mpps),
+                scaling_metric(res, n, *d, scaling_cpu),
+            ) else {
+                let _ = writeln!(
+                    s,
+                    r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">n/a</text>"#,
+                    x + 13.0,
+                    top + h - 4.0
+                );
+                continue;
+            };
+            let _ = writeln!(
+                s,
+                r#"<rect x="{x:.1}" y="{:.1}" width="26" height="{:.1}" fill="{c}"><title>{n} guests {}: {} Mpps, worker CPU {:.2} µs/frame</title></rect><line x1="{lx:.1}" x2="{lx:.1}" y1="{:.1}" y2="{:.1}" stroke="black"/><text x="{lx:.1}" y="{:.1}" text-anchor="middle" font-size="9">{:.2}</text>"#,
+                y(m.median),
+                top + h - y(m.median),
+                d.name(),
+                m.text(3),
+                cpu.median,
+                y(m.min),
+                y(m.max),
+                y(m.max) - 4.0,
+                cpu.median,
+                lx = x + 13.0,
+            );
+        }
+        let _ = writeln!(
+            s,
+            r#"<text x="{:.1}" y="{:.1}" text-anchor="middle">{n} guest{}</text>"#,
+            x0 + 29.0,
+            top + h + 16.0,
+            if n == 1 { "" } else { "s" }
+        );
+    }
 }
 
 /// Writes results.json, results.md and results.svg into `opts.out`.
@@ -620,5 +910,70 @@ mod tests {
         let svg = to_svg(&res);
         assert!(svg.starts_with("<svg") && svg.trim_end().ends_with("</svg>"));
         assert_eq!(svg.matches("<rect").count(), 1 + 3 + 2 + 3, "{svg}");
+    }
+
+    #[test]
+    fn scaling_rows_report_medians_and_one_guest_has_no_guest_to_guest() {
+        use crate::scaling::{ScalingDirection as D, ScalingSample};
+        use crate::ScalingRun;
+        let mut res = Results::default();
+        let win = |delivered: u64, cpu: f64, wire: Option<u64>| ScalingSample {
+            sample: Sample {
+                secs: 1.0,
+                sent: delivered,
+                delivered,
+                bridge_cpu_secs: cpu,
+                machine_cpu_secs: 2.0,
+            },
+            per_guest: vec![delivered],
+            switched: wire.map(|_| delivered),
+            wire,
+        };
+        for (run, k) in [(0, 1u64), (1, 3), (2, 2)] {
+            res.scaling.push(ScalingRun {
+                guests: 1,
+                direction: D::WireToGuests,
+                run,
+                sample: win(k * 100_000, 0.1 * k as f64, None),
+            });
+            res.scaling.push(ScalingRun {
+                guests: 2,
+                direction: D::GuestToGuest,
+                run,
+                sample: win(k * 200_000, 0.1, Some(0)),
+            });
+        }
+        let opts = crate::Options::quick(std::env::temp_dir());
+        let j = to_json(&opts, &res, json!({"cpu_model": "x", "cpus": 2}));
+        let rows = j["scaling"]["rows"].as_array().expect("rows");
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0]["guests"], 1);
+        assert_eq!(rows[0]["wire_to_guests"]["mpps"]["median"], 0.2);
+        assert_eq!(rows[0]["wire_to_guests"]["mpps"]["max"], 0.3);
+        // 0.2 s of CPU over 200,000 frames: 1 µs each.
+        assert_eq!(
+            rows[0]["wire_to_guests"]["worker_cpu_us_per_frame"]["median"],
+            1.0
+        );
+        assert!(rows[0]["guest_to_guest"].is_null());
+        assert!(rows[1]["wire_to_guests"].is_null());
+        assert_eq!(rows[1]["guest_to_guest"]["mpps"]["median"], 0.4);
+        assert_eq!(rows[1]["guest_to_guest"]["runs"][0]["wire_frames"], 0);
+        assert_eq!(j["scaling"]["queue_pairs"], 2);
+        let md = to_markdown(&opts, &res, &j["machine"]);
+        assert!(
+            md.contains("| 1 | 0.200 (0.100–0.300) | 1.00 | n/a (one guest) | n/a |"),
+            "{md}"
+        );
+        assert!(
+            md.contains("| 2 | – | – | 0.400 (0.200–0.600) | 0.25 |"),
+            "{md}"
+        );
+        assert!(md.contains("1200000 frames switched by xdpathd, 0 seen on the wire"));
+        let svg = to_svg(&res);
+        assert!(svg.contains("Several guests on one xdpathd"), "{svg}");
+        assert!(svg.contains("<title>2 guests guest->guest: 0.400 (0.200–0.600) Mpps"));
+        assert_eq!(svg.matches(">n/a</text>").count(), 2, "{svg}");
+        assert!(to_json(&opts, &Results::default(), json!({}))["scaling"].is_null());
     }
 }

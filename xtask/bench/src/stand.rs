@@ -98,7 +98,19 @@ fn name_thread(name: &str) {
 /// CPU time (user + system) in clock ticks of this process's threads
 /// named `name`.
 fn threads_cpu(name: &str) -> u64 {
-    std::fs::read_dir("/proc/self/task")
+    tasks_cpu(std::path::Path::new("/proc/self/task"), name)
+}
+
+/// CPU time (user + system) in clock ticks of process `pid`'s threads
+/// named `name` (threads that ended are no longer counted).
+pub fn process_threads_cpu(pid: u32, name: &str) -> u64 {
+    tasks_cpu(&PathBuf::from(format!("/proc/{pid}/task")), name)
+}
+
+/// CPU ticks of the threads named `name` under a `/proc/.../task`
+/// directory.
+fn tasks_cpu(dir: &std::path::Path, name: &str) -> u64 {
+    std::fs::read_dir(dir)
         .into_iter()
         .flatten()
         .flatten()
@@ -119,7 +131,7 @@ pub fn stat_cpu(path: &std::path::Path) -> u64 {
 
 /// Busy clock ticks of the whole machine (all CPUs, everything but idle
 /// and iowait).
-fn machine_busy() -> u64 {
+pub fn machine_busy() -> u64 {
     let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
     let Some(cpu) = stat.lines().next() else {
         return 0;
