@@ -79,6 +79,25 @@ pub fn thread_names(pid: u32) -> BTreeMap<String, usize> {
     names
 }
 
+/// The name of the daemon's API runtime threads (tokio's blocking pool:
+/// started on demand by API calls, ended after 10 s idle).
+pub const RUNTIME_THREADS: &str = "tokio-rt-worker";
+
+/// Whether the threads `now` are back to `start` (both from
+/// [`thread_names`]): as many of every name, except the API runtime's
+/// ([`RUNTIME_THREADS`]), of which there may be fewer (the baseline may
+/// have been taken while one served a call).
+pub fn threads_back(start: &BTreeMap<String, usize>, now: &BTreeMap<String, usize>) -> bool {
+    let others = |m: &BTreeMap<String, usize>| {
+        m.iter()
+            .filter(|(k, _)| k.as_str() != RUNTIME_THREADS)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let runtime = |m: &BTreeMap<String, usize>| m.get(RUNTIME_THREADS).copied().unwrap_or(0);
+    others(start) == others(now) && runtime(now) <= runtime(start)
+}
+
 /// Whether `pid` has ended: gone, or a zombie waiting to be reaped by its
 /// parent (this process).
 pub fn exited(pid: u32) -> bool {
@@ -135,6 +154,35 @@ mod tests {
         assert!(f.fds >= 3 && f.threads >= 1 && f.rss_kib > 0 && f.hwm_kib >= f.rss_kib);
         assert!(!exited(me));
         assert!(thread_names(me).values().sum::<usize>() >= 1);
+    }
+
+    #[test]
+    fn threads_are_back_with_fewer_runtime_threads_only() {
+        let m = |v: &[(&str, usize)]| {
+            v.iter()
+                .map(|(k, n)| (k.to_string(), *n))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let start = m(&[("xdpathd", 1), (RUNTIME_THREADS, 1), ("vhost-g2", 1)]);
+        assert!(threads_back(&start, &start));
+        assert!(threads_back(&start, &m(&[("xdpathd", 1), ("vhost-g2", 1)])));
+        assert!(!threads_back(
+            &start,
+            &m(&[("xdpathd", 1), (RUNTIME_THREADS, 2), ("vhost-g2", 1)])
+        ));
+        assert!(!threads_back(
+            &start,
+            &m(&[
+                ("xdpathd", 1),
+                (RUNTIME_THREADS, 1),
+                ("vhost-g2", 1),
+                ("vhost-c3", 1)
+            ])
+        ));
+        assert!(!threads_back(
+            &start,
+            &m(&[("xdpathd", 1), (RUNTIME_THREADS, 1)])
+        ));
     }
 
     #[test]
