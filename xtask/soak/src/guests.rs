@@ -183,9 +183,8 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
         );
     }
     let pid = alive(&d)?;
-    let fds0 = procfs::fd_list(pid)?;
     let threads0 = procfs::thread_names(pid);
-    let first = Figures::of(pid)?;
+    let (first, fds0) = Figures::settled(pid)?;
     p.set("start", first.json());
 
     let rounds = plan.guest_rounds;

@@ -43,6 +43,24 @@ impl Figures {
         })
     }
 
+    /// The figures of `pid` and its fd list, read 5 times 50 ms apart,
+    /// the reading with the fewest fds: a baseline without the API
+    /// connection the soak's last call may still hold open.
+    pub fn settled(pid: u32) -> Result<(Self, Vec<String>)> {
+        let mut best: Option<(Self, Vec<String>)> = None;
+        for i in 0..5 {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let f = Self::of(pid)?;
+            let list = fd_list(pid)?;
+            if best.as_ref().is_none_or(|(b, _)| f.fds < b.fds) {
+                best = Some((f, list));
+            }
+        }
+        best.context("no reading")
+    }
+
     /// As JSON (RSS in KiB).
     pub fn json(&self) -> Value {
         json!({"fds": self.fds, "threads": self.threads, "rss_kib": self.rss_kib, "peak_rss_kib": self.hwm_kib})
