@@ -153,6 +153,13 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
             .with_context(|| format!("adding guest {}", g.name))?;
     }
     let pid = alive(&d)?;
+    // Each guest's server thread (`vhost-<name>`) starts after its add is
+    // answered: the baseline waits for them.
+    wait_until(Duration::from_secs(5), || {
+        let names = procfs::thread_names(pid);
+        gs.iter()
+            .all(|g| names.contains_key(&format!("vhost-{}", g.name)))
+    });
     wait_until(Duration::from_secs(5), || !connected(&d));
     let threads0 = procfs::thread_names(pid);
     let (first, fds0) = Figures::settled(pid)?;
