@@ -22,8 +22,10 @@
 //! cycles, at least 10), and all three at the end, each read with no
 //! frontend connected. Checks: the daemon lives through every cycle; the
 //! steady guests' traffic moved both ways during every cycle of 300 ms or
-//! more; no frontend ever received a frame for another guest's MAC; at
-//! the end its fds and threads equal the start (waiting up to 10 s for the
+//! more (unless the wire itself sent a guest fewer than 10 frames then);
+//! no frontend ever received a frame for another guest's MAC, nor had one
+//! dropped as spoofed; at the end its fds and threads equal the start
+//! (fewer of tokio's blocking threads allowed; waiting up to 15 s for the
 //! last disconnect to be cleaned up) and its RSS is at most 4 MiB above
 //! the warmed-up figure; a fresh frontend on every guest still gets
 //! traffic both ways; SIGTERM with them connected under traffic ends the
