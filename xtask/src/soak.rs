@@ -2,16 +2,20 @@
 //!
 //! The long form (`cargo xtask soak [--minutes N]`) builds the release
 //! binaries (xdpathd, xdpctl, the soak driver and its frontend process)
-//! and runs `xdpath-soak` (the package in `xtask/soak`): frontend
-//! connect/SIGKILL cycles with DPDK and the in-repo frontend, `kill -9`
-//! restarts of xdpathd under traffic with a reconnecting guest, and API
-//! abuse. Its counts scale with N (the 1,000 cycles and 50
-//! restarts at the default); every part also stops at its share of the N
-//! minutes. It prints a summary and writes `target/soak/long.json`.
+//! and runs `xdpath-soak` (the package in `xtask/soak`), every part with
+//! several guests on the daemon: frontend connect/SIGKILL cycles with DPDK
+//! and the in-repo frontend on a random guest of three while the others'
+//! traffic flows, `kill -9` restarts of xdpathd under traffic with three
+//! reconnecting guests (one in client mode), guests added and removed under
+//! traffic to two steady ones, and API abuse (the guest API's included).
+//! Its counts scale with N (the 1,000 cycles and 50 restarts, and
+//! 200 guest rounds, at the default); every part also stops at its share
+//! of the N minutes. It prints a summary and writes
+//! `target/soak/long.json`.
 //!
 //! The CI form ([`ci`]) is what `cargo xtask test` runs as root, on the
-//! debug binaries it has just built: fewer rounds, about a minute and a
-//! half, `target/soak/ci.json`. `cargo xtask soak --ci` runs the same
+//! debug binaries it has just built: fewer rounds, about two minutes,
+//! `target/soak/ci.json`. `cargo xtask soak --ci` runs the same
 //! counts on release binaries.
 
 use crate::run::{status, workspace_root};
@@ -30,7 +34,7 @@ pub struct SoakArgs {
     /// The short form CI runs instead.
     #[arg(long, conflicts_with = "minutes")]
     pub ci: bool,
-    /// Only these parts (comma-separated: cycles, restarts, abuse).
+    /// Only these parts (comma-separated: cycles, restarts, guests, abuse).
     #[arg(long)]
     pub parts: Option<String>,
     /// Seed of the random kill moments (to replay a run).

@@ -13,7 +13,12 @@
 //! 3. oversized bodies: a bulk replace declaring 300 MiB
 //!    (`Content-Length`), a single add declaring 8 MiB, and a single add
 //!    streaming 64 MiB chunked with no length: each must be a 413;
-//! 4. the daemon's peak RSS (VmHWM) over the whole part must stay within
+//! 4. the guest API refuses bad guests with a 4xx and changes nothing:
+//!    bad names, a duplicate name, MAC, socket or address, a broadcast MAC,
+//!    a relative socket path, unknown fields, broken JSON, an 8 MiB body
+//!    (413), rules naming an unknown guest, removing an unknown guest or
+//!    with a bad `force`; the guest and rule listings are the same after;
+//!    the daemon's peak RSS (VmHWM) over the whole part must stay within
 //!    64 MiB of its RSS at the start;
 //! 5. the slow clients: how many the daemon has closed (in the long form,
 //!    all of them within 30 s of opening);
@@ -192,6 +197,7 @@ fn body(plan: &Plan, p: &mut Part) -> Result<()> {
     let mut d = Daemon::start(&t, &flags.iter().map(String::as_str).collect::<Vec<_>>())?;
     let pid = d.pid().context("the daemon is not running")?;
     let api = d.api.clone();
+    let vhost = d.vhost.clone();
     let start = Figures::of(pid)?;
     p.set("start", start.json());
     let sampling = AtomicBool::new(false);
@@ -199,7 +205,7 @@ fn body(plan: &Plan, p: &mut Part) -> Result<()> {
 
     let result = std::thread::scope(|s| -> Result<()> {
         s.spawn(|| rss_sampler(pid, &sampling, &peak));
-        let r = abuse(plan, p, &api, pid);
+        let r = abuse(plan, p, &api, pid).and_then(|()| guest_abuse(p, &api, &vhost));
         sampling.store(true, Ordering::Relaxed);
         r
     });
@@ -459,5 +465,196 @@ fn abuse(plan: &Plan, p: &mut Part, api: &Path, pid: u32) -> Result<()> {
             slow.len()
         )),
     }
+    Ok(())
+}
+
+/// Step 4: bad guests and rules naming unknown guests, each refused with a
+/// 4xx (the oversized body with a 413), nothing changed.
+fn guest_abuse(p: &mut Part, api: &Path, vhost: &Path) -> Result<()> {
+    let get = |path: &str| {
+        http::request(api, "GET", path, None, ANSWER_WAIT)
+            .map(|a| a.body)
+            .map_err(anyhow::Error::msg)
+            .with_context(|| format!("GET {path}"))
+    };
+    let guests0 = get("/v1/guests")?;
+    let flows0 = get("/v1/flows")?;
+    let prefixes0 = get("/v1/prefixes")?;
+    let mac = |last: u8| format!("52:54:00:5f:00:{last:02x}");
+    let guest_mac = crate::mac_text(crate::GUEST_MAC);
+    let guest_ip = std::net::Ipv4Addr::from(crate::GUEST_IP).to_string();
+    // Sockets in the daemon's directory, should a case be accepted.
+    let sock = |n: &str| vhost.with_file_name(format!("abuse-{n}.sock"));
+    let cases: Vec<(&str, &str, &str, String)> = vec![
+        (
+            "a name with capitals and a space",
+            "POST",
+            "/v1/guests",
+            json!({"name": "Bad Name", "mac": mac(1), "vhost_socket": sock("1")}).to_string(),
+        ),
+        (
+            "an empty name",
+            "POST",
+            "/v1/guests",
+            json!({"name": "", "mac": mac(2), "vhost_socket": sock("2")}).to_string(),
+        ),
+        (
+            "a 16-character name",
+            "POST",
+            "/v1/guests",
+            json!({"name": "abcdefghijklmnop", "mac": mac(3), "vhost_socket": sock("3")})
+                .to_string(),
+        ),
+        (
+            "a name with a slash",
+            "POST",
+            "/v1/guests",
+            json!({"name": "a/b", "mac": mac(4), "vhost_socket": sock("4")}).to_string(),
+        ),
+        (
+            "the name of an existing guest",
+            "POST",
+            "/v1/guests",
+            json!({"name": "default", "mac": mac(5), "vhost_socket": sock("5")}).to_string(),
+        ),
+        (
+            "another guest's MAC",
+            "POST",
+            "/v1/guests",
+            json!({"name": "dupmac", "mac": guest_mac, "vhost_socket": sock("6")}).to_string(),
+        ),
+        (
+            "another guest's socket",
+            "POST",
+            "/v1/guests",
+            json!({"name": "dupsock", "mac": mac(6), "vhost_socket": vhost}).to_string(),
+        ),
+        (
+            "another guest's address",
+            "POST",
+            "/v1/guests",
+            json!({"name": "dupip", "mac": mac(7), "ips": [guest_ip], "vhost_socket": sock("7")})
+                .to_string(),
+        ),
+        (
+            "a broadcast MAC",
+            "POST",
+            "/v1/guests",
+            json!({"name": "bcast", "mac": "ff:ff:ff:ff:ff:ff", "vhost_socket": sock("8")})
+                .to_string(),
+        ),
+        (
+            "a relative socket path",
+            "POST",
+            "/v1/guests",
+            json!({"name": "rel", "mac": mac(8), "vhost_socket": "rel.sock"}).to_string(),
+        ),
+        (
+            "an unknown field",
+            "POST",
+            "/v1/guests",
+            json!({"name": "color", "mac": mac(9), "color": 1, "vhost_socket": sock("9")})
+                .to_string(),
+        ),
+        (
+            "0 queue pairs",
+            "POST",
+            "/v1/guests",
+            json!({"name": "noq", "mac": mac(10), "queues": 0, "vhost_socket": sock("noq")})
+                .to_string(),
+        ),
+        (
+            "broken JSON",
+            "POST",
+            "/v1/guests",
+            "{\"name\": \"x\", ".to_string(),
+        ),
+        (
+            "an exact rule naming an unknown guest",
+            "POST",
+            "/v1/flows",
+            json!({"src": "10.1.0.1", "dst": "10.2.0.1", "proto": "udp", "dst_port": 9,
+                "action": "guest", "guest": "nope"})
+            .to_string(),
+        ),
+        (
+            "a prefix rule naming an unknown guest",
+            "POST",
+            "/v1/prefixes",
+            json!({"prefix": "10.200.0.0/16", "action": "guest", "guest": "nope"}).to_string(),
+        ),
+        (
+            "removing an unknown guest",
+            "DELETE",
+            "/v1/guests/nope",
+            String::new(),
+        ),
+        (
+            "removing with a bad force",
+            "DELETE",
+            "/v1/guests/default?force=maybe",
+            String::new(),
+        ),
+    ];
+    let mut wrong = Vec::new();
+    let mut by_status = BTreeMap::<u16, u64>::new();
+    for (what, method, path, body) in &cases {
+        let b = (!body.is_empty()).then_some(body.as_str());
+        match http::request(api, method, path, b, ANSWER_WAIT) {
+            Ok(a) => {
+                *by_status.entry(a.status).or_insert(0) += 1;
+                if !(400..500).contains(&a.status) {
+                    wrong.push(format!("{what}: {} {}", a.status, a.body));
+                }
+            }
+            Err(e) => wrong.push(format!("{what}: no answer ({e})")),
+        }
+    }
+    let u = http::upload(
+        api,
+        "POST",
+        "/v1/guests",
+        8 << 20,
+        Framing::Declared,
+        Duration::from_secs(60),
+    );
+    let big = u.answer.as_ref().ok().map(|a| a.status);
+    if big != Some(413) {
+        wrong.push(format!(
+            "an 8 MiB guest body: {big:?} ({:?})",
+            u.answer.err()
+        ));
+    }
+    let unchanged = get("/v1/guests")? == guests0
+        && get("/v1/flows")? == flows0
+        && get("/v1/prefixes")? == prefixes0;
+    p.set(
+        "guest_api_abuse",
+        json!({"cases": cases.len() + 1,
+               "by_status": by_status.iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>(),
+               "oversize_status": big, "wrong": wrong}),
+    );
+    p.check(
+        "bad guests and rules naming unknown guests are refused with a 4xx",
+        wrong.is_empty(),
+        format!(
+            "{} cases: {by_status:?}, 8 MiB body {big:?}{}",
+            cases.len() + 1,
+            if wrong.is_empty() {
+                String::new()
+            } else {
+                format!("; wrong: {wrong:?}")
+            }
+        ),
+    );
+    p.check(
+        "the refused guest requests changed nothing",
+        unchanged,
+        if unchanged {
+            "guests, exact and prefix rules listed as before".to_string()
+        } else {
+            format!("guests before {guests0}, after {}", get("/v1/guests")?)
+        },
+    );
     Ok(())
 }

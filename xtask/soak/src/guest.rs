@@ -2,8 +2,10 @@
 //! virtio-net guest that keeps traffic going both ways, and, in reconnect
 //! mode, survives its backend going away.
 //!
-//! [`run`] connects (QEMU's handshake, through `TestFrontend::connect`),
-//! posts RX buffers on every queue pair, then loops: it sends frames at a
+//! [`run`] connects (QEMU's handshake, through `TestFrontend::connect`;
+//! in listen mode it binds the socket itself and waits for the backend to
+//! connect, as QEMU with `server=on` for a client-mode guest, through
+//! `TestFrontend::accept`), posts RX buffers on every queue pair, then loops: it sends frames at a
 //! fixed rate spread over the queue pairs, reads what arrives and reposts
 //! the buffers, and every [`LIVENESS`] asks the backend for its config
 //! space (GET_CONFIG) to learn whether the connection is still there. When
@@ -13,6 +15,11 @@
 //! renegotiates from scratch with fresh guest memory, and resumes traffic;
 //! otherwise [`run`] returns.
 //!
+//! Received frames are counted by destination: `rx` counts the unicast
+//! frames to the guest's own MAC, `stray` the unicast frames to any other
+//! MAC (a frame the backend must never deliver: a stale steering entry of
+//! another guest); broadcast and multicast are counted in neither.
+//!
 //! Progress is reported through [`Event`]s. The stand-alone binary
 //! `xdpath-soak-frontend` prints them one per line ([`Event::line`]) so the
 //! soak driver can time them; [`Event::parse`] reads them back.
@@ -20,7 +27,7 @@
 //! Every wait is bounded: a redial gives up at the deadline, a GET_CONFIG
 //! reply is awaited for at most 5 s (the test kit's limit).
 
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -63,6 +70,9 @@ pub struct GuestOptions {
     pub dst_ip: [u8; 4],
     /// UDP destination port of the guest's frames.
     pub dst_port: u16,
+    /// Listen on `socket` (binding it) and let the backend connect, as
+    /// QEMU with `server=on` for a client-mode guest; else connect to it.
+    pub listen: bool,
 }
 
 /// What a guest reports.
@@ -77,10 +87,13 @@ pub enum Event {
     Traffic {
         /// Session number.
         session: u64,
-        /// Frames received (wire -> guest).
+        /// Unicast frames received for the guest's own MAC (wire ->
+        /// guest).
         rx: u64,
         /// Frames the backend took from the TX rings (guest -> wire).
         tx: u64,
+        /// Unicast frames received for another MAC (never expected).
+        stray: u64,
     },
     /// Session `session` ended: the backend went away (or the guest was
     /// told to stop).
@@ -98,13 +111,18 @@ pub enum Event {
 }
 
 impl Event {
-    /// One line of text (no newline): `up S`, `traffic S RX TX`, `down S
-    /// WHY`, `retry WHY`.
+    /// One line of text (no newline): `up S`, `traffic S RX TX STRAY`,
+    /// `down S WHY`, `retry WHY`.
     pub fn line(&self) -> String {
         let clean = |s: &str| s.replace(['\n', '\r'], " ");
         match self {
             Self::Up { session } => format!("up {session}"),
-            Self::Traffic { session, rx, tx } => format!("traffic {session} {rx} {tx}"),
+            Self::Traffic {
+                session,
+                rx,
+                tx,
+                stray,
+            } => format!("traffic {session} {rx} {tx} {stray}"),
             Self::Down { session, why } => format!("down {session} {}", clean(why)),
             Self::Retry { why } => format!("retry {}", clean(why)),
         }
@@ -124,6 +142,7 @@ impl Event {
                 session: nums.next()?.ok()?,
                 rx: nums.next()?.ok()?,
                 tx: nums.next()?.ok()?,
+                stray: nums.next()?.ok()?,
             }),
             "down" => {
                 let (s, why) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -164,16 +183,28 @@ fn frame(o: &GuestOptions, session: u64, seq: u64) -> Vec<u8> {
 pub fn run(o: &GuestOptions, stop: &AtomicBool, emit: &mut dyn FnMut(Event)) -> Result<()> {
     anyhow::ensure!(o.queue_pairs >= 1, "at least one queue pair");
     let end = Instant::now() + o.deadline;
+    // Listen mode: the socket is ours (a file left by a killed instance of
+    // this guest is replaced), bound once for every session.
+    let listener = if o.listen {
+        let _ = std::fs::remove_file(&o.socket);
+        Some(
+            std::os::unix::net::UnixListener::bind(&o.socket)
+                .with_context(|| format!("binding {}", o.socket.display()))?,
+        )
+    } else {
+        None
+    };
     let mut session = 0u64;
     while !stop.load(Ordering::Relaxed) && Instant::now() < end {
-        let fe = TestFrontend::connect(
-            &o.socket,
-            FrontendOptions {
-                queue_pairs: o.queue_pairs,
-                enabled_pairs: o.queue_pairs,
-                ..FrontendOptions::default()
-            },
-        );
+        let fo = FrontendOptions {
+            queue_pairs: o.queue_pairs,
+            enabled_pairs: o.queue_pairs,
+            ..FrontendOptions::default()
+        };
+        let fe = match &listener {
+            Some(l) => TestFrontend::accept(l, fo),
+            None => TestFrontend::connect(&o.socket, fo),
+        };
         let mut fe = match fe {
             Ok(fe) => fe,
             Err(e) if o.reconnect => {
@@ -218,8 +249,8 @@ fn traffic(
         fe.post_rx_buffers(qp, qsize, RX_BUF);
     }
     let start = Instant::now();
-    let (mut rx, mut tx, mut sent) = (0u64, 0u64, 0u64);
-    let mut reported = (0u64, 0u64);
+    let (mut rx, mut tx, mut stray, mut sent) = (0u64, 0u64, 0u64, 0u64);
+    let mut reported = (0u64, 0u64, 0u64);
     let mut last_report = start;
     let mut last_check = start;
     let mut next_qp = 0u16;
@@ -245,23 +276,40 @@ fn traffic(
             tx += fe.tx_completed(qp) as u64;
             let got = fe.recv(qp, 64, RX_WAIT);
             if !got.is_empty() {
-                rx += got.len() as u64;
+                for f in &got {
+                    match f.data.get(..6) {
+                        Some(d) if d == o.mac => rx += 1,
+                        // Group bit: broadcast or multicast.
+                        Some(d) if d[0] & 1 == 1 => {}
+                        _ => stray += 1,
+                    }
+                }
                 fe.post_rx_buffers(qp, qsize, RX_BUF);
             }
         }
         // The first frame each way is reported at once (the soak times
         // it); later counts at most every REPORT.
         let first = (rx > 0 && reported.0 == 0) || (tx > 0 && reported.1 == 0);
-        if (first || now.duration_since(last_report) >= REPORT) && (rx, tx) != reported {
-            reported = (rx, tx);
+        if (first || now.duration_since(last_report) >= REPORT) && (rx, tx, stray) != reported {
+            reported = (rx, tx, stray);
             last_report = now;
-            emit(Event::Traffic { session, rx, tx });
+            emit(Event::Traffic {
+                session,
+                rx,
+                tx,
+                stray,
+            });
         }
         if now.duration_since(last_check) >= LIVENESS {
             last_check = now;
             if let Err(e) = fe.get_config(6) {
-                if (rx, tx) != reported {
-                    emit(Event::Traffic { session, rx, tx });
+                if (rx, tx, stray) != reported {
+                    emit(Event::Traffic {
+                        session,
+                        rx,
+                        tx,
+                        stray,
+                    });
                 }
                 return format!("{e:#}");
             }
@@ -281,6 +329,7 @@ mod tests {
                 session: 3,
                 rx: 10,
                 tx: 0,
+                stray: 2,
             },
             Event::Down {
                 session: 3,
@@ -306,6 +355,7 @@ mod tests {
             })
         );
         assert_eq!(Event::parse("nonsense 1"), None);
-        assert_eq!(Event::parse("traffic 1 x 2"), None);
+        assert_eq!(Event::parse("traffic 1 x 2 0"), None);
+        assert_eq!(Event::parse("traffic 1 1 2"), None, "no stray count");
     }
 }

@@ -30,8 +30,10 @@ pub struct Session {
     pub first_rx: Option<Instant>,
     /// When the first `traffic` line with frames sent arrived.
     pub first_tx: Option<Instant>,
-    /// Frames received so far.
+    /// Frames received for the guest's own MAC so far.
     pub rx: u64,
+    /// Unicast frames received for another MAC so far (never expected).
+    pub stray: u64,
     /// Frames sent so far (taken by the backend).
     pub tx: u64,
     /// When it ended and why.
@@ -59,9 +61,15 @@ impl Report {
                 first_tx: None,
                 rx: 0,
                 tx: 0,
+                stray: 0,
                 down: None,
             }),
-            Event::Traffic { session, rx, tx } => {
+            Event::Traffic {
+                session,
+                rx,
+                tx,
+                stray,
+            } => {
                 if let Some(s) = self.sessions.iter_mut().rev().find(|s| s.n == session) {
                     if rx > 0 && s.first_rx.is_none() {
                         s.first_rx = Some(at);
@@ -71,6 +79,7 @@ impl Report {
                     }
                     s.rx = rx;
                     s.tx = tx;
+                    s.stray = stray;
                 }
             }
             Event::Down { session, why } => {
@@ -88,6 +97,13 @@ impl Report {
     /// The latest session.
     pub fn last(&self) -> Option<&Session> {
         self.sessions.last()
+    }
+
+    /// Frames received, sent and stray, summed over every session.
+    pub fn totals(&self) -> (u64, u64, u64) {
+        self.sessions
+            .iter()
+            .fold((0, 0, 0), |(r, t, s), x| (r + x.rx, t + x.tx, s + x.stray))
     }
 }
 
@@ -131,6 +147,9 @@ pub fn args(o: &GuestOptions) -> Vec<String> {
     ];
     if o.reconnect {
         v.push("--reconnect".into());
+    }
+    if o.listen {
+        v.push("--listen".into());
     }
     v
 }

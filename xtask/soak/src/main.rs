@@ -13,22 +13,24 @@ use std::path::PathBuf;
 use std::time::Instant;
 use xdpath_soak::plan::{PartKind, Plan, FULL_MINUTES};
 use xdpath_soak::report::{secs, Part};
-use xdpath_soak::{abuse, cycles, restarts, stop};
+use xdpath_soak::{abuse, cycles, guests, restarts, stop};
 
 #[derive(Parser)]
 #[command(
     name = "xdpath-soak",
-    about = "Soak a real xdpathd: frontend kill cycles, kill -9 restarts, API abuse"
+    about = "Soak a real xdpathd with several guests: frontend kill cycles, kill -9 restarts, \
+             guest add/remove churn, API abuse"
 )]
 struct Args {
-    /// The CI form: 100 cycles, 10 restarts, a reduced abuse (about 90 s).
+    /// The CI form: 100 cycles, 10 restarts, 20 guest add/remove rounds, a
+    /// reduced abuse (about two minutes).
     #[arg(long, conflicts_with = "minutes")]
     ci: bool,
-    /// The long form's time budget; the counts scale with it (1,000 cycles
-    /// and 50 restarts at the default).
+    /// The long form's time budget; the counts scale with it (1,000 cycles,
+    /// 50 restarts and 200 guest add/remove rounds at the default).
     #[arg(long, default_value_t = FULL_MINUTES)]
     minutes: u64,
-    /// Only these parts (comma-separated: cycles, restarts, abuse).
+    /// Only these parts (comma-separated: cycles, restarts, guests, abuse).
     #[arg(long, value_delimiter = ',')]
     parts: Vec<String>,
     /// Override the number of frontend cycles.
@@ -37,6 +39,9 @@ struct Args {
     /// Override the number of kill -9 restarts.
     #[arg(long)]
     restarts: Option<u32>,
+    /// Override the number of guest add/remove rounds.
+    #[arg(long)]
+    guest_rounds: Option<u32>,
     /// Seed of the random moments (printed; default from the clock).
     #[arg(long)]
     seed: Option<u64>,
@@ -68,24 +73,27 @@ fn main() -> Result<()> {
     if let Some(r) = a.restarts {
         plan.restarts = r;
     }
+    if let Some(r) = a.guest_rounds {
+        plan.guest_rounds = r;
+    }
     let parts: Vec<PartKind> = if a.parts.is_empty() {
         PartKind::ALL.to_vec()
     } else {
         a.parts
             .iter()
             .map(|s| {
-                PartKind::parse(s.trim()).with_context(|| {
-                    format!("--parts: {s:?} is not a part (cycles, restarts, abuse)")
-                })
+                PartKind::parse(s.trim())
+                    .with_context(|| format!("--parts: {s:?} is not a part ({})", PartKind::NAMES))
             })
             .collect::<Result<_>>()?
     };
     println!(
-        "xdpath soak ({} form): {} cycles, {} restarts, {} writers, {} slow clients, \
-         budget {} s, seed {seed}",
+        "xdpath soak ({} form): {} cycles, {} restarts, {} guest rounds, {} writers, \
+         {} slow clients, budget {} s, seed {seed}",
         plan.form,
         plan.cycles,
         plan.restarts,
+        plan.guest_rounds,
         plan.writers,
         plan.slow_clients,
         plan.budget.as_secs()
@@ -101,6 +109,7 @@ fn main() -> Result<()> {
         let part = match k {
             PartKind::Cycles => cycles::run(&plan, &mut rng),
             PartKind::Restarts => restarts::run(&plan, &mut rng),
+            PartKind::Guests => guests::run(&plan, &mut rng),
             PartKind::Abuse => abuse::run(&plan),
         };
         print!("{}", part.text());
@@ -115,7 +124,8 @@ fn main() -> Result<()> {
         "passed": passed,
         "wall_time_s": secs(wall),
         "seed": seed,
-        "plan": {"cycles": plan.cycles, "restarts": plan.restarts, "writers": plan.writers,
+        "plan": {"cycles": plan.cycles, "restarts": plan.restarts,
+                 "guest_rounds": plan.guest_rounds, "writers": plan.writers,
                  "rules_per_writer": plan.ops_per_writer, "slow_clients": plan.slow_clients,
                  "oversize_mib": plan.oversize_mib, "budget_s": plan.budget.as_secs()},
         "machine": {
@@ -174,6 +184,13 @@ fn summary(parts: &[Part]) -> Value {
         "max_stop_latency_ms": max_stop,
         "host_pings": get("restarts", "host_pings"),
         "guest_resume_after_kill": get("restarts", "guest_resume_after_kill"),
+        "guest_resume_after_kill_per_guest": get("restarts", "guest_resume_per_guest"),
+        "guest_churn": fig("guests").map(|f| json!({
+            "rounds": f.get("rounds"),
+            "steady_guests": f.get("steady_guests"),
+            "start": f.get("start"),
+            "end": f.get("end"),
+        })),
         "api_abuse": fig("abuse").map(|f| json!({
             "writers": f.get("writers"),
             "oversize": f.get("oversize"),
@@ -229,8 +246,35 @@ fn summary_text(s: &Value) -> String {
     let r = &s["guest_resume_after_kill"];
     if !r.is_null() {
         out.push_str(&format!(
-            "  guest resume after kill -9: median {} ms, max {} ms\n",
+            "  every guest resumed after kill -9: median {} ms, max {} ms\n",
             r["median_ms"], r["max_ms"]
+        ));
+    }
+    if let Some(per) = s["guest_resume_after_kill_per_guest"].as_object() {
+        let each: Vec<String> = per
+            .iter()
+            .map(|(g, v)| format!("{g} median {} ms, max {} ms", v["median_ms"], v["max_ms"]))
+            .collect();
+        out.push_str(&format!("    per guest: {}\n", each.join("; ")));
+    }
+    let c = &s["guest_churn"];
+    if !c.is_null() {
+        let lost: Vec<String> = c["steady_guests"]
+            .as_object()
+            .map(|m| {
+                m.iter()
+                    .map(|(g, v)| format!("{g} {} of {} lost", v["lost"], v["sent"]))
+                    .collect()
+            })
+            .unwrap_or_default();
+        out.push_str(&format!(
+            "  guest churn: {} rounds; steady guests: {}; xdpathd {} -> {} fds, {} -> {} threads\n",
+            c["rounds"],
+            lost.join(", "),
+            c["start"]["fds"],
+            c["end"]["fds"],
+            c["start"]["threads"],
+            c["end"]["threads"]
         ));
     }
     let a = &s["api_abuse"];

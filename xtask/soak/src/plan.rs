@@ -14,19 +14,25 @@ pub enum PartKind {
     Cycles,
     /// `kill -9` and restarts of xdpathd.
     Restarts,
+    /// Guests added and removed under traffic to steady guests.
+    Guests,
     /// API abuse.
     Abuse,
 }
 
 impl PartKind {
     /// Every part, in the order they run.
-    pub const ALL: [Self; 3] = [Self::Cycles, Self::Restarts, Self::Abuse];
+    pub const ALL: [Self; 4] = [Self::Cycles, Self::Restarts, Self::Guests, Self::Abuse];
+
+    /// The parts' names, for messages.
+    pub const NAMES: &'static str = "cycles, restarts, guests, abuse";
 
     /// Its name on the command line and in the report.
     pub fn name(self) -> &'static str {
         match self {
             Self::Cycles => "cycles",
             Self::Restarts => "restarts",
+            Self::Guests => "guests",
             Self::Abuse => "abuse",
         }
     }
@@ -39,20 +45,23 @@ impl PartKind {
     /// Its share of the time budget.
     fn share(self) -> f64 {
         match self {
-            Self::Cycles => 0.70,
+            Self::Cycles => 0.60,
             Self::Restarts => 0.20,
-            Self::Abuse => 0.10,
+            Self::Guests => 0.12,
+            Self::Abuse => 0.08,
         }
     }
 }
 
 /// The long form at this many minutes runs the issue's counts: 1,000
-/// cycles and 50 restarts.
+/// cycles and 50 restarts (and 200 guest add/remove rounds).
 pub const FULL_MINUTES: u64 = 20;
 /// Frontend cycles of the issue.
 pub const FULL_CYCLES: u32 = 1000;
 /// Restarts of the issue.
 pub const FULL_RESTARTS: u32 = 50;
+/// Guest add/remove rounds at [`FULL_MINUTES`].
+pub const FULL_GUEST_ROUNDS: u32 = 200;
 
 /// What a run does.
 #[derive(Debug, Clone)]
@@ -63,6 +72,8 @@ pub struct Plan {
     pub cycles: u32,
     /// `kill -9` restarts of xdpathd.
     pub restarts: u32,
+    /// Guest add/connect/remove rounds.
+    pub guest_rounds: u32,
     /// Concurrent API writers.
     pub writers: u32,
     /// Rules each writer adds (every other one is deleted again).
@@ -89,6 +100,7 @@ impl Plan {
             form: "ci",
             cycles: 100,
             restarts: 10,
+            guest_rounds: 20,
             writers: 100,
             ops_per_writer: 4,
             slow_clients: 50,
@@ -113,6 +125,7 @@ impl Plan {
             form: "long",
             cycles: scale(FULL_CYCLES, ci.cycles),
             restarts: scale(FULL_RESTARTS, ci.restarts),
+            guest_rounds: scale(FULL_GUEST_ROUNDS, ci.guest_rounds),
             writers: 100,
             ops_per_writer: 20,
             slow_clients: 200,
@@ -137,13 +150,14 @@ mod tests {
     fn the_long_form_scales_the_issues_counts() {
         let full = Plan::long(FULL_MINUTES, 1);
         assert_eq!((full.cycles, full.restarts), (FULL_CYCLES, FULL_RESTARTS));
+        assert_eq!(full.guest_rounds, FULL_GUEST_ROUNDS);
         let double = Plan::long(2 * FULL_MINUTES, 1);
         assert_eq!((double.cycles, double.restarts), (2000, 100));
         let short = Plan::long(1, 1);
         let ci = Plan::ci(1);
         assert_eq!(
-            (short.cycles, short.restarts),
-            (ci.cycles, ci.restarts),
+            (short.cycles, short.restarts, short.guest_rounds),
+            (ci.cycles, ci.restarts, ci.guest_rounds),
             "never below the CI form"
         );
         assert_eq!(short.budget, Duration::from_secs(60));
@@ -155,6 +169,7 @@ mod tests {
         let sum: Duration = PartKind::ALL.iter().map(|&k| p.part_budget(k)).sum();
         assert!(sum <= p.budget && sum + Duration::from_millis(1) >= p.budget);
         assert_eq!(PartKind::parse("abuse"), Some(PartKind::Abuse));
+        assert_eq!(PartKind::parse("guests"), Some(PartKind::Guests));
         assert_eq!(PartKind::parse("x"), None);
     }
 }

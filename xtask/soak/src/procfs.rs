@@ -43,6 +43,24 @@ impl Figures {
         })
     }
 
+    /// The figures of `pid` and its fd list, read 5 times 50 ms apart,
+    /// the reading with the fewest fds: a baseline without the API
+    /// connection the soak's last call may still hold open.
+    pub fn settled(pid: u32) -> Result<(Self, Vec<String>)> {
+        let mut best: Option<(Self, Vec<String>)> = None;
+        for i in 0..5 {
+            if i > 0 {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let f = Self::of(pid)?;
+            let list = fd_list(pid)?;
+            if best.as_ref().is_none_or(|(b, _)| f.fds < b.fds) {
+                best = Some((f, list));
+            }
+        }
+        best.context("no reading")
+    }
+
     /// As JSON (RSS in KiB).
     pub fn json(&self) -> Value {
         json!({"fds": self.fds, "threads": self.threads, "rss_kib": self.rss_kib, "peak_rss_kib": self.hwm_kib})
@@ -77,6 +95,25 @@ pub fn thread_names(pid: u32) -> BTreeMap<String, usize> {
         *names.entry(comm.trim().to_string()).or_insert(0) += 1;
     }
     names
+}
+
+/// The name of the daemon's API runtime threads (tokio's blocking pool:
+/// started on demand by API calls, ended after 10 s idle).
+pub const RUNTIME_THREADS: &str = "tokio-rt-worker";
+
+/// Whether the threads `now` are back to `start` (both from
+/// [`thread_names`]): as many of every name, except the API runtime's
+/// ([`RUNTIME_THREADS`]), of which there may be fewer (the baseline may
+/// have been taken while one served a call).
+pub fn threads_back(start: &BTreeMap<String, usize>, now: &BTreeMap<String, usize>) -> bool {
+    let others = |m: &BTreeMap<String, usize>| {
+        m.iter()
+            .filter(|(k, _)| k.as_str() != RUNTIME_THREADS)
+            .map(|(k, v)| (k.clone(), *v))
+            .collect::<BTreeMap<_, _>>()
+    };
+    let runtime = |m: &BTreeMap<String, usize>| m.get(RUNTIME_THREADS).copied().unwrap_or(0);
+    others(start) == others(now) && runtime(now) <= runtime(start)
 }
 
 /// Whether `pid` has ended: gone, or a zombie waiting to be reaped by its
@@ -135,6 +172,35 @@ mod tests {
         assert!(f.fds >= 3 && f.threads >= 1 && f.rss_kib > 0 && f.hwm_kib >= f.rss_kib);
         assert!(!exited(me));
         assert!(thread_names(me).values().sum::<usize>() >= 1);
+    }
+
+    #[test]
+    fn threads_are_back_with_fewer_runtime_threads_only() {
+        let m = |v: &[(&str, usize)]| {
+            v.iter()
+                .map(|(k, n)| (k.to_string(), *n))
+                .collect::<BTreeMap<_, _>>()
+        };
+        let start = m(&[("xdpathd", 1), (RUNTIME_THREADS, 1), ("vhost-g2", 1)]);
+        assert!(threads_back(&start, &start));
+        assert!(threads_back(&start, &m(&[("xdpathd", 1), ("vhost-g2", 1)])));
+        assert!(!threads_back(
+            &start,
+            &m(&[("xdpathd", 1), (RUNTIME_THREADS, 2), ("vhost-g2", 1)])
+        ));
+        assert!(!threads_back(
+            &start,
+            &m(&[
+                ("xdpathd", 1),
+                (RUNTIME_THREADS, 1),
+                ("vhost-g2", 1),
+                ("vhost-c3", 1)
+            ])
+        ));
+        assert!(!threads_back(
+            &start,
+            &m(&[("xdpathd", 1), (RUNTIME_THREADS, 1)])
+        ));
     }
 
     #[test]

@@ -59,27 +59,33 @@ fn pin(cpu: usize) {
 
 /// A steady stream of frames from the peer to the guest (AF_PACKET on the
 /// peer's veth end), spread over the tx queues by moving between CPUs.
+/// With several targets (guests), frame `seq` goes to target `seq %
+/// targets`, and what was sent is counted per target.
 #[derive(Debug)]
 pub struct ToGuest {
     stop: Arc<AtomicBool>,
     sent: Arc<AtomicU64>,
+    sent_to: Arc<Vec<AtomicU64>>,
     errors: Arc<AtomicU64>,
     thread: Option<JoinHandle<Result<()>>>,
 }
 
 impl ToGuest {
     /// Starts sending `frame(seq)` at `pps` frames per second from `iface`
-    /// in namespace `ns`.
+    /// in namespace `ns`; `seq % targets` is the frame's target.
     pub fn start(
         ns: &str,
         iface: &str,
         pps: u32,
+        targets: usize,
         frame: impl Fn(u64) -> Vec<u8> + Send + 'static,
     ) -> Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicU64::new(0));
+        let targets = targets.max(1);
+        let sent_to = Arc::new((0..targets).map(|_| AtomicU64::new(0)).collect::<Vec<_>>());
         let errors = Arc::new(AtomicU64::new(0));
-        let (s, n, e) = (stop.clone(), sent.clone(), errors.clone());
+        let (s, n, e, per) = (stop.clone(), sent.clone(), errors.clone(), sent_to.clone());
         let iface = iface.to_string();
         let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
         let thread = in_ns_thread("to-guest", ns, move || {
@@ -97,6 +103,9 @@ impl ToGuest {
                 for _ in 0..k {
                     if tx.send(&frame(seq)).is_ok() {
                         n.fetch_add(1, Ordering::Relaxed);
+                        if let Some(c) = per.get((seq % targets as u64) as usize) {
+                            c.fetch_add(1, Ordering::Relaxed);
+                        }
                     } else {
                         e.fetch_add(1, Ordering::Relaxed);
                     }
@@ -113,6 +122,7 @@ impl ToGuest {
         Ok(Self {
             stop,
             sent,
+            sent_to,
             errors,
             thread: Some(thread),
         })
@@ -123,6 +133,11 @@ impl ToGuest {
         self.sent.load(Ordering::Relaxed)
     }
 
+    /// Frames sent so far to target `i`.
+    pub fn sent_to(&self, i: usize) -> u64 {
+        self.sent_to.get(i).map_or(0, |c| c.load(Ordering::Relaxed))
+    }
+
     /// Sends that failed (the kernel refused; ENOBUFS under load).
     pub fn errors(&self) -> u64 {
         self.errors.load(Ordering::Relaxed)
@@ -130,6 +145,12 @@ impl ToGuest {
 
     /// Stops the stream and reports the thread's end.
     pub fn finish(mut self) -> Result<()> {
+        self.halt()
+    }
+
+    /// Stops the stream and reports the thread's end, keeping the counts
+    /// readable.
+    pub fn halt(&mut self) -> Result<()> {
         self.stop.store(true, Ordering::Relaxed);
         join(self.thread.take(), "to-guest")
     }
@@ -148,17 +169,19 @@ impl Drop for ToGuest {
 #[derive(Debug, Default)]
 struct Seen {
     total: u64,
-    /// UDP source port -> (first seen, count); the soak guest puts its
-    /// session number there.
-    by_sport: HashMap<u16, (Instant, u64)>,
+    /// Frames per source MAC.
+    by_mac: HashMap<[u8; 6], u64>,
+    /// (source MAC, UDP source port) -> (first seen, count); the soak
+    /// guest puts its session number in the port.
+    by_sport: HashMap<([u8; 6], u16), (Instant, u64)>,
 }
 
 /// Ports tracked at most (the guest's session ports are 20000..30000).
 const MAX_SPORTS: usize = 16384;
 
-/// Counts the frames the guest sends (source MAC = the guest's) as they
-/// arrive on the peer's veth end, and when each UDP source port was first
-/// seen.
+/// Counts the frames the guests send (source MAC one of the guests') as
+/// they arrive on the peer's veth end, per guest, and when each guest's
+/// UDP source port was first seen.
 #[derive(Debug)]
 pub struct FromGuest {
     stop: Arc<AtomicBool>,
@@ -177,9 +200,10 @@ fn udp_sport(f: &[u8]) -> Option<u16> {
 }
 
 impl FromGuest {
-    /// Starts counting frames from `guest_mac` arriving on `iface` in `ns`.
-    /// Returns once the capture is open.
-    pub fn start(ns: &str, iface: &str, guest_mac: [u8; 6]) -> Result<Self> {
+    /// Starts counting frames from `guest_macs` arriving on `iface` in
+    /// `ns`. Returns once the capture is open.
+    pub fn start(ns: &str, iface: &str, guest_macs: &[[u8; 6]]) -> Result<Self> {
+        let macs = guest_macs.to_vec();
         let stop = Arc::new(AtomicBool::new(false));
         let seen = Arc::new(Mutex::new(Seen::default()));
         let (s, n) = (stop.clone(), seen.clone());
@@ -191,13 +215,17 @@ impl FromGuest {
             let rx = rx?;
             while !s.load(Ordering::Relaxed) {
                 rx.recv_matching(usize::MAX, Duration::from_millis(50), |f| {
-                    if f.get(6..12) == Some(&guest_mac[..]) {
+                    let src = f.get(6..12).and_then(|m| <[u8; 6]>::try_from(m).ok());
+                    if let Some(mac) = src.filter(|m| macs.contains(m)) {
                         let at = Instant::now();
                         let mut seen = n.lock().unwrap_or_else(PoisonError::into_inner);
                         seen.total += 1;
+                        *seen.by_mac.entry(mac).or_insert(0) += 1;
                         if let Some(p) = udp_sport(f) {
-                            if seen.by_sport.len() < MAX_SPORTS || seen.by_sport.contains_key(&p) {
-                                seen.by_sport.entry(p).or_insert((at, 0)).1 += 1;
+                            let key = (mac, p);
+                            if seen.by_sport.len() < MAX_SPORTS || seen.by_sport.contains_key(&key)
+                            {
+                                seen.by_sport.entry(key).or_insert((at, 0)).1 += 1;
                             }
                         }
                     }
@@ -230,13 +258,25 @@ impl FromGuest {
             .total
     }
 
-    /// When a frame with UDP source port `sport` was first seen.
-    pub fn first_with_sport(&self, sport: u16) -> Option<Instant> {
+    /// Frames from guest `mac` so far.
+    pub fn total_from(&self, mac: [u8; 6]) -> u64 {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .by_mac
+            .get(&mac)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// When a frame from guest `mac` with UDP source port `sport` was
+    /// first seen.
+    pub fn first_with_sport(&self, mac: [u8; 6], sport: u16) -> Option<Instant> {
         self.seen
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .by_sport
-            .get(&sport)
+            .get(&(mac, sport))
             .map(|&(t, _)| t)
     }
 }

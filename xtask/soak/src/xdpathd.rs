@@ -1,6 +1,7 @@
 //! The soak's view of the xdpathd it runs (the test kit's `Daemon`): is a
-//! frontend connected, is the daemon alive, its queue counters, and a
-//! timed SIGTERM.
+//! frontend connected (any, or a given guest's), is the daemon alive, its
+//! queue, guest and classifier counters, its guest listing, and a timed
+//! SIGTERM.
 
 use crate::procfs;
 use crate::report::ms;
@@ -31,7 +32,63 @@ pub fn queue_frames(d: &Daemon) -> (u64, u64) {
     (sum("rx_frames"), sum("tx_frames"))
 }
 
-/// Whether a frontend is connected, per the daemon.
+/// Guest `name` as `GET /v1/guests/{name}` shows it (None: no answer or
+/// no such guest).
+pub fn guest(d: &Daemon, name: &str) -> Option<serde_json::Value> {
+    d.call("GET", &format!("/v1/guests/{name}"), None).ok()
+}
+
+/// Whether guest `name`'s frontend is connected, per the daemon.
+pub fn guest_connected(d: &Daemon, name: &str) -> bool {
+    guest(d, name).is_some_and(|g| g["connected"] == json!(true))
+}
+
+/// Counter `key` of guest `name` (0 when unknown).
+pub fn guest_counter(d: &Daemon, name: &str, key: &str) -> u64 {
+    guest(d, name).and_then(|g| g[key].as_u64()).unwrap_or(0)
+}
+
+/// The guests' declarations as `GET /v1/guests` lists them (id, name,
+/// MAC, addresses, socket, client mode), without the counters or the
+/// connection state: what a restart must restore.
+pub fn guest_declarations(d: &Daemon) -> Result<serde_json::Value> {
+    let v = d
+        .call("GET", "/v1/guests", None)
+        .context("GET /v1/guests")?;
+    let keys = [
+        "id",
+        "name",
+        "mac",
+        "ips",
+        "queues",
+        "vhost_socket",
+        "vhost_client",
+        "anti_spoof",
+    ];
+    Ok(v.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|g| {
+                    keys.iter()
+                        .map(|k| (k.to_string(), g[*k].clone()))
+                        .collect::<serde_json::Map<_, _>>()
+                        .into()
+                })
+                .collect::<Vec<serde_json::Value>>()
+        })
+        .unwrap_or_default()
+        .into())
+}
+
+/// Classifier counter `key` from `GET /v1/stats` (0 when unknown).
+pub fn classifier(d: &Daemon, key: &str) -> u64 {
+    d.call("GET", "/v1/stats", None)
+        .ok()
+        .and_then(|v| v["classifier"][key].as_u64())
+        .unwrap_or(0)
+}
+
+/// Whether any frontend is connected, per the daemon.
 pub fn connected(d: &Daemon) -> bool {
     d.call("GET", "/v1/health", None)
         .is_ok_and(|h| h["guest_connected"] == json!(true))

@@ -103,7 +103,19 @@ fn spawn_guest(
     stop: &'static AtomicBool,
 ) -> (JoinHandle<anyhow::Result<()>>, Receiver<Event>) {
     let (tx, rx) = channel();
-    let o = xdpath_soak::guest_options(sock, 1, reconnect, 500, Duration::from_secs(60));
+    let o = guest::GuestOptions {
+        socket: sock.to_path_buf(),
+        queue_pairs: 1,
+        reconnect,
+        tx_pps: 500,
+        deadline: Duration::from_secs(60),
+        mac: xdpath_soak::GUEST_MAC,
+        dst_mac: xdpath_soak::SINK_MAC,
+        ip: xdpath_soak::GUEST_IP,
+        dst_ip: xdpath_tests::topology::PEER_IP,
+        dst_port: xdpath_soak::FROM_GUEST_PORT,
+        listen: false,
+    };
     let t = std::thread::spawn(move || guest::run(&o, stop, &mut |e| drop(tx.send(e))));
     (t, rx)
 }
@@ -154,6 +166,25 @@ fn without_reconnect_the_guest_ends_with_its_backend() {
     let (guest, events) = spawn_guest(&sock, false, &STOP);
     wait_event(&events, "session 1", |e| *e == Event::Up { session: 1 });
     a.traffic_both_ways(&events, 1);
+    // A frame for another MAC is counted apart (stray), a broadcast not
+    // at all.
+    let q = a.wire.queue(0).expect("queue 0");
+    let mut other = xdpath_soak::to_guest_frame(1000);
+    other[..6].copy_from_slice(&[0x52, 0x54, 0x00, 0x50, 0xa0, 0x77]);
+    let mut bcast = xdpath_soak::to_guest_frame(1001);
+    bcast[..6].copy_from_slice(&[0xff; 6]);
+    q.inject(&bcast);
+    q.inject(&other);
+    wait_event(&events, "a stray frame counted", |e| {
+        matches!(
+            e,
+            Event::Traffic {
+                session: 1,
+                stray: 1,
+                ..
+            }
+        )
+    });
     let t = Instant::now();
     a.stop();
     let r = guest.join().expect("guest thread");

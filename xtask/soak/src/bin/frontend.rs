@@ -3,7 +3,7 @@
 //! redial a daemon that was killed (`--reconnect`, as QEMU's
 //! `reconnect=1`). It drives the test kit's `TestFrontend` as a guest that
 //! keeps traffic going both ways (`xdpath_soak::guest`) and prints one
-//! event per line on stdout (`up S`, `traffic S RX TX`, `down S WHY`,
+//! event per line on stdout (`up S`, `traffic S RX TX STRAY`, `down S WHY`,
 //! `retry WHY`), flushed at once, for the soak driver to time.
 //!
 //! Exit status: 0 when it stopped by itself (the backend went away without
@@ -51,6 +51,11 @@ struct Args {
     /// Destination UDP port of the guest's frames.
     #[arg(long, default_value_t = 9)]
     dst_port: u16,
+    /// Listen on --socket (bind it) and wait for the backend to connect,
+    /// as QEMU with `server=on` for a client-mode guest; again after every
+    /// disconnect with --reconnect.
+    #[arg(long)]
+    listen: bool,
 }
 
 fn main() -> Result<()> {
@@ -66,6 +71,7 @@ fn main() -> Result<()> {
         ip: a.ip.octets(),
         dst_ip: a.dst_ip.octets(),
         dst_port: a.dst_port,
+        listen: a.listen,
     };
     let stop = AtomicBool::new(false);
     let out = std::io::stdout();
