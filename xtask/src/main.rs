@@ -57,9 +57,11 @@ enum Cmd {
     /// then the criterion micro-benchmarks; `--instructions` counts the
     /// worker batches' instructions per frame with callgrind instead.
     Bench(bench::BenchArgs),
-    /// Set up, then soak a real xdpathd (root): frontend connect/SIGKILL
-    /// cycles (DPDK and the in-repo frontend), kill -9 restarts under
-    /// traffic with a reconnecting guest, API abuse; writes
+    /// Set up, then soak a real xdpathd (root) with several guests:
+    /// frontend connect/SIGKILL cycles (DPDK and the in-repo frontend) on
+    /// one of three guests, kill -9 restarts under traffic with three
+    /// reconnecting guests (one in client mode), hot add/remove of guests
+    /// under traffic, API abuse; writes
     /// target/soak/long.json (or ci.json with --ci).
     Soak(soak::SoakArgs),
     /// Set up, build the fuzz targets of tests/fuzz once (cargo-fuzz,
