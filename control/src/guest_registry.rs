@@ -50,7 +50,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use xdpath_api::guests::{check_guest_name, GuestSpecError, MAX_GUESTS};
+use xdpath_api::guests::{check_guest_name, GuestSpecError, MAX_GUESTS, SHORTHAND_GUEST};
 use xdpath_api::{GuestInfo, GuestNames, GuestSpec, GuestTable};
 use xdpath_common::{Action, RuleValue};
 
@@ -250,7 +250,17 @@ impl GuestRegistry {
                     })?,
                 None => return Err(at(&"`id`: missing; a stored guest has its id.")),
             };
-            let spec = GuestSpec::from_value(obj).map_err(|e| at(&e))?;
+            // The shorthand guest declared without `--guest-mac` is saved
+            // without a MAC (it is reached by rules only): read it back so,
+            // or a daemon that saved it could not start again. Every other
+            // guest needs its MAC.
+            let shorthand = obj.get("name").and_then(Value::as_str) == Some(SHORTHAND_GUEST);
+            let spec = if shorthand {
+                GuestSpec::from_value_mac_optional(obj)
+            } else {
+                GuestSpec::from_value(obj)
+            }
+            .map_err(|e| at(&e))?;
             r.add_with_id(id, spec).map_err(|e| at(&e))?;
         }
         Ok(r)
@@ -860,6 +870,37 @@ mod tests {
             let e = GuestRegistry::load(&f, defaults()).unwrap_err().to_string();
             assert_eq!(e, format!("Guest file {shown}: {detail}"), "{text}");
         }
+    }
+
+    /// `--vhost-socket` without `--guest-mac` declares a MAC-less shorthand
+    /// guest; once a guest is added (a save), the file must load again, or
+    /// the daemon could not restart. Only the shorthand guest may lack it.
+    #[test]
+    fn a_shorthand_guest_without_a_mac_is_saved_and_loaded_back() {
+        let d = Dir::new("macless");
+        let mut r = GuestRegistry::load(&d.file(), defaults()).unwrap();
+        let mut shorthand = GuestSpec::new(SHORTHAND_GUEST, MacAddr([0; 6]));
+        shorthand.mac = None;
+        r.merge_config(Some(shorthand.clone()), &[]).unwrap();
+        r.change(|r| r.add(spec("web", 6))).unwrap();
+        let back = GuestRegistry::load(&d.file(), defaults())
+            .unwrap_or_else(|e| panic!("the saved file loads again: {e}"));
+        assert_eq!(ids(&back), vec![(1, "default".into()), (2, "web".into())]);
+        assert_eq!(back.get("default").unwrap().spec, shorthand);
+        assert_eq!(back.get("web").unwrap().spec, spec("web", 6));
+
+        std::fs::write(
+            d.file(),
+            r#"{"version": 1, "guests": [{"id": 2, "name": "web"}]}"#,
+        )
+        .unwrap();
+        let e = GuestRegistry::load(&d.file(), defaults()).unwrap_err();
+        assert!(
+            e.to_string().ends_with(
+                "entry 0 (\"web\"): `mac`: missing; a guest needs at least name and mac."
+            ),
+            "{e}"
+        );
     }
 
     #[test]

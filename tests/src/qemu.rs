@@ -14,9 +14,15 @@
 //! then reads one command per line (`ID TIMEOUT_S COMMAND`) and answers
 //! `XDPATH-BEGIN ID`, the output, `XDPATH-END ID STATUS`.
 //!
+//! QEMU is the vhost-user client by default (it connects to the backend's
+//! socket and reconnects every second), or the server
+//! ([`GuestConfig::vhost_server`]: it listens and the backend dials it).
+//!
 //! [`Guest`] kills the QEMU process it started (by its pid, SIGKILL) and
-//! reaps it on drop, even when the test panics; it creates no files. On a
-//! panic it prints the tail of the console log.
+//! reaps it on drop, even when the test panics; it creates no files (but
+//! a QEMU in server mode makes its socket file, which a killed QEMU
+//! leaves: the caller's directory holds it). On a panic it prints the tail
+//! of the console log.
 
 use anyhow::{bail, ensure, Context, Result};
 use std::io::{BufRead, BufReader, Write};
@@ -63,8 +69,20 @@ pub fn image() -> Result<(PathBuf, PathBuf)> {
 /// How to boot a [`Guest`].
 #[derive(Clone, Debug)]
 pub struct GuestConfig {
-    /// The vhost-user socket the backend listens on.
+    /// The vhost-user socket: the one the backend listens on, or (with
+    /// [`GuestConfig::vhost_server`]) the one QEMU listens on.
     pub sock: PathBuf,
+    /// Which side of the vhost-user socket QEMU is. `false` (the default):
+    /// QEMU connects to the backend's socket as a client and, after a
+    /// disconnect, tries again every second (`-chardev
+    /// socket,...,reconnect=1`). `true`: QEMU listens on `sock` and owns the
+    /// socket file (`-chardev socket,...,server=on,wait=off`, booting
+    /// without waiting for a backend); for a backend in client mode, such
+    /// as an xdpathd guest entry with `"vhost_client": true`, which dials
+    /// the socket and redials every 50 ms after a disconnect (like OVS's
+    /// `dpdkvhostuserclient`). QEMU leaves the socket file behind when it
+    /// is killed: put it in a directory the test removes.
+    pub vhost_server: bool,
     /// Queue pairs QEMU offers (`-netdev vhost-user,queues=N`); the backend
     /// must serve at least as many.
     pub queues: u16,
@@ -88,10 +106,12 @@ pub struct GuestConfig {
 }
 
 impl GuestConfig {
-    /// One vCPU, 256 MiB, one queue pair, 60 s to boot.
+    /// One vCPU, 256 MiB, one queue pair, 60 s to boot, QEMU as the
+    /// vhost-user client.
     pub fn new(sock: impl Into<PathBuf>, mac: [u8; 6], ip: impl Into<String>) -> Self {
         Self {
             sock: sock.into(),
+            vhost_server: false,
             queues: 1,
             mac,
             ip: ip.into(),
@@ -160,6 +180,13 @@ impl Guest {
             append.push_str(&format!(" xdpath.mtu={mtu}"));
         }
         let mem = cfg.memory_mib;
+        // QEMU option values escape a comma by doubling it.
+        let sock = cfg.sock.display().to_string().replace(',', ",,");
+        let chardev = if cfg.vhost_server {
+            format!("socket,id=c,path={sock},server=on,wait=off")
+        } else {
+            format!("socket,id=c,path={sock},reconnect=1")
+        };
         let mut cmd = Command::new("qemu-system-x86_64");
         cmd.args(["-accel", "tcg", "-nodefaults", "-no-user-config"])
             .args(["-display", "none", "-serial", "stdio", "-no-reboot"])
@@ -177,11 +204,7 @@ impl Guest {
             .args(["-append", &append])
             .args([
                 "-chardev",
-                // QEMU option values escape a comma by doubling it.
-                &format!(
-                    "socket,id=c,path={},reconnect=1",
-                    cfg.sock.display().to_string().replace(',', ",,")
-                ),
+                &chardev,
                 "-netdev",
                 &format!("vhost-user,id=n,chardev=c,queues={}", cfg.queues),
                 "-device",

@@ -279,6 +279,17 @@ impl GuestSpec {
 
     /// Reads a spec from a JSON value; every refusal names its field.
     pub fn from_value(v: Value) -> Result<Self, GuestSpecError> {
+        Self::parse(v, true)
+    }
+
+    /// Like [`GuestSpec::from_value`], `mac` optional: the one-guest
+    /// shorthand guest as a daemon's state file stores it when it was
+    /// declared without `--guest-mac` (see [`GuestSpec::mac`]).
+    pub fn from_value_mac_optional(v: Value) -> Result<Self, GuestSpecError> {
+        Self::parse(v, false)
+    }
+
+    fn parse(v: Value, mac_required: bool) -> Result<Self, GuestSpecError> {
         let Value::Object(mut o) = v else {
             return Err(GuestSpecError::new(
                 "guest",
@@ -312,7 +323,10 @@ impl GuestSpec {
             )
         };
         let name: String = field(&mut o, "name")?.ok_or_else(|| needs("name"))?;
-        let mac: MacAddr = field(&mut o, "mac")?.ok_or_else(|| needs("mac"))?;
+        let mac: Option<MacAddr> = field(&mut o, "mac")?;
+        if mac_required && mac.is_none() {
+            return Err(needs("mac"));
+        }
         let socket_mode = match o.remove("socket_mode") {
             None | Some(Value::Null) => None,
             Some(v) => {
@@ -321,7 +335,7 @@ impl GuestSpec {
         };
         Ok(Self {
             name,
-            mac: Some(mac),
+            mac,
             anti_spoof: field(&mut o, "anti_spoof")?,
             vhost_client: field(&mut o, "vhost_client")?,
             ips: field(&mut o, "ips")?.unwrap_or_default(),
