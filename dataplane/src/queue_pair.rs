@@ -73,6 +73,10 @@ const TX_RETRY: Duration = Duration::from_micros(50);
 const TX_YIELD: Duration = Duration::from_micros(1);
 /// How often the kernel's XDP_STATISTICS are copied into the counters.
 const STATS_EVERY: Duration = Duration::from_millis(100);
+/// `signal_on_start` index of the pair's RX vring.
+const RX_RING: usize = 0;
+/// `signal_on_start` index of the pair's TX vring.
+const TX_RING: usize = 1;
 
 /// A change of the pair's port (AF_XDP socket), sent by the control plane.
 pub enum SocketChange<P> {
@@ -202,6 +206,15 @@ pub struct QueuePair<P: FramePort> {
     max_tx_frame: usize,
     rx_broken: bool,
     tx_broken: bool,
+    /// Per vring (RX, TX): the next signal of this connection goes out
+    /// whatever EVENT_IDX says. A backend killed between adding used
+    /// entries and signalling them leaves the guest's `used_event` behind
+    /// the used index the new connection starts from; the guest waits for
+    /// that lost interrupt, and every later crossing check says no, so the
+    /// ring would stay silent (seen with QEMU after `kill -9`: frames
+    /// delivered, never read, then no RX buffers). One spurious interrupt
+    /// per connection is harmless to the driver.
+    signal_on_start: [bool; 2],
     /// Set when the socket died; the backend ends the connection.
     failure: Option<String>,
     tally: Tally,
@@ -251,6 +264,7 @@ impl<P: FramePort> QueuePair<P> {
             max_tx_frame,
             rx_broken: false,
             tx_broken: false,
+            signal_on_start: [false; 2],
             failure: None,
             tally: Tally::default(),
             work: 0,
@@ -315,6 +329,7 @@ impl<P: FramePort> QueuePair<P> {
         self.apply_mailbox();
         self.rx_broken = false;
         self.tx_broken = false;
+        self.signal_on_start = [true; 2];
         if self.timer_armed {
             let _ = self.timer.clear();
             self.timer_armed = false;
@@ -513,8 +528,10 @@ impl<P: FramePort> QueuePair<P> {
         if let Some(e) = stop {
             self.break_vring(true, e);
         }
-        if delivered > 0 {
-            self.notify_guest(&mut state);
+        // Also with nothing delivered (the ring was already empty): the
+        // first signal of a connection is owed regardless.
+        if delivered > 0 || self.signal_on_start[RX_RING] {
+            self.notify_guest(&mut state, RX_RING);
         }
     }
 
@@ -598,7 +615,7 @@ impl<P: FramePort> QueuePair<P> {
             self.break_vring(true, e);
         }
         if delivered > 0 {
-            self.notify_guest(&mut state);
+            self.notify_guest(&mut state, RX_RING);
         }
     }
 
@@ -648,8 +665,22 @@ impl<P: FramePort> QueuePair<P> {
         }
     }
 
-    fn notify_guest(&mut self, state: &mut VringState<GuestMemoryAtomic<GuestMemoryMmap>>) {
-        if state.needs_notification().unwrap_or(true) && state.signal_used_queue().is_ok() {
+    /// Signals the guest about `ring` (RX_RING or TX_RING) if EVENT_IDX
+    /// asks for it, or if it is the connection's first signal there (see
+    /// `signal_on_start`; kept until the frontend has given a call fd).
+    fn notify_guest(
+        &mut self,
+        state: &mut VringState<GuestMemoryAtomic<GuestMemoryMmap>>,
+        ring: usize,
+    ) {
+        // Always asked: it also resets the library's count of entries added.
+        let needed = state.needs_notification().unwrap_or(true);
+        let first = state.get_call().is_some()
+            && self
+                .signal_on_start
+                .get_mut(ring)
+                .is_some_and(std::mem::take);
+        if (needed || first) && state.signal_used_queue().is_ok() {
             self.tally.guest_notifications += 1;
         }
     }
@@ -723,7 +754,7 @@ impl<P: FramePort> QueuePair<P> {
             }
         }
         if used_any {
-            self.notify_guest(&mut state);
+            self.notify_guest(&mut state, TX_RING);
         }
     }
 
@@ -1250,6 +1281,30 @@ mod tests {
         assert_eq!(rxq.take_interrupts(), 1, "one interrupt per batch");
         let port = qp.port().expect("port").counts();
         assert_eq!((port.rx_consumed, port.rx_released), (3, 3));
+    }
+
+    /// A backend killed between adding used entries and signalling them
+    /// leaves the guest's `used_event` behind; EVENT_IDX alone would then
+    /// never signal again. A new connection's first delivery signals
+    /// anyway, once; later ones follow EVENT_IDX again.
+    #[test]
+    fn a_new_connection_signals_the_guest_even_if_event_idx_lags_behind() {
+        let (mut guest, mut rxq) = setup();
+        guest.post_rx(&mut rxq, 8, 2048).expect("post RX");
+        let mut qp = pair(MemPort::new(64, 64, 2048).expect("eventfd"));
+        let mut deliver = |qp: &mut QueuePair<MemPort>, seed: u8| {
+            assert!(qp.port_mut().expect("port").push_rx(&frame(60, seed)));
+            qp.process_rx(rxq.vring(), guest.memory(), NO_MRG);
+            assert_eq!(rxq.take_used().expect("used ring").len(), 1);
+            rxq.take_interrupts()
+        };
+        // used_event is 0 (never updated by the guest): the first entry
+        // crosses it, the next ones do not.
+        assert_eq!(deliver(&mut qp, 1), 1);
+        assert_eq!(deliver(&mut qp, 2), 0, "EVENT_IDX suppresses");
+        qp.begin_connection();
+        assert_eq!(deliver(&mut qp, 3), 1, "a new connection signals once");
+        assert_eq!(deliver(&mut qp, 4), 0, "then EVENT_IDX again");
     }
 
     #[test]
