@@ -671,6 +671,12 @@ fn a_client_mode_qemu_guest_comes_back_within_a_second_of_each_restart() {
         // Let replies flow for a moment, so the last one before the kill is
         // at most one interval old.
         std::thread::sleep(Duration::from_millis(200));
+        let failed_setups = |d: &Daemon| {
+            d.log_text()
+                .matches("setting up a vhost-user connection failed")
+                .count()
+        };
+        let failed_before = failed_setups(&d);
         let kill = Instant::now();
         d.kill9();
         // Reaped: from here on no guest reply can reach the peer until the
@@ -721,11 +727,12 @@ fn a_client_mode_qemu_guest_comes_back_within_a_second_of_each_restart() {
         let (cg, sg) = (c_first - c_last, s_first - s_last);
         eprintln!(
             "restart {round:2}: daemon start-up {}; client mode gap {} (kill to first reply {}); \
-             default mode gap {}",
+             default mode gap {}; vhost-user set-ups that failed and were retried: {}",
             ms(up - dead),
             ms(cg),
             ms(c_first - kill),
-            ms(sg)
+            ms(sg),
+            failed_setups(&d).saturating_sub(failed_before)
         );
         client_gaps.push(cg);
         client_from_kill.push(c_first - kill);
