@@ -35,7 +35,7 @@ use crate::guest_proc::GuestProcess;
 use crate::plan::{PartKind, Plan};
 use crate::procfs::{self, Figures};
 use crate::report::{mib, ms, Part};
-use crate::wire::{FromGuest, ToGuest};
+
 use crate::xdpathd::{
     alive, connected, guest_connected, guest_counter, stop_text, stopped_in_time, tail, terminate,
 };
@@ -116,18 +116,11 @@ fn hugepage_files() -> Vec<String> {
 
 /// Runs part 1.
 pub fn run(plan: &Plan, rng: &mut fastrand::Rng) -> Part {
-    let mut p = Part::new("cycles");
-    let start = Instant::now();
-    if let Err(e) = body(plan, rng, &mut p) {
-        p.check(
-            "the part ran to its end",
-            false,
-            crate::xdpathd::tail(&format!("{e:#}"), 20),
-        );
-    }
-    remove_our_hugepage_files();
-    p.elapsed = start.elapsed();
-    p
+    Part::run("cycles", |p| {
+        let r = body(plan, rng, p);
+        remove_our_hugepage_files();
+        r
+    })
 }
 
 /// Removes hugepage files of this run's testpmd instances (their EAL file
@@ -171,13 +164,9 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
         gs.iter().map(|g| g.name.clone()).collect::<Vec<_>>(),
     );
 
-    let frames = gs.clone();
     let n = gs.len();
-    let to_guest = ToGuest::start(&t.peer_ns, &t.peer_if, TO_GUEST_PPS, n, move |seq| {
-        frames[(seq % n as u64) as usize].to_frame(seq)
-    })?;
-    let macs: Vec<[u8; 6]> = gs.iter().map(|g| g.mac).collect();
-    let from_guest = FromGuest::start(&t.peer_ns, &t.peer_if, &macs)?;
+    let (to_guest, from_guest) =
+        crate::wire::to_and_from(&t.peer_ns, &t.peer_if, TO_GUEST_PPS, &gs)?;
     let (mut dpdk, mut inrepo) = (Tally::default(), Tally::default());
     let warm_after = (plan.cycles / 10).max(10).min(plan.cycles);
     let mut warm: Option<Figures> = None;

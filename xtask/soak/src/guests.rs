@@ -119,17 +119,7 @@ impl Calls {
 
 /// Runs part 3.
 pub fn run(plan: &Plan, rng: &mut fastrand::Rng) -> Part {
-    let mut p = Part::new("guests");
-    let start = Instant::now();
-    if let Err(e) = body(plan, rng, &mut p) {
-        p.check(
-            "the part ran to its end",
-            false,
-            tail(&format!("{e:#}"), 20),
-        );
-    }
-    p.elapsed = start.elapsed();
-    p
+    Part::run("guests", |p| body(plan, rng, p))
 }
 
 /// Names in `GET /v1/guests`.

@@ -44,6 +44,23 @@ impl Part {
         }
     }
 
+    /// Runs part `name`'s `body` and times it; an error that cut the body
+    /// short is a failed check ("the part ran to its end") with the
+    /// error's last lines.
+    pub fn run(name: &'static str, body: impl FnOnce(&mut Part) -> anyhow::Result<()>) -> Self {
+        let mut p = Self::new(name);
+        let start = std::time::Instant::now();
+        if let Err(e) = body(&mut p) {
+            p.check(
+                "the part ran to its end",
+                false,
+                crate::xdpathd::tail(&format!("{e:#}"), 20),
+            );
+        }
+        p.elapsed = start.elapsed();
+        p
+    }
+
     /// Records a check; returns `pass`.
     pub fn check(
         &mut self,

@@ -32,7 +32,7 @@
 use crate::guest_proc::GuestProcess;
 use crate::plan::{PartKind, Plan};
 use crate::report::{median_max, ms, Part};
-use crate::wire::{FromGuest, Pinger, ToGuest};
+use crate::wire::Pinger;
 use crate::xdpathd::{
     guest_connected, guest_declarations, stop_text, stopped_in_time, tail, terminate,
 };
@@ -103,17 +103,7 @@ fn listing(d: &Daemon) -> Result<Value> {
 
 /// Runs part 2.
 pub fn run(plan: &Plan, rng: &mut fastrand::Rng) -> Part {
-    let mut p = Part::new("restarts");
-    let start = Instant::now();
-    if let Err(e) = body(plan, rng, &mut p) {
-        p.check(
-            "the part ran to its end",
-            false,
-            tail(&format!("{e:#}"), 20),
-        );
-    }
-    p.elapsed = start.elapsed();
-    p
+    Part::run("restarts", |p| body(plan, rng, p))
 }
 
 fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
@@ -147,13 +137,9 @@ fn body(plan: &Plan, rng: &mut fastrand::Rng, p: &mut Part) -> Result<()> {
     );
     p.set("guests", guests0.clone());
 
-    let frames = gs.clone();
     let n = gs.len();
-    let to_guest = ToGuest::start(&t.peer_ns, &t.peer_if, TO_GUEST_PPS, n, move |seq| {
-        frames[(seq % n as u64) as usize].to_frame(seq)
-    })?;
-    let macs: Vec<[u8; 6]> = gs.iter().map(|g| g.mac).collect();
-    let from_guest = FromGuest::start(&t.peer_ns, &t.peer_if, &macs)?;
+    let (to_guest, from_guest) =
+        crate::wire::to_and_from(&t.peer_ns, &t.peer_if, TO_GUEST_PPS, &gs)?;
     let pinger = Pinger::start(&t.peer_ns, HOST_IP, PING_EVERY)?;
     let frontends: Vec<GuestProcess> = gs
         .iter()

@@ -70,6 +70,25 @@ pub struct ToGuest {
     thread: Option<JoinHandle<Result<()>>>,
 }
 
+/// The wire traffic of a part with several guests, from the peer end
+/// `iface` in namespace `ns`: frames to each of `guests` in turn (`pps` in
+/// all, counted per guest) and the capture of what they send.
+pub fn to_and_from(
+    ns: &str,
+    iface: &str,
+    pps: u32,
+    guests: &[crate::SoakGuest],
+) -> Result<(ToGuest, FromGuest)> {
+    let frames = guests.to_vec();
+    let n = frames.len().max(1);
+    let to_guest = ToGuest::start(ns, iface, pps, n, move |seq| {
+        frames[(seq % n as u64) as usize].to_frame(seq)
+    })?;
+    let macs: Vec<[u8; 6]> = guests.iter().map(|g| g.mac).collect();
+    let from_guest = FromGuest::start(ns, iface, &macs)?;
+    Ok((to_guest, from_guest))
+}
+
 impl ToGuest {
     /// Starts sending `frame(seq)` at `pps` frames per second from `iface`
     /// in namespace `ns`; `seq % targets` is the frame's target.
