@@ -472,15 +472,18 @@ fn body_failed(e: std::io::Error) -> ApiError {
 /// to make room for the list.
 const MIN_RULE_BYTES: u64 = 48;
 
-/// The first guest of `then` that `now` no longer has under the same id
-/// and name (a guest removed, or removed and its id given to another).
-fn removed_since(
+/// The first guest of `then` that `rules` send to and `now` no longer has
+/// under the same id and name (removed, or removed and its id given to
+/// another).
+fn removed_since<R: crate::flow_table::TableRule>(
     then: &xdpath_api::rules::GuestTable,
     now: &crate::guest_registry::GuestRegistry,
+    rules: &crate::flow_table::NewRules<R>,
 ) -> Option<String> {
     use xdpath_api::guests::GuestNames;
     then.iter()
-        .find(|(id, name)| now.name_of(*id).as_deref() != Some(*name))
+        .filter(|(id, name)| now.name_of(*id).as_deref() != Some(*name))
+        .find(|(id, _)| rules.name_guest(*id))
         .map(|(_, name)| name.to_string())
 }
 
@@ -565,7 +568,7 @@ macro_rules! table_routes {
                 // began, and a guest removed since must not be named by a
                 // rule that goes in.
                 s.guests.with_names(|now| {
-                    if let Some(gone) = removed_since(&checked_against, now) {
+                    if let Some(gone) = removed_since(&checked_against, now, &rules) {
                         return Err(ApiError::new(
                             StatusCode::CONFLICT,
                             format!(

@@ -290,6 +290,11 @@ impl<R: TableRule> NewRules<R> {
     pub fn is_empty(&self) -> bool {
         self.0.len() == 0
     }
+
+    /// Whether any of them sends to guest `port`.
+    pub fn name_guest(&self, port: u32) -> bool {
+        self.0.count_for_guest(port) > 0
+    }
 }
 
 /// The rules of one kind, by id and by what they match.
